@@ -1,0 +1,1 @@
+//! `/wa …` commands: parsing and replies.

@@ -1,0 +1,86 @@
+//! Symphony datafeed events, reduced to what the bot needs (`V4Event` → [`SymphonyEvent`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{StreamId, UserId};
+
+/// One datafeed event. `id` is the datafeed's `id` (stable across redeliveries), used to
+/// process each event once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SymphonyEvent {
+    pub id: String,
+    /// Milliseconds since the epoch, as the datafeed gives it.
+    pub timestamp: i64,
+    /// `initiator.user.userId`: who caused the event (the bot itself included).
+    pub initiator: Option<UserId>,
+    pub kind: SymphonyEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum SymphonyEventKind {
+    MessageSent(ReceivedMessage),
+    InstantMessageCreated {
+        stream: StreamId,
+    },
+    RoomCreated {
+        stream: StreamId,
+        name: Option<String>,
+    },
+    RoomUpdated {
+        stream: StreamId,
+        name: Option<String>,
+    },
+    RoomDeactivated {
+        stream: StreamId,
+    },
+    RoomReactivated {
+        stream: StreamId,
+    },
+    UserJoinedRoom {
+        stream: StreamId,
+        user: UserId,
+    },
+    UserLeftRoom {
+        stream: StreamId,
+        user: UserId,
+    },
+    MemberPromotedToOwner {
+        stream: StreamId,
+        user: UserId,
+    },
+    MemberDemotedFromOwner {
+        stream: StreamId,
+        user: UserId,
+    },
+    /// An Elements form submitted (`SYMPHONYELEMENTSACTION`).
+    ElementsAction {
+        stream: StreamId,
+        form_message_id: String,
+        form_id: String,
+        values: serde_json::Value,
+    },
+    /// Any other event type: acknowledged and ignored.
+    Other {
+        event_type: String,
+    },
+}
+
+/// A message as the bot sees it: PresentationML reduced to plain text plus mentions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    pub stream: StreamId,
+    /// `IM`, `ROOM`, `POST`… as the datafeed says.
+    pub stream_type: Option<String>,
+    pub sender: UserId,
+    pub sender_name: Option<String>,
+    /// Plain text of the message (mentions rendered as `@Display Name`).
+    pub text: String,
+    /// Mentioned users, by id, in order of appearance.
+    pub mentions: Vec<UserId>,
+    /// The raw PresentationML, kept for later conversions (relay formatting).
+    pub presentation_ml: String,
+    /// The raw EntityJSON `data`, if any.
+    pub data: Option<String>,
+}

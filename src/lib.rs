@@ -1,0 +1,34 @@
+//! wa-groups-bot: a Symphony Messaging bot that mirrors Symphony rooms onto WhatsApp groups.
+//!
+//! Module map (data flows one way, see `DESIGN.md` §3):
+//!
+//! ```text
+//! Symphony datafeed ─┐                                 ┌─> Symphony pod / agent
+//!                    ├─> events ─> app (dispatcher) ─> commands ─> groups ─┤
+//! WhatsApp webhook ──┘                  store: state + processed ids ──────┴─> WhatsApp Cloud API
+//! ```
+//!
+//! - [`config`]: `bot-config.yaml` + `WAGB__…` environment overrides, validated at once.
+//! - [`symphony`]: RS512 login, Datafeed v2 loop, pod/agent endpoints, MessageML/PresentationML.
+//! - [`whatsapp`]: typed Meta Cloud API client (groups, invite links, join requests, messages).
+//! - [`webhook`]: signed WhatsApp webhook receiver (verify, persist, then 200).
+//! - [`events`]: the transport-neutral event vocabulary both transports produce.
+//! - [`commands`]: `/wa …` parsing and replies.
+//! - [`groups`]: validated id newtypes and group rules.
+//! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
+//! - [`templates`]: handlebars message templates, compiled at startup.
+//! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
+//! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
+
+pub mod app;
+pub mod commands;
+pub mod config;
+pub mod events;
+pub mod groups;
+pub mod sandbox;
+pub mod store;
+pub mod symphony;
+pub mod telemetry;
+pub mod templates;
+pub mod webhook;
+pub mod whatsapp;

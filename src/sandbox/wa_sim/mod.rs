@@ -1,0 +1,1 @@
+//! The WhatsApp Cloud API simulator: Graph endpoints, simulated phones, signed webhooks.

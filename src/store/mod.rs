@@ -1,0 +1,263 @@
+//! Persistence: one SQLite file (WAL, numbered migrations against `PRAGMA user_version`) holding
+//! the inbound event queue with its processed marks. Later issues add group state and the outbox.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Numbered migrations; the index + 1 is the schema version it leads to.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the store directory {path}: {source}")]
+    CreateDir { path: String, source: std::io::Error },
+    #[error("cannot open the store {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error(
+        "the store {path} has schema version {found}, newer than this bot knows ({known}); \
+         run a newer wa-groups-bot or point store.path elsewhere"
+    )]
+    NewerSchema { path: String, found: i64, known: i64 },
+    #[error("store migration {version} failed: {source}")]
+    Migration { version: usize, source: rusqlite::Error },
+    #[error("store query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("store payload is not valid JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("the store lock was poisoned by a panic")]
+    Poisoned,
+}
+
+/// Where an inbound event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Symphony,
+    WhatsApp,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Symphony => "symphony",
+            Source::WhatsApp => "whatsapp",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "symphony" => Some(Source::Symphony),
+            "whatsapp" => Some(Source::WhatsApp),
+            _ => None,
+        }
+    }
+}
+
+/// A persisted, not yet processed inbound event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundRow {
+    pub id: i64,
+    pub source: Source,
+    pub dedupe_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// The SQLite store. Cheap to clone; one connection behind a mutex (WAL mode), which is plenty
+/// for one bot instance. Calls are short, so async callers may call them directly.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        Self::init(conn, &shown)
+    }
+
+    /// A private in-memory store (tests, dry runs).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|source| StoreError::Open { path: ":memory:".into(), source })?;
+        Self::init(conn, ":memory:")
+    }
+
+    fn init(mut conn: Connection, shown: &str) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { path: shown.to_owned(), source };
+        // A corrupt file fails here, with the path in the message.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::NewerSchema { path: shown.to_owned(), found: version, known });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let target = index + 1;
+            let tx = conn
+                .transaction()
+                .map_err(|source| StoreError::Migration { version: target, source })?;
+            tx.execute_batch(sql)
+                .and_then(|()| tx.pragma_update(None, "user_version", target as i64))
+                .and_then(|()| tx.commit())
+                .map_err(|source| StoreError::Migration { version: target, source })?;
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Persists an inbound event. Returns `false` (and stores nothing) when an event with the
+    /// same source and key was already received: a redelivery.
+    pub fn enqueue_inbound(
+        &self,
+        source: Source,
+        dedupe_key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(payload)?;
+        let inserted = self.conn()?.execute(
+            "INSERT OR IGNORE INTO inbound_events (source, dedupe_key, payload, received_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![source.as_str(), dedupe_key, text, now_ms()],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// The oldest unprocessed events, in arrival order.
+    pub fn pending_inbound(&self, limit: usize) -> Result<Vec<InboundRow>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, source, dedupe_key, payload FROM inbound_events
+             WHERE processed_at IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, source, dedupe_key, payload) = row?;
+            let Some(source) = Source::parse(&source) else {
+                tracing::warn!(id, source, "skipping inbound event of unknown source");
+                continue;
+            };
+            out.push(InboundRow {
+                id,
+                source,
+                dedupe_key,
+                payload: serde_json::from_str(&payload)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks an inbound event processed: it will not be handed out again.
+    pub fn mark_processed(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE inbound_events SET processed_at = ?2 WHERE id = ?1 AND processed_at IS NULL",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether an event with this key was ever received (processed or not).
+    pub fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError> {
+        let found = self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM inbound_events WHERE source = ?1 AND dedupe_key = ?2",
+                params![source.as_str(), dedupe_key],
+                |_| Ok(()),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// How many events were received from a source (tests and metrics).
+    pub fn count_inbound(&self, source: Source) -> Result<u64, StoreError> {
+        let n: i64 = self.conn()?.query_row(
+            "SELECT COUNT(*) FROM inbound_events WHERE source = ?1",
+            params![source.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn duplicate_inbound_events_are_stored_once_and_processed_once() {
+        let store = Store::open_in_memory().expect("store");
+        assert!(store.enqueue_inbound(Source::WhatsApp, "k1", &json!({"a": 1})).expect("insert"));
+        assert!(!store.enqueue_inbound(Source::WhatsApp, "k1", &json!({"a": 2})).expect("dup"));
+        assert!(
+            store.enqueue_inbound(Source::Symphony, "k1", &json!({"b": 1})).expect("other source")
+        );
+        let pending = store.pending_inbound(10).expect("pending");
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].payload, json!({"a": 1}));
+        store.mark_processed(pending[0].id).expect("mark");
+        assert_eq!(store.pending_inbound(10).expect("pending").len(), 1);
+        assert!(store.has_inbound(Source::WhatsApp, "k1").expect("has"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_a_reopen_keeps_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested/dir/bot.db");
+        let store = Store::open(&path).expect("open creates dirs");
+        store.enqueue_inbound(Source::Symphony, "e1", &json!(1)).expect("insert");
+        drop(store);
+        let again = Store::open(&path).expect("reopen");
+        assert_eq!(again.count_inbound(Source::Symphony).expect("count"), 1);
+        again.conn().expect("conn").pragma_update(None, "user_version", 99).expect("bump");
+        drop(again);
+        let err = Store::open(&path).expect_err("newer schema");
+        assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bot.db");
+        std::fs::write(&path, b"this is not a sqlite database at all, not even close......")
+            .expect("write");
+        let err = Store::open(&path).expect_err("corrupt");
+        assert!(err.to_string().contains("bot.db"), "{err}");
+    }
+}

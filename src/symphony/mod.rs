@@ -1,0 +1,1 @@
+//! Symphony: RS512 login, Datafeed v2 loop, pod and agent endpoints, MessageML/PresentationML.

@@ -1,0 +1,1 @@
+//! Message templates (handlebars, strict mode), compiled at startup.

@@ -1,0 +1,1 @@
+//! WhatsApp: typed Meta Cloud API client (groups, invite links, join requests, messages).
