@@ -1,1 +1,6 @@
-//! `/wa …` commands: parsing and replies.
+//! `/wa …` commands: the pure parser ([`parser`]) and, later, the router that checks rights and
+//! calls the groups service.
+
+pub mod parser;
+
+pub use parser::{COMMANDS, Command, ParseError, Segment, parse, usage};
