@@ -16,6 +16,7 @@
 //! - [`commands`]: `/wa …` parsing and replies.
 //! - [`groups`]: validated id newtypes and group rules.
 //! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
+//! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
 //! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod groups;
+pub mod keys;
 pub mod sandbox;
 pub mod store;
 pub mod symphony;
