@@ -1,1 +1,200 @@
-//! The mock Symphony pod: login, pod, agent and Datafeed v2 endpoints plus a `/_sandbox/` control API.
+//! The mock Symphony pod: login, pod, agent and Datafeed v2 endpoints with the official specs'
+//! paths, shapes and status codes, plus the `/_sandbox/` control API (DESIGN.md §5.1) to act as
+//! people and to inject faults. Everything lives in memory; one origin serves pod, login, relay
+//! and agent.
+
+mod api;
+mod control;
+mod presentation;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use presentation::{Rendered, render as render_message_ml};
+pub use state::PodStats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockPodError {
+    #[error("cannot read the users file {path}: {reason}")]
+    Users { path: String, reason: String },
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Request(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum UserKind {
+    Bot,
+    Normal,
+}
+
+/// A user of the mock pod. `public_key_pem` is needed only by users who log in (bots).
+#[derive(Debug, Clone)]
+pub struct MockUser {
+    pub id: i64,
+    pub username: String,
+    pub display_name: String,
+    pub email: String,
+    pub kind: UserKind,
+    pub public_key_pem: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MockPodConfig {
+    pub users: Vec<MockUser>,
+    /// How long an idle datafeed read is held before answering an empty batch (real pod: ~20 s).
+    pub datafeed_hold: Duration,
+    /// After this, an unacknowledged batch is handed out again (real pod: ~30 s).
+    pub redelivery_delay: Duration,
+    /// A feed not read for this long is gone (real pod: 30 min).
+    pub feed_expiry: Duration,
+}
+
+impl MockPodConfig {
+    pub fn new(users: Vec<MockUser>) -> Self {
+        Self {
+            users,
+            datafeed_hold: Duration::from_secs(20),
+            redelivery_delay: Duration::from_secs(30),
+            feed_expiry: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserEntry {
+    id: i64,
+    username: String,
+    display_name: String,
+    email: String,
+    #[serde(rename = "type")]
+    kind: UserKind,
+    public_key: Option<String>,
+}
+
+/// Reads a users YAML file: a list of `{id, username, displayName, email, type: BOT|NORMAL,
+/// publicKey: <path to PEM, relative to the file>}`.
+pub fn load_users(path: &Path) -> Result<Vec<MockUser>, MockPodError> {
+    let err = |reason: String| MockPodError::Users { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let entries: Vec<UserEntry> = serde_norway::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut users = Vec::new();
+    for e in entries {
+        let public_key_pem = match e.public_key {
+            Some(p) => {
+                let p = base.join(p);
+                let pem = std::fs::read_to_string(&p)
+                    .map_err(|x| err(format!("{}: {x}", p.display())))?;
+                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|x| err(format!("{}: not an RSA public key: {x}", p.display())))?;
+                Some(pem)
+            }
+            None => None,
+        };
+        users.push(MockUser {
+            id: e.id,
+            username: e.username,
+            display_name: e.display_name,
+            email: e.email,
+            kind: e.kind,
+            public_key_pem,
+        });
+    }
+    Ok(users)
+}
+
+/// Shared state of a running mock pod.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    state: Arc<Mutex<state::PodState>>,
+    /// Woken whenever events are queued, so long polls answer at once.
+    events: Arc<Notify>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, state::PodState> {
+        // A panic while holding the lock leaves consistent-enough test state: keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn notify(&self) {
+        self.events.notify_waiters();
+    }
+}
+
+/// A running mock pod.
+pub struct MockPod {
+    shared: Shared,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockPod {
+    /// Starts on 127.0.0.1 with a port chosen by the OS.
+    pub async fn start(cfg: MockPodConfig) -> Result<MockPod, MockPodError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, cfg, CancellationToken::new()).await
+    }
+
+    /// Starts on a given listener; stops when `cancel` fires.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        cfg: MockPodConfig,
+        cancel: CancellationToken,
+    ) -> Result<MockPod, MockPodError> {
+        let addr = listener.local_addr()?;
+        let shared = Shared {
+            state: Arc::new(Mutex::new(state::PodState::new(cfg))),
+            events: Arc::new(Notify::new()),
+        };
+        let app = router(shared.clone());
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "mock pod stopped");
+            }
+        });
+        tracing::info!(%addr, "mock pod listening");
+        Ok(MockPod { shared, addr, cancel, task })
+    }
+
+    /// `http://127.0.0.1:PORT`: pod, login, relay and agent all live here.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters: logins, feeds, reads, redeliveries, faults served.
+    pub fn stats(&self) -> PodStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The whole HTTP surface: product API + control API.
+pub(crate) fn router(shared: Shared) -> axum::Router {
+    api::router(shared.clone())
+        .merge(control::router(shared.clone()))
+        .layer(axum::middleware::from_fn_with_state(shared, api::inject_faults))
+}
