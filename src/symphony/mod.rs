@@ -1,1 +1,552 @@
-//! Symphony: RS512 login, Datafeed v2 loop, pod and agent endpoints, MessageML/PresentationML.
+//! Symphony: RS512 login, the pod and agent endpoints the bot needs, the Datafeed v2 loop and
+//! MessageML/PresentationML. One [`SymphonyClient`] holds the tokens; every call re-logs in once
+//! on a 401 and retries throttling and server errors with capped backoff honouring `Retry-After`.
+
+pub mod auth;
+pub mod datafeed;
+pub mod messageml;
+pub mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::{RetryConfig, SymphonyConfig};
+use crate::groups::{StreamId, UserId};
+
+pub use datafeed::DatafeedLoop;
+pub use model::{AttachmentInfo, RoomInfo, RoomMember, SentMessage, UserInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymphonyError {
+    #[error("cannot use the bot's private key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("cannot sign the login JWT: {0}")]
+    Sign(String),
+    #[error(
+        "Symphony refused to authenticate service account {username:?} at {endpoint} ({status}): {message}; \
+         check bot.username and that the public key is imported in the pod"
+    )]
+    LoginRejected { username: String, endpoint: String, status: u16, message: String },
+    #[error("{method} {endpoint} answered {status}: {message}")]
+    Http {
+        method: String,
+        endpoint: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{method} {endpoint} failed: {reason}")]
+    Network { method: String, endpoint: String, reason: String },
+    #[error("{endpoint}: unexpected response ({reason}); body: {body}")]
+    Decode { endpoint: String, reason: String, body: String },
+}
+
+impl SymphonyError {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SymphonyError::Http { status, .. } | SymphonyError::LoginRejected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the server asked us to wait, if anything.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SymphonyError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Throttling, server errors and network failures are worth retrying. The agent maps a
+    /// downstream 429 to a 400 carrying `Retry-After`: that is throttling too.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SymphonyError::Network { .. } => true,
+            SymphonyError::Http { status, retry_after, .. } => {
+                *status == 429 || *status >= 500 || (*status == 400 && retry_after.is_some())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Which service a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Pod,
+    Agent,
+}
+
+/// How a call is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Throttling / 5xx / network per `retry` config; 401 → re-login once.
+    Standard,
+    /// Only the 401 → re-login step; the caller handles the rest (the datafeed loop).
+    AuthOnly,
+}
+
+#[derive(Clone, Default)]
+struct Tokens {
+    session: String,
+    key_manager: String,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    cfg: SymphonyConfig,
+    signer: auth::JwtSigner,
+    tokens: Mutex<Tokens>,
+}
+
+/// The Symphony REST client. Cheap to clone.
+#[derive(Clone)]
+pub struct SymphonyClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SymphonyClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SymphonyClient")
+            .field("pod", &self.inner.cfg.pod_url.as_str())
+            .field("agent", &self.inner.cfg.agent_url.as_str())
+            .field("username", &self.inner.cfg.username)
+            .finish_non_exhaustive()
+    }
+}
+
+fn join(base: &url::Url, path: &str) -> String {
+    format!("{}{}", base.as_str().trim_end_matches('/'), path)
+}
+
+impl SymphonyClient {
+    /// Reads the private key once; no network yet.
+    pub fn new(cfg: &SymphonyConfig) -> Result<Self, SymphonyError> {
+        let signer = auth::JwtSigner::from_file(&cfg.private_key_path, &cfg.username)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connection_timeout)
+            .timeout(cfg.read_timeout)
+            .user_agent(concat!("wa-groups-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SymphonyError::Network {
+                method: "-".into(),
+                endpoint: "client".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                cfg: cfg.clone(),
+                signer,
+                tokens: Mutex::new(Tokens::default()),
+            }),
+        })
+    }
+
+    /// The retry settings of ordinary calls.
+    pub fn retry_config(&self) -> RetryConfig {
+        self.inner.cfg.retry
+    }
+
+    /// Logs in to the pod (`sessionToken`) and the key manager (`keyManagerToken`), each with
+    /// a fresh JWT. A 401 is final; throttling and server errors are retried.
+    pub async fn authenticate(&self) -> Result<(), SymphonyError> {
+        let mut tokens = self.inner.tokens.lock().await;
+        *tokens = self.login_all().await?;
+        Ok(())
+    }
+
+    async fn login_all(&self) -> Result<Tokens, SymphonyError> {
+        let session = self.login(&self.inner.cfg.pod_url, "/login/pubkey/authenticate").await?;
+        let key_manager =
+            self.login(&self.inner.cfg.key_manager_url, "/relay/pubkey/authenticate").await?;
+        Ok(Tokens { session, key_manager })
+    }
+
+    async fn login(&self, base: &url::Url, path: &str) -> Result<String, SymphonyError> {
+        let url = join(base, path);
+        let retry = self.inner.cfg.retry;
+        let mut attempt = 0u32;
+        loop {
+            let jwt = self.inner.signer.sign()?;
+            let result = self.inner.http.post(&url).json(&json!({"token": jwt})).send().await;
+            let outcome = match result {
+                Ok(resp) if resp.status().is_success() => {
+                    let body = resp.text().await.unwrap_or_default();
+                    return serde_json::from_str::<model::Token>(&body).map(|t| t.token).map_err(
+                        |e| SymphonyError::Decode {
+                            endpoint: path.into(),
+                            reason: e.to_string(),
+                            body: clip(&body),
+                        },
+                    );
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = header_retry_after(&resp);
+                    let message = error_message(resp.text().await.unwrap_or_default());
+                    if status == 401 || status == 403 {
+                        return Err(SymphonyError::LoginRejected {
+                            username: self.inner.cfg.username.clone(),
+                            endpoint: path.into(),
+                            status,
+                            message,
+                        });
+                    }
+                    SymphonyError::Http {
+                        method: "POST".into(),
+                        endpoint: path.into(),
+                        status,
+                        message,
+                        retry_after,
+                    }
+                }
+                Err(e) => SymphonyError::Network {
+                    method: "POST".into(),
+                    endpoint: path.into(),
+                    reason: e.to_string(),
+                },
+            };
+            attempt += 1;
+            if !outcome.is_retryable() || !retry.allows(attempt) {
+                return Err(outcome);
+            }
+            let wait = retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            tracing::warn!(error = %outcome, ?wait, "login failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Re-logs in unless another task already did since `stale` was read.
+    async fn refresh(&self, stale: &str) -> Result<(), SymphonyError> {
+        let mut tokens = self.inner.tokens.lock().await;
+        if tokens.session == stale || tokens.session.is_empty() {
+            tracing::info!("session expired; logging in again");
+            *tokens = self.login_all().await?;
+        }
+        Ok(())
+    }
+
+    /// Performs one API call: auth headers, retries, 401 → re-login once, JSON decoding.
+    /// `build` makes the request afresh for each attempt (multipart bodies cannot be cloned).
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        retry: Retry,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Option<T>, SymphonyError> {
+        let base = match service {
+            Service::Pod => &self.inner.cfg.pod_url,
+            Service::Agent => &self.inner.cfg.agent_url,
+        };
+        let url = join(base, path);
+        let policy = self.inner.cfg.retry;
+        let mut attempt = 0u32;
+        let mut relogged = false;
+        loop {
+            let tokens = self.inner.tokens.lock().await.clone();
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), &url)
+                .header("sessionToken", &tokens.session);
+            if service == Service::Agent {
+                req = req.header("keyManagerToken", &tokens.key_manager);
+            }
+            let outcome = match build(req).send().await {
+                Ok(resp) if resp.status() == StatusCode::NO_CONTENT => return Ok(None),
+                Ok(resp) if resp.status().is_success() => {
+                    let body = resp.text().await.map_err(|e| SymphonyError::Network {
+                        method: method.to_string(),
+                        endpoint: path.into(),
+                        reason: e.to_string(),
+                    })?;
+                    if body.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    let mut de = serde_json::Deserializer::from_str(&body);
+                    return serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| {
+                        SymphonyError::Decode {
+                            endpoint: path.into(),
+                            reason: e.to_string(),
+                            body: clip(&body),
+                        }
+                    });
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = header_retry_after(&resp);
+                    let message = error_message(resp.text().await.unwrap_or_default());
+                    if status == 401 && !relogged {
+                        relogged = true;
+                        self.refresh(&tokens.session).await?;
+                        continue;
+                    }
+                    SymphonyError::Http {
+                        method: method.to_string(),
+                        endpoint: path.into(),
+                        status,
+                        message,
+                        retry_after,
+                    }
+                }
+                Err(e) => SymphonyError::Network {
+                    method: method.to_string(),
+                    endpoint: path.into(),
+                    reason: e.to_string(),
+                },
+            };
+            attempt += 1;
+            if retry == Retry::AuthOnly || !outcome.is_retryable() || !policy.allows(attempt) {
+                return Err(outcome);
+            }
+            let wait = policy.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            tracing::warn!(error = %outcome, ?wait, attempt, "Symphony call failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn required<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, SymphonyError> {
+        self.call(service, method, path, Retry::Standard, build).await?.ok_or_else(|| {
+            SymphonyError::Decode {
+                endpoint: path.into(),
+                reason: "empty response".into(),
+                body: String::new(),
+            }
+        })
+    }
+
+    // ----- session and users -----
+
+    /// `GET /pod/v2/sessioninfo`: the bot's own user.
+    pub async fn session_info(&self) -> Result<UserInfo, SymphonyError> {
+        self.required(Service::Pod, Method::GET, "/pod/v2/sessioninfo", |r| r).await
+    }
+
+    async fn users(&self, key: &str, value: &str) -> Result<Vec<UserInfo>, SymphonyError> {
+        let query: Vec<(&str, &str)> = vec![(key, value), ("local", "true")];
+        let list: Option<model::UserList> = self
+            .call(Service::Pod, Method::GET, "/pod/v3/users", Retry::Standard, |r| r.query(&query))
+            .await?;
+        Ok(list.map(|l| l.users).unwrap_or_default())
+    }
+
+    /// `GET /pod/v3/users?uid=`
+    pub async fn user_by_id(&self, id: UserId) -> Result<Option<UserInfo>, SymphonyError> {
+        Ok(self.users("uid", &id.to_string()).await?.into_iter().next())
+    }
+
+    /// `GET /pod/v3/users?email=`
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserInfo>, SymphonyError> {
+        Ok(self.users("email", email).await?.into_iter().next())
+    }
+
+    /// `GET /pod/v3/users?username=&local=true`
+    pub async fn user_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<UserInfo>, SymphonyError> {
+        Ok(self.users("username", username).await?.into_iter().next())
+    }
+
+    // ----- rooms, membership, IMs -----
+
+    /// `POST /pod/v3/room/create`: a private room whose members cannot invite.
+    pub async fn create_room(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<RoomInfo, SymphonyError> {
+        let body = json!({"name": name, "description": description, "membersCanInvite": false,
+                          "discoverable": false, "public": false, "readOnly": false, "copyProtected": false,
+                          "crossPod": false, "viewHistory": true});
+        let detail: model::V3RoomDetail = self
+            .required(Service::Pod, Method::POST, "/pod/v3/room/create", |r| r.json(&body))
+            .await?;
+        Ok(detail.into())
+    }
+
+    /// `GET /pod/v3/room/{id}/info`
+    pub async fn room_info(&self, sid: &StreamId) -> Result<RoomInfo, SymphonyError> {
+        let path = format!("/pod/v3/room/{sid}/info");
+        let detail: model::V3RoomDetail =
+            self.required(Service::Pod, Method::GET, &path, |r| r).await?;
+        Ok(detail.into())
+    }
+
+    /// `POST /pod/v3/room/{id}/update` with a new name.
+    pub async fn rename_room(&self, sid: &StreamId, name: &str) -> Result<RoomInfo, SymphonyError> {
+        let path = format!("/pod/v3/room/{sid}/update");
+        let body = json!({"name": name});
+        let detail: model::V3RoomDetail =
+            self.required(Service::Pod, Method::POST, &path, |r| r.json(&body)).await?;
+        Ok(detail.into())
+    }
+
+    /// `POST /pod/v1/room/{id}/setActive?active=`
+    pub async fn set_room_active(&self, sid: &StreamId, active: bool) -> Result<(), SymphonyError> {
+        let path = format!("/pod/v1/room/{sid}/setActive");
+        let flag = if active { "true" } else { "false" };
+        let _: Option<Value> = self
+            .call(Service::Pod, Method::POST, &path, Retry::Standard, |r| {
+                r.query(&[("active", flag)])
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /pod/v2/room/{id}/membership/list`: the live membership with owner flags.
+    pub async fn room_members(&self, sid: &StreamId) -> Result<Vec<RoomMember>, SymphonyError> {
+        let path = format!("/pod/v2/room/{sid}/membership/list");
+        self.required(Service::Pod, Method::GET, &path, |r| r).await
+    }
+
+    async fn membership(
+        &self,
+        sid: &StreamId,
+        action: &str,
+        user: UserId,
+    ) -> Result<(), SymphonyError> {
+        let path = format!("/pod/v1/room/{sid}/membership/{action}");
+        let body = json!({"id": user});
+        let _: Option<Value> = self
+            .call(Service::Pod, Method::POST, &path, Retry::Standard, |r| r.json(&body))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_member(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
+        self.membership(sid, "add", user).await
+    }
+
+    pub async fn remove_member(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
+        self.membership(sid, "remove", user).await
+    }
+
+    pub async fn promote_owner(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
+        self.membership(sid, "promoteOwner", user).await
+    }
+
+    pub async fn demote_owner(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
+        self.membership(sid, "demoteOwner", user).await
+    }
+
+    /// `POST /pod/v1/im/create`: the IM (or existing one) with these users.
+    pub async fn create_im(&self, users: &[UserId]) -> Result<StreamId, SymphonyError> {
+        let r: model::StreamRef = self
+            .required(Service::Pod, Method::POST, "/pod/v1/im/create", |r| r.json(users))
+            .await?;
+        Ok(StreamId::new(r.id))
+    }
+
+    /// `GET /pod/v1/streams/{sid}/attachments`
+    pub async fn stream_attachments(
+        &self,
+        sid: &StreamId,
+    ) -> Result<Vec<AttachmentInfo>, SymphonyError> {
+        let path = format!("/pod/v1/streams/{sid}/attachments");
+        Ok(self
+            .call(Service::Pod, Method::GET, &path, Retry::Standard, |r| r)
+            .await?
+            .unwrap_or_default())
+    }
+
+    // ----- messages -----
+
+    /// `POST /agent/v4/stream/{sid}/message/create` (multipart): sends MessageML.
+    pub async fn send_message(
+        &self,
+        sid: &StreamId,
+        message_ml: &str,
+        data: Option<&Value>,
+    ) -> Result<SentMessage, SymphonyError> {
+        let path = format!("/agent/v4/stream/{sid}/message/create");
+        let data = data.map(Value::to_string);
+        self.required(Service::Agent, Method::POST, &path, |r| {
+            let mut form = reqwest::multipart::Form::new().text("message", message_ml.to_owned());
+            if let Some(d) = &data {
+                form = form.text("data", d.clone());
+            }
+            r.multipart(form)
+        })
+        .await
+    }
+}
+
+fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+}
+
+/// The `message` of a `{"code","message"}` error body, else the body itself (clipped).
+fn error_message(body: String) -> String {
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| clip(&body))
+}
+
+fn clip(body: &str) -> String {
+    const MAX: usize = 500;
+    if body.len() <= MAX {
+        body.to_owned()
+    } else {
+        let cut = (0..=MAX).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+        format!("{}…", &body[..cut])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).expect("date");
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn which_errors_are_retried() {
+        let http = |status, retry_after| SymphonyError::Http {
+            method: "GET".into(),
+            endpoint: "/x".into(),
+            status,
+            message: String::new(),
+            retry_after,
+        };
+        assert!(http(429, None).is_retryable());
+        assert!(http(503, None).is_retryable());
+        assert!(http(400, Some(Duration::from_secs(1))).is_retryable(), "agent-mapped 429");
+        assert!(!http(400, None).is_retryable());
+        assert!(!http(403, None).is_retryable());
+    }
+}

@@ -1,0 +1,232 @@
+//! The Datafeed v2 loop: find or create the feed, long-poll it with `ackId`, hand each batch to
+//! a handler and acknowledge it (with the next read) only once the handler succeeded. A 400
+//! means the feed is gone: delete it, create a new one, start again from `ackId ""`. A 401 is a
+//! re-login (inside the client) on the same feed. Throttling, server and network errors back
+//! off exponentially (capped), honouring `Retry-After`.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::Method;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{self, Datafeed, EventList};
+use super::{Retry, Service, SymphonyClient, SymphonyError};
+use crate::config::RetryConfig;
+use crate::events::SymphonyEvent;
+
+/// Receives each non-empty batch; `Err` leaves the batch unacknowledged (it comes back later).
+pub type BatchHandler =
+    Box<dyn FnMut(Vec<SymphonyEvent>) -> BoxFuture<'static, Result<(), String>> + Send>;
+
+/// Whether a feed id is a datafeed (`…_f` or `…_f_…`), not a datahose feed.
+fn is_datafeed_id(id: &str) -> bool {
+    let mut parts = id.split('_');
+    let head = parts.next().unwrap_or_default();
+    !head.is_empty()
+        && !id.chars().any(char::is_whitespace)
+        && parts.next() == Some("f")
+        && parts.clone().count() <= 1
+        && parts.all(|p| !p.is_empty())
+}
+
+pub struct DatafeedLoop {
+    client: SymphonyClient,
+    retry: RetryConfig,
+}
+
+impl DatafeedLoop {
+    /// `retry` is `datafeed.retry` (for ever by default). Reads time out after the client's read
+    /// timeout, which must exceed the server's hold (~20 s on a real pod).
+    pub fn new(client: SymphonyClient, retry: RetryConfig) -> Self {
+        Self { client, retry }
+    }
+
+    async fn list(&self) -> Result<Vec<Datafeed>, SymphonyError> {
+        Ok(self
+            .client
+            .call(Service::Agent, Method::GET, "/agent/v5/datafeeds", Retry::Standard, |r| r)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn create(&self) -> Result<String, SymphonyError> {
+        let feed: Datafeed = self
+            .client
+            .call(Service::Agent, Method::POST, "/agent/v5/datafeeds", Retry::Standard, |r| {
+                r.json(&json!({}))
+            })
+            .await?
+            .ok_or_else(|| SymphonyError::Decode {
+                endpoint: "/agent/v5/datafeeds".into(),
+                reason: "empty response".into(),
+                body: String::new(),
+            })?;
+        tracing::info!(feed = %feed.id, "datafeed created");
+        Ok(feed.id)
+    }
+
+    async fn delete(&self, id: &str) {
+        let path = format!("/agent/v5/datafeeds/{id}");
+        let deleted: Result<Option<serde_json::Value>, _> =
+            self.client.call(Service::Agent, Method::DELETE, &path, Retry::AuthOnly, |r| r).await;
+        if let Err(e) = deleted {
+            tracing::debug!(error = %e, "deleting the old datafeed failed (ignored)");
+        }
+    }
+
+    async fn find_or_create(&self) -> Result<String, SymphonyError> {
+        match self.list().await?.into_iter().find(|f| is_datafeed_id(&f.id)) {
+            Some(feed) => {
+                tracing::info!(feed = %feed.id, "reusing datafeed");
+                Ok(feed.id)
+            }
+            None => self.create().await,
+        }
+    }
+
+    async fn read(
+        &self,
+        feed: &str,
+        ack_id: &str,
+    ) -> Result<(Vec<serde_json::Value>, String), SymphonyError> {
+        let path = format!("/agent/v5/datafeeds/{feed}/read");
+        let body = json!({"ackId": ack_id});
+        let list: Option<EventList> = self
+            .client
+            .call(Service::Agent, Method::POST, &path, Retry::AuthOnly, |r| r.json(&body))
+            .await?;
+        let list = list.ok_or_else(|| SymphonyError::Decode {
+            endpoint: path.clone(),
+            reason: "empty response".into(),
+            body: String::new(),
+        })?;
+        Ok((list.events.unwrap_or_default(), list.ack_id))
+    }
+
+    /// Runs until `cancel` fires (then returns `Ok`) or an error that retrying cannot fix.
+    pub async fn run(
+        self,
+        mut handler: BatchHandler,
+        cancel: CancellationToken,
+    ) -> Result<(), SymphonyError> {
+        let mut feed = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
+        };
+        let mut ack_id = String::new();
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = self.read(&feed, &ack_id) => r,
+            };
+            match result {
+                Ok((raw, next_ack)) => {
+                    failures = 0;
+                    if raw.is_empty() {
+                        ack_id = next_ack;
+                        continue;
+                    }
+                    let events: Vec<SymphonyEvent> = raw
+                        .iter()
+                        .filter_map(|e| {
+                            let mapped = model::map_event(e);
+                            if mapped.is_none() {
+                                tracing::warn!(event = %e, "unreadable datafeed event skipped");
+                            }
+                            mapped
+                        })
+                        .collect();
+                    let count = events.len();
+                    match handler(events).await {
+                        Ok(()) => {
+                            tracing::debug!(count, "datafeed batch handed over");
+                            ack_id = next_ack;
+                        }
+                        Err(reason) => {
+                            // Not acknowledged: the pod hands the batch out again later.
+                            tracing::warn!(%reason, count, "datafeed batch not processed; it will be redelivered");
+                            self.pause(&cancel, self.retry.backoff(0)).await;
+                        }
+                    }
+                }
+                Err(e) if e.status() == Some(400) && e.retry_after().is_none() => {
+                    tracing::warn!(error = %e, "datafeed gone; creating a new one");
+                    self.delete(&feed).await;
+                    feed = match self.with_retries(&cancel, || self.create()).await? {
+                        Some(f) => f,
+                        None => return Ok(()),
+                    };
+                    ack_id.clear();
+                }
+                Err(e) if e.is_retryable() => {
+                    failures += 1;
+                    if !self.retry.allows(failures) {
+                        return Err(e);
+                    }
+                    let wait =
+                        self.retry.backoff(failures - 1).max(e.retry_after().unwrap_or_default());
+                    tracing::warn!(error = %e, ?wait, "datafeed read failed; backing off");
+                    self.pause(&cancel, wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn pause(&self, cancel: &CancellationToken, wait: Duration) {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    /// Retries a set-up step (list/create) per `datafeed.retry`; `None` when cancelled.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut step: F,
+    ) -> Result<Option<T>, SymphonyError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SymphonyError>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            match step().await {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) if e.is_retryable() && self.retry.allows(failures + 1) => {
+                    failures += 1;
+                    let wait =
+                        self.retry.backoff(failures - 1).max(e.retry_after().unwrap_or_default());
+                    tracing::warn!(error = %e, ?wait, "datafeed set-up failed; retrying");
+                    self.pause(cancel, wait).await;
+                    if cancel.is_cancelled() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datafeed_ids_are_told_from_datahose_ids() {
+        for ok in ["371f465fb97b5d1027d20a5e7085863a_f", "e766c498eece0d113f035270ad6c3c63_f_f8001"]
+        {
+            assert!(is_datafeed_id(ok), "{ok}");
+        }
+        for bad in
+            ["d25098517ec62f1fc65cd111667a8386_p_be940", "abc", "_f", "a_f_", "a b_f", "a_f_x_y"]
+        {
+            assert!(!is_datafeed_id(bad), "{bad}");
+        }
+    }
+}
