@@ -1,1 +1,350 @@
 //! Wiring: builds the clients, store and services, runs the tasks, stops them cleanly.
+//! Nothing imports this module; it is the only one that knows every other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::commands::{self, Command};
+use crate::config::Config;
+use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
+use crate::groups::UserId;
+use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
+use crate::store::{InboundRow, Source, Store, StoreError};
+use crate::symphony::datafeed::BatchHandler;
+use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
+use crate::templates::{TemplateError, Templates};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Templates(#[from] TemplateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Symphony: {0}")]
+    Symphony(#[from] SymphonyError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Sandbox(String),
+}
+
+/// A running bot.
+pub struct Bot {
+    pub bot_user: UserId,
+    pub store: Store,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Bot {
+    /// Logs in, then starts the datafeed loop and the dispatcher. Returns once the bot is up.
+    pub async fn start(
+        config: Config,
+        templates: Templates,
+        cancel: CancellationToken,
+    ) -> Result<Bot, AppError> {
+        let store = Store::open(&config.store.path)?;
+        let symphony = SymphonyClient::new(&config.symphony)?;
+        symphony.authenticate().await?;
+        let me = symphony.session_info().await?;
+        let bot_user = me.id;
+        tracing::info!(bot_user = %bot_user, "logged in to Symphony");
+
+        let wake = Arc::new(Notify::new());
+        let tracker = TaskTracker::new();
+
+        // Datafeed → store: a batch is acknowledged only once every event is persisted.
+        let feed = DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry);
+        let feed_store = store.clone();
+        let feed_wake = wake.clone();
+        let feed_cancel = cancel.clone();
+        tracker.spawn(async move {
+            let handler: BatchHandler = Box::new(move |events: Vec<SymphonyEvent>| {
+                let store = feed_store.clone();
+                let wake = feed_wake.clone();
+                Box::pin(async move {
+                    for event in events {
+                        let payload = serde_json::to_value(InboundEvent::Symphony(event.clone()))
+                            .map_err(|e| e.to_string())?;
+                        store
+                            .enqueue_inbound(Source::Symphony, &event.id, &payload)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    wake.notify_one();
+                    Ok(())
+                })
+            });
+            if let Err(e) = feed.run(handler, feed_cancel.clone()).await {
+                tracing::error!(error = %e, "datafeed loop stopped");
+                feed_cancel.cancel();
+            }
+        });
+
+        let dispatcher =
+            Dispatcher { store: store.clone(), symphony, templates: Arc::new(templates), bot_user };
+        let dispatch_cancel = cancel.clone();
+        tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
+        tracker.close();
+        Ok(Bot { bot_user, store, cancel, tracker })
+    }
+
+    /// Waits until the bot stops (cancellation or a fatal error).
+    pub async fn wait(self) {
+        self.cancel.cancelled().await;
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await.is_err() {
+            tracing::warn!("some tasks did not stop within 10 s");
+        }
+    }
+
+    /// Stops the bot and waits for its tasks.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.wait().await;
+    }
+}
+
+/// Runs the bot until cancelled.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AppError> {
+    let templates = Templates::load(&config.templates.dir)?;
+    let bot = Bot::start(config, templates, cancel).await?;
+    bot.wait().await;
+    Ok(())
+}
+
+/// Takes persisted inbound events in order and acts on them; each is marked processed once done.
+struct Dispatcher {
+    store: Store,
+    symphony: SymphonyClient,
+    templates: Arc<Templates>,
+    bot_user: UserId,
+}
+
+/// What went wrong handling one event.
+enum HandleError {
+    /// Worth trying again later (network, 5xx, 429 after retries).
+    Retry(String),
+    /// Will never work: logged, and the event is marked processed.
+    Permanent(String),
+}
+
+impl Dispatcher {
+    async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let delay = match self.drain().await {
+                Ok(()) => {
+                    failures = 0;
+                    Duration::from_secs(5)
+                }
+                Err(reason) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
+                    tracing::warn!(%reason, ?delay, "event handling failed; will retry");
+                    delay
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn drain(&self) -> Result<(), String> {
+        loop {
+            let rows = self.store.pending_inbound(100).map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for row in rows {
+                match self.handle(&row).await {
+                    Ok(()) => {}
+                    Err(HandleError::Retry(reason)) => return Err(reason),
+                    Err(HandleError::Permanent(reason)) => {
+                        tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped after a permanent failure");
+                    }
+                }
+                self.store.mark_processed(row.id).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+
+    async fn handle(&self, row: &InboundRow) -> Result<(), HandleError> {
+        let event: InboundEvent = serde_json::from_value(row.payload.clone())
+            .map_err(|e| HandleError::Permanent(format!("undecodable stored event: {e}")))?;
+        match event {
+            InboundEvent::Symphony(event) => self.on_symphony(event).await,
+            InboundEvent::WhatsApp(event) => {
+                tracing::info!(?event, "WhatsApp event received");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_symphony(&self, event: SymphonyEvent) -> Result<(), HandleError> {
+        let SymphonyEventKind::MessageSent(message) = event.kind else { return Ok(()) };
+        // The bot's own messages come back through the datafeed: never react to them.
+        if message.sender == self.bot_user || event.initiator == Some(self.bot_user) {
+            return Ok(());
+        }
+        let segments =
+            crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
+                .map_err(|e| HandleError::Permanent(format!("unreadable message: {e}")))?
+                .segments;
+        let reply = match commands::parse(&segments, self.bot_user) {
+            Ok(None) => return Ok(()),
+            Ok(Some(Command::Help)) => self.templates.help(),
+            Ok(Some(_)) => self
+                .templates
+                .usage("This command is not available yet in this version of the bot.", "/wa help"),
+            Err(e) => self.templates.usage(&e.to_string(), e.usage()),
+        }
+        .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        match self.symphony.send_message(&message.stream, &reply, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retryable() => Err(HandleError::Retry(e.to_string())),
+            Err(e) => Err(HandleError::Permanent(e.to_string())),
+        }
+    }
+}
+
+// ----- the other commands of the binary -----
+
+/// Runs the mock pod alone until cancelled.
+pub async fn run_mock_pod(
+    listen: SocketAddr,
+    users: &Path,
+    hold: Duration,
+    cancel: CancellationToken,
+) -> Result<(), AppError> {
+    let users = load_users(users)?;
+    let mut cfg = MockPodConfig::new(users);
+    cfg.datafeed_hold = hold;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let pod = MockPod::start_on(listener, cfg, cancel.clone())
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    println!("mock pod listening on {}", pod.url());
+    cancel.cancelled().await;
+    pod.shutdown().await;
+    Ok(())
+}
+
+fn load_users(path: &Path) -> Result<Vec<MockUser>, AppError> {
+    crate::sandbox::mock_pod::load_users(path).map_err(|e| AppError::Sandbox(e.to_string()))
+}
+
+/// Writes a new key pair for the bot; returns the public key PEM.
+pub fn keygen(out: &Path, bits: usize) -> Result<String, AppError> {
+    Ok(crate::keys::write_new(out, bits)?.public_pem)
+}
+
+/// Options of `wa-groups-bot sandbox`.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub data_dir: PathBuf,
+    pub base_port: u16,
+}
+
+/// The people of the sandbox's directory: (id, username, display name).
+pub const SANDBOX_BOT: (i64, &str, &str) = (10001, "wa-groups-bot", "WhatsApp Groups");
+pub const SANDBOX_ADVISORS: &[(i64, &str, &str)] = &[
+    (10002, "alice.ng", "Alice Ng"),
+    (10003, "bob.smith", "Bob Smith"),
+    (10004, "carol.diaz", "Carol Diaz"),
+];
+
+/// Prepares the sandbox's folder: the bot's key pair (made once), the users file and the bot's
+/// configuration pointing at the mock pod. Returns the config file's path.
+pub fn prepare_sandbox(opts: &SandboxOptions) -> Result<PathBuf, AppError> {
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let key = opts.data_dir.join("bot-private.pem");
+    if !key.exists() {
+        crate::keys::write_new(&key, 2048)?;
+    }
+    let public = crate::keys::public_path(&key);
+    let mut users = format!(
+        "- {{id: {}, username: {}, displayName: \"{}\", email: {}@sandbox.local, type: BOT, publicKey: {}}}\n",
+        SANDBOX_BOT.0,
+        SANDBOX_BOT.1,
+        SANDBOX_BOT.2,
+        SANDBOX_BOT.1,
+        public.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    );
+    for (id, username, name) in SANDBOX_ADVISORS {
+        users.push_str(&format!(
+            "- {{id: {id}, username: {username}, displayName: \"{name}\", email: {username}@sandbox.local, type: NORMAL}}\n"
+        ));
+    }
+    std::fs::write(opts.data_dir.join("users.yaml"), users)?;
+    let templates = std::env::current_dir()?.join("templates");
+    let templates_line = if templates.join("symphony/help.hbs").exists() {
+        format!("templates:\n  dir: {}\n", templates.display())
+    } else {
+        String::new()
+    };
+    let config = format!(
+        "# Written by `wa-groups-bot sandbox`: the bot's configuration against the local mock pod.\n\
+         scheme: http\nhost: 127.0.0.1\nport: {port}\n\
+         bot:\n  username: {bot}\n  privateKey:\n    path: bot-private.pem\n\
+         datafeed:\n  version: v2\n  retry: {{maxAttempts: -1, initialIntervalMillis: 200, multiplier: 2, maxIntervalMillis: 5000}}\n\
+         retry: {{maxAttempts: 5, initialIntervalMillis: 200, multiplier: 2, maxIntervalMillis: 5000}}\n\
+         store:\n  path: bot.db\n{templates_line}",
+        port = opts.base_port,
+        bot = SANDBOX_BOT.1,
+    );
+    let path = opts.data_dir.join("bot-config.yaml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// Runs the mock pod and the bot together on loopback until cancelled.
+pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Result<(), AppError> {
+    let config_path = prepare_sandbox(&opts)?;
+    let config = Config::load(&config_path)?;
+    let templates = match config.templates.dir.join("symphony/help.hbs").exists() {
+        true => Templates::load(&config.templates.dir)?,
+        false => Templates::embedded()?,
+    };
+    let users = load_users(&opts.data_dir.join("users.yaml"))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port)).await?;
+    let pod = MockPod::start_on(listener, MockPodConfig::new(users), cancel.clone())
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    let bot = Bot::start(config, templates, cancel.clone()).await?;
+    let alice = SANDBOX_ADVISORS[0];
+    let im =
+        pod.create_im(&[alice.0, SANDBOX_BOT.0]).map_err(|e| AppError::Sandbox(e.to_string()))?;
+    let url = pod.url();
+    println!(
+        "\nwa-groups-bot sandbox is running.\n\n  mock pod: {url}  (control API under {url}/_sandbox/)\n  \
+         bot: {} (user {}), logged in over RS512 with the key in {}\n  \
+         advisors: {}\n\nTry it: Alice asks the bot for help in their IM, then reads the answer:\n\n  \
+         curl -s -XPOST {url}/_sandbox/streams/{im}/messages -H 'content-type: application/json' \\\n    \
+         -d '{{\"as\": {}, \"messageML\": \"<messageML>/wa help</messageML>\"}}'\n  \
+         curl -s {url}/_sandbox/streams/{im}/messages\n\nCtrl-C stops everything.\n",
+        SANDBOX_BOT.1,
+        SANDBOX_BOT.0,
+        opts.data_dir.display(),
+        SANDBOX_ADVISORS
+            .iter()
+            .map(|(id, _, name)| format!("{name} ({id})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        alice.0,
+    );
+    bot.wait().await;
+    pod.shutdown().await;
+    Ok(())
+}

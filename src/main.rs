@@ -1,3 +1,121 @@
 //! The `wa-groups-bot` binary: parses the command line and hands over to the library.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use wa_groups_bot::{app, config::Config, telemetry};
+
+#[derive(Parser)]
+#[command(name = "wa-groups-bot", version, about = "Symphony bot for WhatsApp native group chats")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the bot against a real (or mock) pod, as configured.
+    Run {
+        #[arg(long, default_value = "bot-config.yaml")]
+        config: PathBuf,
+    },
+    /// Run the bot with a mock pod and a WhatsApp simulator, all on loopback: try it locally.
+    Sandbox {
+        /// Where the sandbox keeps its key pair, users and database.
+        #[arg(long, default_value = "data/sandbox")]
+        data: PathBuf,
+        /// Port of the mock pod (the WhatsApp simulator and the bot's webhook use the next two).
+        #[arg(long, default_value_t = 8180)]
+        port: u16,
+    },
+    /// Run the mock Symphony pod alone (for other bots' CI).
+    MockPod {
+        #[arg(long, default_value = "127.0.0.1:8180")]
+        listen: SocketAddr,
+        /// YAML list of users: {id, username, displayName, email, type: BOT|NORMAL, publicKey}.
+        #[arg(long)]
+        users: PathBuf,
+        /// Datafeed long-poll hold, in seconds.
+        #[arg(long, default_value_t = 20)]
+        datafeed_hold: u64,
+    },
+    /// Write a new RSA key pair for the bot and print the public key for the pod admin console.
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM); the public key goes beside it (.pub.pem).
+        #[arg(long, default_value = "secrets/wa-groups-bot-private.pem")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        bits: usize,
+    },
+    /// Validate the configuration and templates; print every problem at once.
+    CheckConfig {
+        #[arg(long, default_value = "bot-config.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let cli = Cli::parse();
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    match cli.command {
+        Cmd::Run { config } => {
+            let config = Config::load(&config)?;
+            app::run(config, cancel).await?;
+        }
+        Cmd::Sandbox { data, port } => {
+            app::run_sandbox(app::SandboxOptions { data_dir: data, base_port: port }, cancel)
+                .await?;
+        }
+        Cmd::MockPod { listen, users, datafeed_hold } => {
+            app::run_mock_pod(
+                listen,
+                &users,
+                std::time::Duration::from_secs(datafeed_hold),
+                cancel,
+            )
+            .await?;
+        }
+        Cmd::Keygen { out, bits } => {
+            let public = app::keygen(&out, bits).context("keygen")?;
+            println!("Private key written to {}", out.display());
+            println!("Paste this public key into the Symphony admin console (bot's RSA key):\n");
+            println!("{public}");
+        }
+        Cmd::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            wa_groups_bot::templates::Templates::load(&config.templates.dir)?;
+            println!("configuration OK");
+        }
+    }
+    Ok(())
+}
+
+/// Cancels on Ctrl-C or SIGTERM, so every command stops cleanly.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("stopping");
+    cancel.cancel();
+}

@@ -133,6 +133,15 @@ impl Shared {
     }
 }
 
+/// A message as the mock pod stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedMessage {
+    pub message_id: String,
+    pub user: i64,
+    pub text: String,
+    pub presentation_ml: String,
+}
+
 /// A running mock pod.
 pub struct MockPod {
     shared: Shared,
@@ -183,6 +192,110 @@ impl MockPod {
     /// Counters: logins, feeds, reads, redeliveries, faults served.
     pub fn stats(&self) -> PodStats {
         self.shared.lock().stats.clone()
+    }
+
+    /// An IM/MIM between users (the first is the creator), as `POST /_sandbox/ims`.
+    pub fn create_im(&self, members: &[i64]) -> Result<String, MockPodError> {
+        let first = *members.first().ok_or_else(|| MockPodError::Request("no members".into()))?;
+        let id =
+            self.shared.lock().create_im(first, members.to_vec()).map_err(MockPodError::Request)?;
+        self.shared.notify();
+        Ok(id)
+    }
+
+    /// A room created by `owner` with `members`, as `POST /_sandbox/rooms`.
+    pub fn create_room(
+        &self,
+        owner: i64,
+        name: &str,
+        members: &[i64],
+    ) -> Result<String, MockPodError> {
+        let id = {
+            let mut st = self.shared.lock();
+            let id = st.create_room(owner, name, "").map_err(MockPodError::Request)?;
+            for m in members.iter().filter(|m| **m != owner) {
+                st.membership(owner, &id, "add", *m).map_err(MockPodError::Request)?;
+            }
+            id
+        };
+        self.shared.notify();
+        Ok(id)
+    }
+
+    /// A person posts MessageML, as `POST /_sandbox/streams/{sid}/messages`. Returns the id.
+    pub fn post_message(
+        &self,
+        stream: &str,
+        as_user: i64,
+        message_ml: &str,
+    ) -> Result<String, MockPodError> {
+        let id = {
+            let mut st = self.shared.lock();
+            let names: std::collections::HashMap<i64, String> =
+                st.users.iter().map(|(id, u)| (*id, u.display_name.clone())).collect();
+            let rendered = presentation::render(message_ml, None, &presentation::names(&names))
+                .map_err(MockPodError::Request)?;
+            let v4 = st
+                .post(as_user, &crate::groups::model::to_url_safe_id(stream), rendered, Vec::new())
+                .map_err(MockPodError::Request)?;
+            v4["messageId"].as_str().unwrap_or_default().to_owned()
+        };
+        self.shared.notify();
+        Ok(id)
+    }
+
+    /// The messages of a stream, oldest first: (sender, plain text, PresentationML).
+    pub fn messages(&self, stream: &str) -> Vec<PostedMessage> {
+        let st = self.shared.lock();
+        st.streams
+            .get(&crate::groups::model::to_url_safe_id(stream))
+            .map(|s| {
+                s.messages
+                    .iter()
+                    .map(|m| PostedMessage {
+                        message_id: m.message_id.clone(),
+                        user: m.user,
+                        text: m.text.clone(),
+                        presentation_ml: m.presentation_ml.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Faults for the next `count` calls whose path matches `path` (a regex).
+    pub fn inject_fault(
+        &self,
+        method: Option<&str>,
+        path: &str,
+        status: u16,
+        retry_after: Option<u64>,
+        count: u32,
+    ) -> Result<(), MockPodError> {
+        let path = regex::Regex::new(path).map_err(|e| MockPodError::Request(e.to_string()))?;
+        self.shared.lock().faults.push(state::Fault {
+            method: method.map(str::to_owned),
+            path,
+            status,
+            retry_after,
+            hang: None,
+            remaining: count,
+        });
+        Ok(())
+    }
+
+    /// Every session and key-manager token stops working (next call → 401).
+    pub fn expire_sessions(&self) {
+        let mut st = self.shared.lock();
+        st.sessions.clear();
+        st.km_tokens.clear();
+    }
+
+    /// Every existing datafeed is gone at its next read (→ 400).
+    pub fn expire_datafeeds(&self) {
+        for f in self.shared.lock().feeds.values_mut() {
+            f.expired = true;
+        }
     }
 
     /// Stops serving and waits for the server task.
