@@ -36,6 +36,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Sandbox(String),
+    #[error("{0}")]
+    Startup(String),
 }
 
 /// A running bot.
@@ -64,7 +66,9 @@ impl Bot {
         let tracker = TaskTracker::new();
 
         // Datafeed → store: a batch is acknowledged only once every event is persisted.
-        let feed = DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let feed =
+            DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry).on_ready(ready_tx);
         let feed_store = store.clone();
         let feed_wake = wake.clone();
         let feed_cancel = cancel.clone();
@@ -95,6 +99,15 @@ impl Bot {
         let dispatch_cancel = cancel.clone();
         tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
         tracker.close();
+        // Up means listening: an event sent from now on reaches the bot. If the loop gives up
+        // first, the sender is dropped and so is this wait.
+        if ready_rx.await.is_err() {
+            cancel.cancel();
+            tracker.wait().await;
+            return Err(AppError::Startup(
+                "the datafeed could not be started (see the log)".into(),
+            ));
+        }
         Ok(Bot { bot_user, store, cancel, tracker })
     }
 

@@ -34,13 +34,20 @@ fn is_datafeed_id(id: &str) -> bool {
 pub struct DatafeedLoop {
     client: SymphonyClient,
     retry: RetryConfig,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl DatafeedLoop {
     /// `retry` is `datafeed.retry` (for ever by default). Reads time out after the client's read
     /// timeout, which must exceed the server's hold (~20 s on a real pod).
     pub fn new(client: SymphonyClient, retry: RetryConfig) -> Self {
-        Self { client, retry }
+        Self { client, retry, ready: None }
+    }
+
+    /// `ready` fires once the feed exists: from then on no event is missed.
+    pub fn on_ready(mut self, ready: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     async fn list(&self) -> Result<Vec<Datafeed>, SymphonyError> {
@@ -107,7 +114,7 @@ impl DatafeedLoop {
 
     /// Runs until `cancel` fires (then returns `Ok`) or an error that retrying cannot fix.
     pub async fn run(
-        self,
+        mut self,
         mut handler: BatchHandler,
         cancel: CancellationToken,
     ) -> Result<(), SymphonyError> {
@@ -115,6 +122,9 @@ impl DatafeedLoop {
             () = cancel.cancelled() => return Ok(()),
             r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
         };
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
         let mut ack_id = String::new();
         let mut failures = 0u32;
         loop {

@@ -1,1 +1,286 @@
-//! (to be written)
+//! The Symphony client and the bot's datafeed handling, against the mock pod over loopback.
+
+use std::time::{Duration, Instant};
+
+use wa_groups_bot::groups::{StreamId, UserId};
+use wa_groups_bot::symphony::{SymphonyClient, SymphonyError};
+
+use crate::support::{self, ALICE, BOB, BOT, start_bot, start_pod, wait_for, wait_for_message};
+
+fn is_help(text: &str) -> bool {
+    text.starts_with("WhatsApp groups: commands")
+}
+
+fn replies(pod: &wa_groups_bot::sandbox::mock_pod::MockPod, im: &str) -> usize {
+    pod.messages(im).iter().filter(|m| m.user == BOT).count()
+}
+
+#[tokio::test]
+async fn login_with_the_right_key_gives_the_bots_session() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for key in ["keys/bot-pkcs8.pem", "keys/bot-pkcs1.pem"] {
+        let client = SymphonyClient::new(&support::bot_config(&pod, dir.path(), key).symphony)
+            .expect("client");
+        client.authenticate().await.expect("login");
+        let me = client.session_info().await.expect("session info");
+        assert_eq!(me.id, UserId(BOT));
+        assert_eq!(me.account_type.as_deref(), Some("SYSTEM"));
+    }
+    let stats = pod.stats();
+    assert_eq!((stats.session_logins, stats.key_manager_logins), (2, 2));
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_a_clear_final_error() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = SymphonyClient::new(
+        &support::bot_config(&pod, dir.path(), "keys/other-pkcs8.pem").symphony,
+    )
+    .expect("client");
+    let err = client.authenticate().await.expect_err("wrong key");
+    assert!(matches!(err, SymphonyError::LoginRejected { status: 401, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("wa-test-bot") && text.contains("public key"), "{text}");
+    assert_eq!(pod.stats().session_logins, 0);
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after_and_5xx_are_retried() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client =
+        SymphonyClient::new(&support::bot_config(&pod, dir.path(), "keys/bot-pkcs8.pem").symphony)
+            .expect("client");
+    client.authenticate().await.expect("login");
+
+    pod.inject_fault(Some("GET"), "^/pod/v2/sessioninfo$", 429, Some(1), 1).expect("fault");
+    let started = Instant::now();
+    client.session_info().await.expect("retried after Retry-After");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1),
+        "waited only {waited:?}; configured backoff is 50 ms"
+    );
+
+    pod.inject_fault(None, "^/pod/v2/sessioninfo$", 503, None, 2).expect("fault");
+    client.session_info().await.expect("retried through two 503s");
+    assert_eq!(pod.stats().faults_served, 3);
+
+    // More failures than maxAttempts (4): the error surfaces, typed.
+    pod.inject_fault(None, "^/pod/v2/sessioninfo$", 502, None, 10).expect("fault");
+    let err = client.session_info().await.expect_err("gives up");
+    assert_eq!(err.status(), Some(502));
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn pod_calls_create_rooms_manage_members_and_send_messages() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client =
+        SymphonyClient::new(&support::bot_config(&pod, dir.path(), "keys/bot-pkcs8.pem").symphony)
+            .expect("client");
+    client.authenticate().await.expect("login");
+
+    let room = client.create_room("Deal team", "Alice, Bob").await.expect("room");
+    assert_eq!(room.name, "Deal team");
+    assert!(room.active);
+    client.add_member(&room.stream, UserId(ALICE)).await.expect("add");
+    client.add_member(&room.stream, UserId(BOB)).await.expect("add");
+    client.promote_owner(&room.stream, UserId(ALICE)).await.expect("promote");
+    client.remove_member(&room.stream, UserId(BOB)).await.expect("remove");
+    let members = client.room_members(&room.stream).await.expect("members");
+    let owners: Vec<i64> = members.iter().filter(|m| m.owner).map(|m| m.user.0).collect();
+    assert_eq!(owners, vec![BOT, ALICE]);
+    assert!(!members.iter().any(|m| m.user == UserId(BOB)));
+    client.demote_owner(&room.stream, UserId(ALICE)).await.expect("demote");
+    assert!(
+        !client
+            .room_members(&room.stream)
+            .await
+            .expect("members")
+            .iter()
+            .any(|m| m.user == UserId(ALICE) && m.owner)
+    );
+
+    let renamed = client.rename_room(&room.stream, "Deal team (FX)").await.expect("rename");
+    assert_eq!(client.room_info(&room.stream).await.expect("info").name, renamed.name);
+
+    let sent = client
+        .send_message(
+            &room.stream,
+            &format!("<messageML>Hi <mention uid=\"{ALICE}\"/></messageML>"),
+            None,
+        )
+        .await
+        .expect("send");
+    let stored = pod.messages(room.stream.as_str());
+    assert_eq!(
+        stored.last().map(|m| (m.message_id.clone(), m.text.clone())),
+        Some((sent.message_id, "Hi @Alice Ng".into()))
+    );
+    let bad = client
+        .send_message(&room.stream, "<messageML>unclosed", None)
+        .await
+        .expect_err("bad MessageML");
+    assert_eq!(bad.status(), Some(400));
+
+    client.set_room_active(&room.stream, false).await.expect("deactivate");
+    assert!(!client.room_info(&room.stream).await.expect("info").active);
+
+    let im = client.create_im(&[UserId(ALICE)]).await.expect("im");
+    assert_eq!(
+        client.create_im(&[UserId(ALICE)]).await.expect("same im"),
+        im,
+        "an existing IM is returned"
+    );
+    assert!(client.stream_attachments(&im).await.expect("attachments").is_empty());
+    let alice = client.user_by_id(UserId(ALICE)).await.expect("lookup").expect("alice");
+    assert_eq!(alice.display_name.as_deref(), Some("Alice Ng"));
+    assert_eq!(
+        client.user_by_email("bob@example.com").await.expect("lookup").map(|u| u.id),
+        Some(UserId(BOB))
+    );
+    assert_eq!(
+        client.user_by_username("alice").await.expect("lookup").map(|u| u.id),
+        Some(UserId(ALICE))
+    );
+    assert_eq!(client.user_by_id(UserId(4242)).await.expect("lookup"), None);
+    // Standard base64 stream ids (as some payloads carry them) reach the same stream.
+    let standard = im.as_str().replace('-', "+").replace('_', "/");
+    assert_eq!(StreamId::new(standard), im);
+}
+
+#[tokio::test]
+async fn the_bot_answers_help_in_an_im_and_never_itself() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+
+    // The bot's own "/wa help" comes back through its datafeed: it must not answer it.
+    pod.post_message(&im, BOT, "<messageML>/wa help</messageML>").expect("post");
+    pod.post_message(
+        &im,
+        ALICE,
+        &format!("<messageML><mention uid=\"{BOT}\"/> /wa help</messageML>"),
+    )
+    .expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    pod.post_message(&im, ALICE, "<messageML>/wa rename</messageML>").expect("post");
+    let usage = wait_for_message(&pod, &im, BOT, |t| t.contains("Usage: /wa rename")).await;
+    assert!(usage.text.contains("the new name is missing"), "{}", usage.text);
+    pod.post_message(&im, ALICE, "<messageML>just chatting</messageML>").expect("post");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for("the second help", Duration::from_secs(10), || {
+        let n = pod.messages(&im).iter().filter(|m| m.user == BOT && is_help(&m.text)).count();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    // Own "/wa help" (1) + help + usage + help: nothing else, in particular no answer to itself.
+    let texts: Vec<(i64, bool)> =
+        pod.messages(&im).iter().map(|m| (m.user, is_help(&m.text))).collect();
+    assert_eq!(
+        texts,
+        vec![
+            (BOT, false),
+            (ALICE, false),
+            (BOT, true),
+            (ALICE, false),
+            (BOT, false),
+            (ALICE, false),
+            (ALICE, false),
+            (BOT, true)
+        ]
+    );
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_renewed_without_losing_the_feed() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.expire_sessions();
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    let stats = pod.stats();
+    assert_eq!(stats.feeds_created, 1, "the datafeed survives a re-login");
+    assert!(stats.session_logins >= 2 && stats.key_manager_logins >= 2, "{stats:?}");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_feed_is_recreated_and_events_keep_coming() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    wait_for("the first feed", Duration::from_secs(5), || {
+        let n = pod.stats().feeds_created;
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    pod.expire_datafeeds();
+    wait_for("a new feed", Duration::from_secs(5), || {
+        let n = pod.stats().feeds_created;
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn datafeed_errors_back_off_and_recover() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.inject_fault(None, "/agent/v5/datafeeds/.*/read$", 503, None, 2).expect("fault");
+    pod.inject_fault(None, "/agent/v5/datafeeds/.*/read$", 429, Some(1), 1).expect("fault");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    assert_eq!(pod.stats().faults_served, 3);
+    assert_eq!(pod.stats().feeds_created, 1, "5xx and 429 keep the same feed");
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn an_unacknowledged_batch_is_redelivered_after_a_crash_and_processed_once() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    wait_for("the feed", Duration::from_secs(5), || {
+        let n = pod.stats().feed_reads;
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    // The read that would acknowledge the next batch hangs: the bot "crashes" before the ack.
+    pod.inject_hang("/agent/v5/datafeeds/.*/read$", Duration::from_secs(30), 1).expect("hang");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    first.stop().await;
+
+    // A new process on the same store and feed: the batch comes back, and is not answered twice.
+    let second = start_bot(&pod, dir.path()).await;
+    wait_for("the redelivery", Duration::from_secs(10), || {
+        let n = pod.stats().redeliveries;
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for("the second answer", Duration::from_secs(10), || {
+        let n = replies(&pod, &im);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(replies(&pod, &im), 2, "{:?}", pod.messages(&im));
+    assert_eq!(pod.stats().feeds_created, 1, "the restarted bot reuses the feed");
+    second.stop().await;
+}

@@ -284,6 +284,20 @@ impl MockPod {
         Ok(())
     }
 
+    /// The next `count` calls whose path matches `path` hang for `hang` before being served.
+    pub fn inject_hang(&self, path: &str, hang: Duration, count: u32) -> Result<(), MockPodError> {
+        let path = regex::Regex::new(path).map_err(|e| MockPodError::Request(e.to_string()))?;
+        self.shared.lock().faults.push(state::Fault {
+            method: None,
+            path,
+            status: 0,
+            retry_after: None,
+            hang: Some(hang),
+            remaining: count,
+        });
+        Ok(())
+    }
+
     /// Every session and key-manager token stops working (next call → 401).
     pub fn expire_sessions(&self) {
         let mut st = self.shared.lock();

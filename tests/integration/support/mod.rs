@@ -30,3 +30,85 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+use wa_groups_bot::app::Bot;
+use wa_groups_bot::config::{Config, ConfigSource};
+use wa_groups_bot::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser, UserKind};
+use wa_groups_bot::templates::Templates;
+
+pub const BOT: i64 = 9001;
+pub const ALICE: i64 = 9002;
+pub const BOB: i64 = 9003;
+pub const BOT_USERNAME: &str = "wa-test-bot";
+
+fn user(id: i64, username: &str, name: &str, kind: UserKind, key: Option<&str>) -> MockUser {
+    MockUser {
+        id,
+        username: username.into(),
+        display_name: name.into(),
+        email: format!("{username}@example.com"),
+        kind,
+        public_key_pem: key.map(|k| std::fs::read_to_string(fixture(k)).expect("fixture key")),
+    }
+}
+
+/// The test directory: the bot (with the fixture key pair), Alice and Bob.
+pub fn pod_users() -> Vec<MockUser> {
+    vec![
+        user(BOT, BOT_USERNAME, "WA Test Bot", UserKind::Bot, Some("keys/bot-public.pem")),
+        user(ALICE, "alice", "Alice Ng", UserKind::Normal, None),
+        user(BOB, "bob", "Bob Smith", UserKind::Normal, None),
+    ]
+}
+
+/// A mock pod with short timings: 300 ms long-poll hold, unacked batches back after 1 s.
+pub async fn start_pod() -> MockPod {
+    let mut cfg = MockPodConfig::new(pod_users());
+    cfg.datafeed_hold = Duration::from_millis(300);
+    cfg.redelivery_delay = Duration::from_secs(1);
+    MockPod::start(cfg).await.expect("mock pod starts")
+}
+
+/// The bot's configuration against `pod`, with its store in `dir`. `key` is a fixture path.
+pub fn bot_config(pod: &MockPod, dir: &std::path::Path, key: &str) -> Config {
+    let yaml = format!(
+        "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
+         bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
+         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
+         store: {{path: {store}}}\n",
+        port = pod.addr().port(),
+        key = fixture(key).display(),
+        store = dir.join("bot.db").display(),
+    );
+    let file = dir.join("bot-config.yaml");
+    std::fs::write(&file, yaml).expect("write config");
+    Config::load_from(&ConfigSource { file: Some(file), env: Some(Default::default()) })
+        .expect("valid config")
+}
+
+/// Starts the bot against `pod` with its store in `dir`.
+pub async fn start_bot(pod: &MockPod, dir: &std::path::Path) -> Bot {
+    let config = bot_config(pod, dir, "keys/bot-pkcs8.pem");
+    Bot::start(
+        config,
+        Templates::embedded().expect("templates"),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("bot starts")
+}
+
+/// Waits until the stream has a message from `user` whose text satisfies `pred`; returns it.
+pub async fn wait_for_message(
+    pod: &MockPod,
+    stream: &str,
+    user: i64,
+    pred: impl Fn(&str) -> bool,
+) -> wa_groups_bot::sandbox::mock_pod::PostedMessage {
+    wait_for("a matching message", Duration::from_secs(10), || {
+        let found = pod.messages(stream).into_iter().find(|m| m.user == user && pred(&m.text));
+        async move { found }
+    })
+    .await
+}
