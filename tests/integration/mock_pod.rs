@@ -1,1 +1,386 @@
-//! (to be written)
+//! The mock pod over raw HTTP: login checks, token checks, Datafeed v2 ack semantics, events,
+//! the control API and fault injection, as any bot's CI would use them.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{ALICE, BOB, BOT, BOT_USERNAME, fixture, start_pod};
+
+fn jwt(sub: &str, exp_from_now: i64, key: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let pem = std::fs::read(fixture(key)).expect("key");
+    let key = EncodingKey::from_rsa_pem(&pem).expect("pem");
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS512),
+        &json!({"sub": sub, "exp": now + exp_from_now}),
+        &key,
+    )
+    .expect("sign")
+}
+
+struct Session {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    km: String,
+}
+
+impl Session {
+    async fn login(url: &str) -> Session {
+        let http = reqwest::Client::new();
+        let mut tokens = Vec::new();
+        for path in ["/login/pubkey/authenticate", "/relay/pubkey/authenticate"] {
+            let r: Value = http
+                .post(format!("{url}{path}"))
+                .json(&json!({"token": jwt(BOT_USERNAME, 200, "keys/bot-pkcs8.pem")}))
+                .send()
+                .await
+                .expect("login")
+                .json()
+                .await
+                .expect("json");
+            tokens.push(r["token"].as_str().expect("token").to_owned());
+        }
+        Session { http, url: url.to_owned(), session: tokens[0].clone(), km: tokens[1].clone() }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("sessionToken", &self.session)
+            .header("keyManagerToken", &self.km)
+    }
+
+    async fn read(&self, feed: &str, ack: &str) -> (StatusCode, Value) {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/agent/v5/datafeeds/{feed}/read"))
+            .json(&json!({"ackId": ack}))
+            .send()
+            .await
+            .expect("read");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create_feed(&self) -> String {
+        let r = self
+            .req(reqwest::Method::POST, "/agent/v5/datafeeds")
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.expect("json");
+        let id = v["id"].as_str().expect("id").to_owned();
+        assert!(id.ends_with("_f") && v["type"] == "fanout", "{v}");
+        id
+    }
+}
+
+async fn control(url: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("control");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn login_verifies_signature_user_and_expiry() {
+    let pod = start_pod().await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (jwt(BOT_USERNAME, 200, "keys/bot-pkcs8.pem"), StatusCode::OK, "good key"),
+        (jwt(BOT_USERNAME, 200, "keys/other-pkcs8.pem"), StatusCode::UNAUTHORIZED, "wrong key"),
+        (jwt("nobody", 200, "keys/bot-pkcs8.pem"), StatusCode::UNAUTHORIZED, "unknown user"),
+        (
+            jwt(BOT_USERNAME, 600, "keys/bot-pkcs8.pem"),
+            StatusCode::UNAUTHORIZED,
+            "exp more than 5 min ahead",
+        ),
+        (jwt(BOT_USERNAME, -60, "keys/bot-pkcs8.pem"), StatusCode::UNAUTHORIZED, "expired"),
+        ("not.a.jwt".to_owned(), StatusCode::UNAUTHORIZED, "garbage"),
+    ];
+    for (token, expected, what) in cases {
+        for path in ["/login/pubkey/authenticate", "/relay/pubkey/authenticate"] {
+            let r = http
+                .post(format!("{}{path}", pod.url()))
+                .json(&json!({"token": token}))
+                .send()
+                .await
+                .expect("login");
+            assert_eq!(r.status(), expected, "{what} at {path}");
+            let body: Value = r.json().await.expect("json body");
+            if expected == StatusCode::OK {
+                assert!(body["token"].is_string() && body["name"].is_string(), "{body}");
+            } else {
+                assert_eq!(body["code"], 401, "{what}: {body}");
+                assert!(body["message"].is_string(), "{body}");
+            }
+        }
+    }
+    // A user without a registered key cannot log in.
+    let r = http
+        .post(format!("{}/login/pubkey/authenticate", pod.url()))
+        .json(&json!({"token": jwt("alice", 200, "keys/bot-pkcs8.pem")}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn calls_need_valid_tokens() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let r = s.req(reqwest::Method::GET, "/pod/v2/sessioninfo").send().await.expect("call");
+    assert_eq!(r.status(), StatusCode::OK);
+    let me: Value = r.json().await.expect("json");
+    assert_eq!((me["id"].as_i64(), me["accountType"].as_str()), (Some(BOT), Some("SYSTEM")));
+    let r = reqwest::get(format!("{}/pod/v2/sessioninfo", pod.url())).await.expect("call");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Agent calls need the key-manager token too.
+    let r = s
+        .http
+        .get(format!("{}/agent/v1/info", pod.url()))
+        .header("sessionToken", &s.session)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = control(&pod.url(), "/_sandbox/sessions/expire", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = s.req(reqwest::Method::GET, "/pod/v2/sessioninfo").send().await.expect("call");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn datafeed_acks_batches_and_redelivers_unacknowledged_ones() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let feed = s.create_feed().await;
+    let listed: Value = s
+        .req(reqwest::Method::GET, "/agent/v5/datafeeds")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed[0]["id"], feed.as_str());
+
+    // Idle: the read is held, then answers an empty batch with a new ackId.
+    let started = Instant::now();
+    let (status, idle) = s.read(&feed, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(250), "held {:?}", started.elapsed());
+    assert_eq!(idle["events"], json!([]));
+    assert!(idle["ackId"].as_str().is_some_and(|a| !a.is_empty()));
+
+    // A person creates an IM with the bot and writes: INSTANTMESSAGECREATED, then MESSAGESENT.
+    let (_, im) = control(&pod.url(), "/_sandbox/ims", json!({"members": [ALICE, BOT]})).await;
+    let sid = im["streamId"].as_str().expect("sid").to_owned();
+    let (status, posted) = control(
+        &pod.url(),
+        &format!("/_sandbox/streams/{sid}/messages"),
+        json!({"as": ALICE, "messageML": format!("<messageML>hi <mention uid=\"{BOT}\"/></messageML>")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    let (_, batch) = s.read(&feed, idle["ackId"].as_str().expect("ack")).await;
+    let events = batch["events"].as_array().expect("events").clone();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect();
+    assert_eq!(types, vec!["INSTANTMESSAGECREATED", "MESSAGESENT"]);
+    let msg = &events[1];
+    assert_eq!(msg["initiator"]["user"]["userId"], ALICE);
+    assert_eq!(msg["payload"]["messageSent"]["message"]["messageId"], posted["messageId"]);
+    let pml = msg["payload"]["messageSent"]["message"]["message"].as_str().expect("pml");
+    assert!(
+        pml.starts_with(
+            "<div data-format=\"PresentationML\" data-version=\"2.0\">hi <span class=\"entity\""
+        ),
+        "{pml}"
+    );
+    let data: Value = serde_json::from_str(
+        msg["payload"]["messageSent"]["message"]["data"].as_str().expect("data"),
+    )
+    .expect("json");
+    let entity = data.as_object().and_then(|o| o.values().next()).expect("one entity");
+    assert_eq!(entity["type"], "com.symphony.user.mention");
+    assert_eq!(entity["id"][0]["value"], BOT.to_string());
+
+    // Not acknowledged (old ackId again): nothing new at once, the same batch after the delay.
+    let sent_at = Instant::now();
+    let mut redelivered = s.read(&feed, idle["ackId"].as_str().expect("ack")).await.1;
+    assert_eq!(redelivered["events"], json!([]), "hidden until the visibility delay");
+    for _ in 0..10 {
+        if redelivered["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        redelivered = s.read(&feed, redelivered["ackId"].as_str().expect("ack")).await.1;
+    }
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(600),
+        "came back after {:?}",
+        sent_at.elapsed()
+    );
+    let ids = |v: &Value| {
+        v["events"]
+            .as_array()
+            .map(|e| e.iter().map(|x| x["id"].clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&redelivered), ids(&batch), "the unacknowledged batch comes back");
+    assert!(pod.stats().redeliveries >= 2);
+    // Acknowledged: gone for good.
+    let (_, after_ack) = s.read(&feed, redelivered["ackId"].as_str().expect("ack")).await;
+    assert_eq!(after_ack["events"], json!([]));
+    let (_, later) = s.read(&feed, after_ack["ackId"].as_str().expect("ack")).await;
+    assert_eq!(later["events"], json!([]));
+}
+
+#[tokio::test]
+async fn an_expired_or_deleted_feed_answers_400() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let feed = s.create_feed().await;
+    let (status, _) = control(&pod.url(), "/_sandbox/datafeeds/expire", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.read(&feed, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], 400);
+    let feed = s.create_feed().await;
+    let r = s
+        .req(reqwest::Method::DELETE, &format!("/agent/v5/datafeeds/{feed}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s.read(&feed, "").await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn room_events_reach_members_with_their_initiator() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let feed = s.create_feed().await;
+    let (status, room) = control(
+        &pod.url(),
+        "/_sandbox/rooms",
+        json!({"as": ALICE, "name": "Deal team", "members": [BOT]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let url = pod.url();
+    let actions = format!("/_sandbox/streams/{sid}/actions");
+    let act = |body: Value| control(&url, &actions, body);
+    assert_eq!(
+        act(json!({"as": ALICE, "action": "rename", "name": "Deal team (FX)"})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(json!({"as": ALICE, "action": "addMember", "userId": BOB})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(json!({"as": ALICE, "action": "promote", "userId": BOB})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        act(json!({"as": BOB, "action": "demote", "userId": ALICE})).await.0,
+        StatusCode::OK
+    );
+    // Alice is no longer an owner: the client would refuse her, and so does the control API.
+    let (status, refused) =
+        act(json!({"as": ALICE, "action": "removeMember", "userId": BOB})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("not an owner")), "{refused}");
+    assert_eq!(
+        act(json!({"as": BOB, "action": "removeMember", "userId": ALICE})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(act(json!({"as": BOB, "action": "deactivate"})).await.0, StatusCode::OK);
+    assert_eq!(act(json!({"as": BOB, "action": "fly"})).await.0, StatusCode::BAD_REQUEST);
+
+    let (_, batch) = s.read(&feed, "").await;
+    let summary: Vec<(String, i64, Option<i64>)> = batch["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let t = e["type"].as_str().unwrap_or_default().to_owned();
+            let payload = e["payload"]
+                .as_object()
+                .and_then(|p| p.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                t,
+                e["initiator"]["user"]["userId"].as_i64().unwrap_or_default(),
+                payload["affectedUser"]["userId"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("USERJOINEDROOM".into(), ALICE, Some(BOT)),
+            ("ROOMUPDATED".into(), ALICE, None),
+            ("USERJOINEDROOM".into(), ALICE, Some(BOB)),
+            ("ROOMMEMBERPROMOTEDTOOWNER".into(), ALICE, Some(BOB)),
+            ("ROOMMEMBERDEMOTEDFROMOWNER".into(), BOB, Some(ALICE)),
+            ("USERLEFTROOM".into(), BOB, Some(ALICE)),
+            ("ROOMDEACTIVATED".into(), BOB, None),
+        ]
+    );
+    let stream: Value = reqwest::get(format!("{}/_sandbox/streams/{sid}", pod.url()))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stream["name"], "Deal team (FX)");
+    assert_eq!(stream["active"], false);
+    assert_eq!(
+        stream["members"],
+        json!([{"userId": BOT, "owner": false}, {"userId": BOB, "owner": true}])
+    );
+}
+
+#[tokio::test]
+async fn injected_faults_answer_with_status_and_retry_after_then_stop() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let (status, _) = control(
+        &pod.url(),
+        "/_sandbox/faults",
+        json!({"path": "^/pod/v2/sessioninfo$", "status": 429, "retryAfter": 7, "count": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..2 {
+        let r = s.req(reqwest::Method::GET, "/pod/v2/sessioninfo").send().await.expect("call");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
+    }
+    let r = s.req(reqwest::Method::GET, "/pod/v2/sessioninfo").send().await.expect("call");
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, err) =
+        control(&pod.url(), "/_sandbox/faults", json!({"path": "(", "status": 500})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(err["error"].is_string());
+    let (status, err) = control(
+        &pod.url(),
+        "/_sandbox/streams/nope/messages",
+        json!({"as": ALICE, "messageML": "<messageML>x</messageML>"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
+}
