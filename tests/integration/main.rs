@@ -1,11 +1,8 @@
 //! The one integration-test binary: everything that crosses HTTP on loopback.
-//! Each module drives the real library against the in-process mock pod and WhatsApp simulator.
+//! Each module drives the real library against the in-process mock pod over loopback.
 
 mod support;
 
 mod bdk_interop;
 mod mock_pod;
-mod pywa_interop;
 mod symphony_client;
-mod wa_sim;
-mod whatsapp;

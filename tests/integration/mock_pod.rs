@@ -384,3 +384,35 @@ async fn injected_faults_answer_with_status_and_retry_after_then_stop() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
 }
+
+#[tokio::test]
+async fn a_users_file_defines_who_can_log_in() {
+    use wa_groups_bot::sandbox::mock_pod::{MockPod, MockPodConfig, UserKind, load_users};
+    let users = load_users(&fixture("mock-pod/users.yaml")).expect("users file");
+    assert_eq!(users.len(), 3);
+    assert_eq!((users[0].id, users[0].kind), (BOT, UserKind::Bot));
+    assert!(users[0].public_key_pem.is_some() && users[1].public_key_pem.is_none());
+    let pod = MockPod::start(MockPodConfig::new(users)).await.expect("pod");
+    let s = Session::login(&pod.url()).await;
+    let me: Value = s
+        .req(reqwest::Method::GET, "/pod/v2/sessioninfo")
+        .send()
+        .await
+        .expect("call")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["displayName"], "WA Test Bot");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("users.yaml");
+    std::fs::write(
+        &bad,
+        "- {id: 1, username: x, displayName: X, email: x@x, type: BOT, publicKey: missing.pem}\n",
+    )
+    .expect("write");
+    let err = load_users(&bad).expect_err("missing key file");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    std::fs::write(&bad, "- {id: 1, username: x, type: ROBOT}\n").expect("write");
+    assert!(load_users(&bad).is_err());
+}
