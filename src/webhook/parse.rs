@@ -200,7 +200,7 @@ fn status(st: &Value) -> Option<WhatsAppEvent> {
         status: s(st, "status")?,
         recipient_id: s(st, "recipient_id"),
         recipient_type: s(st, "recipient_type"),
-        participant: (participant_id.is_some() || participant_user.is_some()).then(|| WaUser {
+        participant: (participant_id.is_some() || participant_user.is_some()).then_some(WaUser {
             wa_id: participant_id,
             user_id: participant_user,
             username: None,
