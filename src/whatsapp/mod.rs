@@ -1,1 +1,395 @@
-//! WhatsApp: typed Meta Cloud API client (groups, invite links, join requests, messages).
+//! WhatsApp: a typed client for the Meta Cloud API Groups API and messages (Graph API, Bearer
+//! token). Graph errors decode into [`WhatsAppError::Graph`], which tells throttling and server
+//! trouble (retried with capped backoff honouring `Retry-After`) from permanent refusals.
+
+pub mod model;
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::{RetryConfig, WhatsAppConfig};
+use crate::groups::GroupId;
+
+pub use model::{GroupInfo, GroupPage, GroupSummary, JoinRequest, JoinRequestOutcome, Recipient, TemplateParam};
+
+/// Longest group subject / description the API accepts.
+pub const MAX_SUBJECT_CHARS: usize = 128;
+pub const MAX_DESCRIPTION_CHARS: usize = 2048;
+/// Most participants one remove call (and one group) may hold.
+pub const MAX_PARTICIPANTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WhatsAppError {
+    /// The Graph API refused: `{"error":{"message","type","code","error_subcode","fbtrace_id"}}`.
+    #[error("{endpoint}: Graph error {code}{} ({status}): {message}", .subcode.map(|s| format!("/{s}")).unwrap_or_default())]
+    Graph {
+        endpoint: String,
+        status: u16,
+        code: i64,
+        subcode: Option<i64>,
+        kind: Option<String>,
+        message: String,
+        fbtrace_id: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    #[error("{endpoint}: {reason}")]
+    Network { endpoint: String, reason: String },
+    #[error("{endpoint}: unexpected response ({reason}); body: {body}")]
+    Decode { endpoint: String, reason: String, body: String },
+    /// Refused before calling: the request breaks a documented limit.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Graph codes that mean "slow down / try again later".
+const THROTTLING_CODES: &[i64] = &[4, 17, 32, 613, 80007, 130429, 131056, 131208];
+/// Graph codes that mean "temporary trouble on Meta's side".
+const TRANSIENT_CODES: &[i64] = &[1, 2, 131000, 131016];
+
+impl WhatsAppError {
+    /// Worth retrying: network, 429, 5xx, throttling and transient Graph codes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WhatsAppError::Network { .. } => true,
+            WhatsAppError::Graph { status, code, .. } => {
+                *status == 429 || *status >= 500 || THROTTLING_CODES.contains(code) || TRANSIENT_CODES.contains(code)
+            }
+            WhatsAppError::Decode { .. } | WhatsAppError::Invalid(_) => false,
+        }
+    }
+
+    /// The Graph error code, if the API answered with one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            WhatsAppError::Graph { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// 131047: free-form text outside the 24-hour customer-service window.
+    pub fn is_window_closed(&self) -> bool {
+        self.code() == Some(131047)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            WhatsAppError::Graph { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The Cloud API client. Cheap to clone.
+#[derive(Clone)]
+pub struct WhatsAppClient {
+    http: reqwest::Client,
+    /// `<apiBaseUrl>/<apiVersion>`
+    base: String,
+    phone_number_id: String,
+    token: SecretString,
+    retry: RetryConfig,
+}
+
+impl std::fmt::Debug for WhatsAppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsAppClient")
+            .field("base", &self.base)
+            .field("phone_number_id", &self.phone_number_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+impl WhatsAppClient {
+    pub fn new(cfg: &WhatsAppConfig, retry: RetryConfig) -> Result<Self, WhatsAppError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("wa-groups-bot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WhatsAppError::Network { endpoint: "client".into(), reason: e.to_string() })?;
+        Ok(Self {
+            http,
+            base: format!("{}/{}", cfg.api_base_url.as_str().trim_end_matches('/'), cfg.api_version),
+            phone_number_id: cfg.phone_number_id.clone(),
+            token: cfg.access_token.clone(),
+            retry,
+        })
+    }
+
+    /// One Graph call with retries. `build` adds the body/query afresh for each attempt.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, WhatsAppError> {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let endpoint = format!("{method} /{}", path.trim_start_matches('/'));
+        let mut attempt = 0u32;
+        loop {
+            let req = self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
+            let outcome = match build(req).send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(crate::symphony::parse_retry_after);
+                    let body = resp.text().await.unwrap_or_default();
+                    if (200..300).contains(&status) {
+                        let mut de = serde_json::Deserializer::from_str(if body.trim().is_empty() { "{}" } else { &body });
+                        return serde_path_to_error::deserialize(&mut de).map_err(|e| WhatsAppError::Decode {
+                            endpoint,
+                            reason: e.to_string(),
+                            body: body.chars().take(500).collect(),
+                        });
+                    }
+                    graph_error(&endpoint, status, &body, retry_after)
+                }
+                Err(e) => WhatsAppError::Network { endpoint: endpoint.clone(), reason: e.to_string() },
+            };
+            attempt += 1;
+            if !outcome.is_retryable() || !self.retry.allows(attempt) {
+                return Err(outcome);
+            }
+            let wait = self.retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            tracing::warn!(error = %outcome, ?wait, attempt, "WhatsApp call failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    // ----- groups -----
+
+    /// `POST /<PHONE_NUMBER_ID>/groups` → the `request_id` the `group_create` webhook will carry.
+    pub async fn create_group(&self, subject: &str, description: &str, approval_required: bool) -> Result<String, WhatsAppError> {
+        let subject = subject.trim();
+        if subject.is_empty() || chars(subject) > MAX_SUBJECT_CHARS {
+            return Err(WhatsAppError::Invalid(format!("a group subject has 1 to {MAX_SUBJECT_CHARS} characters")));
+        }
+        if chars(description) > MAX_DESCRIPTION_CHARS {
+            return Err(WhatsAppError::Invalid(format!("a group description has at most {MAX_DESCRIPTION_CHARS} characters")));
+        }
+        let mode = if approval_required { "approval_required" } else { "auto_approve" };
+        let body = json!({"messaging_product": "whatsapp", "subject": subject, "description": description, "join_approval_mode": mode});
+        let r: model::RequestIdResponse =
+            self.call(Method::POST, &format!("{}/groups", self.phone_number_id), |r| r.json(&body)).await?;
+        Ok(r.request_id)
+    }
+
+    /// `GET /<PHONE_NUMBER_ID>/groups?limit=&after=`: one page of active groups.
+    pub async fn list_groups(&self, limit: u32, after: Option<&str>) -> Result<GroupPage, WhatsAppError> {
+        let mut query = vec![("limit", limit.clamp(1, 1024).to_string())];
+        if let Some(a) = after {
+            query.push(("after", a.to_owned()));
+        }
+        let raw: model::RawGroupList =
+            self.call(Method::GET, &format!("{}/groups", self.phone_number_id), |r| r.query(&query)).await?;
+        Ok(raw.into())
+    }
+
+    /// Every active group, following the `after` cursors.
+    pub async fn all_groups(&self) -> Result<Vec<GroupSummary>, WhatsAppError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_groups(100, after.as_deref()).await?;
+            let more = page.next.is_some() && !page.groups.is_empty();
+            out.extend(page.groups);
+            if !more {
+                return Ok(out);
+            }
+            after = page.next;
+        }
+    }
+
+    /// `GET /<GROUP_ID>?fields=…`
+    pub async fn group_info(&self, group: &GroupId) -> Result<GroupInfo, WhatsAppError> {
+        let fields = "subject,description,participants,join_approval_mode,suspended,creation_timestamp,total_participant_count";
+        let raw: Value = self.call(Method::GET, group.as_str(), |r| r.query(&[("fields", fields)])).await?;
+        Ok(GroupInfo::from_json(&raw))
+    }
+
+    /// `POST /<GROUP_ID>` with a new subject and/or description (outcome by webhook).
+    pub async fn update_group(&self, group: &GroupId, subject: Option<&str>, description: Option<&str>) -> Result<(), WhatsAppError> {
+        let mut body = json!({"messaging_product": "whatsapp"});
+        if let Some(s) = subject {
+            let s = s.trim();
+            if s.is_empty() || chars(s) > MAX_SUBJECT_CHARS {
+                return Err(WhatsAppError::Invalid(format!("a group subject has 1 to {MAX_SUBJECT_CHARS} characters")));
+            }
+            body["subject"] = json!(s);
+        }
+        if let Some(d) = description {
+            if chars(d) > MAX_DESCRIPTION_CHARS {
+                return Err(WhatsAppError::Invalid(format!("a group description has at most {MAX_DESCRIPTION_CHARS} characters")));
+            }
+            body["description"] = json!(d);
+        }
+        let _: Value = self.call(Method::POST, group.as_str(), |r| r.json(&body)).await?;
+        Ok(())
+    }
+
+    /// `DELETE /<GROUP_ID>`
+    pub async fn delete_group(&self, group: &GroupId) -> Result<(), WhatsAppError> {
+        let _: Value = self.call(Method::DELETE, group.as_str(), |r| r).await?;
+        Ok(())
+    }
+
+    /// `GET /<GROUP_ID>/invite_link`: the current link.
+    pub async fn invite_link(&self, group: &GroupId) -> Result<String, WhatsAppError> {
+        let r: model::InviteLinkResponse = self.call(Method::GET, &format!("{group}/invite_link"), |r| r).await?;
+        Ok(r.invite_link)
+    }
+
+    /// `POST /<GROUP_ID>/invite_link`: a new link; every earlier one stops working.
+    pub async fn reset_invite_link(&self, group: &GroupId) -> Result<String, WhatsAppError> {
+        let body = json!({"messaging_product": "whatsapp"});
+        let r: model::InviteLinkResponse =
+            self.call(Method::POST, &format!("{group}/invite_link"), |r| r.json(&body)).await?;
+        Ok(r.invite_link)
+    }
+
+    /// `GET /<GROUP_ID>/join_requests`: pending requests (all pages).
+    pub async fn join_requests(&self, group: &GroupId) -> Result<Vec<JoinRequest>, WhatsAppError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
+            let raw: model::RawJoinRequests =
+                self.call(Method::GET, &format!("{group}/join_requests"), |r| r.query(&query)).await?;
+            let next = raw.next_cursor();
+            let empty = raw.data.is_empty();
+            out.extend(raw.data);
+            match next {
+                Some(n) if !empty => after = Some(n),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn join_request_action(&self, group: &GroupId, ids: &[String], method: Method) -> Result<JoinRequestOutcome, WhatsAppError> {
+        if ids.is_empty() {
+            return Err(WhatsAppError::Invalid("no join request ids".into()));
+        }
+        let body = json!({"messaging_product": "whatsapp", "join_requests": ids});
+        let raw: Value = self.call(method, &format!("{group}/join_requests"), |r| r.json(&body)).await?;
+        Ok(JoinRequestOutcome::from_json(&raw))
+    }
+
+    /// `POST /<GROUP_ID>/join_requests`: approve.
+    pub async fn approve_join_requests(&self, group: &GroupId, ids: &[String]) -> Result<JoinRequestOutcome, WhatsAppError> {
+        self.join_request_action(group, ids, Method::POST).await
+    }
+
+    /// `DELETE /<GROUP_ID>/join_requests`: reject.
+    pub async fn reject_join_requests(&self, group: &GroupId, ids: &[String]) -> Result<JoinRequestOutcome, WhatsAppError> {
+        self.join_request_action(group, ids, Method::DELETE).await
+    }
+
+    /// `DELETE /<GROUP_ID>/participants`: 1 to 8 users (phone digits, wa_id or BSUID).
+    pub async fn remove_participants(&self, group: &GroupId, users: &[String]) -> Result<(), WhatsAppError> {
+        if users.is_empty() || users.len() > MAX_PARTICIPANTS {
+            return Err(WhatsAppError::Invalid(format!("remove 1 to {MAX_PARTICIPANTS} participants per call")));
+        }
+        let participants: Vec<Value> = users.iter().map(|u| json!({"user": u})).collect();
+        let body = json!({"messaging_product": "whatsapp", "participants": participants});
+        let _: Value = self.call(Method::DELETE, &format!("{group}/participants"), |r| r.json(&body)).await?;
+        Ok(())
+    }
+
+    // ----- messages -----
+
+    async fn send(&self, to: &Recipient, content: Value) -> Result<String, WhatsAppError> {
+        let (recipient_type, to) = match to {
+            Recipient::Phone(n) => ("individual", n.wa_id().to_owned()),
+            Recipient::Group(g) => ("group", g.as_str().to_owned()),
+        };
+        let mut body = json!({"messaging_product": "whatsapp", "recipient_type": recipient_type, "to": to});
+        if let (Value::Object(b), Value::Object(c)) = (&mut body, content) {
+            b.extend(c);
+        }
+        let r: model::SendResponse =
+            self.call(Method::POST, &format!("{}/messages", self.phone_number_id), |r| r.json(&body)).await?;
+        r.messages.into_iter().next().map(|m| m.id).ok_or_else(|| WhatsAppError::Decode {
+            endpoint: "POST /messages".into(),
+            reason: "no message id".into(),
+            body: String::new(),
+        })
+    }
+
+    /// A text message (inside the customer-service window). Returns the `wamid`.
+    pub async fn send_text(&self, to: &Recipient, body: &str) -> Result<String, WhatsAppError> {
+        if body.trim().is_empty() || chars(body) > 4096 {
+            return Err(WhatsAppError::Invalid("a text message has 1 to 4096 characters".into()));
+        }
+        self.send(to, json!({"type": "text", "text": {"preview_url": true, "body": body}})).await
+    }
+
+    /// A template message with body parameters (allowed outside the window). Returns the `wamid`.
+    pub async fn send_template(&self, to: &Recipient, name: &str, language: &str, params: &[TemplateParam]) -> Result<String, WhatsAppError> {
+        let parameters: Vec<Value> = params
+            .iter()
+            .map(|p| match p {
+                TemplateParam::Text(t) => json!({"type": "text", "text": t}),
+                TemplateParam::GroupId(g) => json!({"type": "group_id", "group_id": g.as_str()}),
+            })
+            .collect();
+        let mut template = json!({"name": name, "language": {"code": language}});
+        if !parameters.is_empty() {
+            template["components"] = json!([{"type": "body", "parameters": parameters}]);
+        }
+        self.send(to, json!({"type": "template", "template": template})).await
+    }
+}
+
+fn graph_error(endpoint: &str, status: u16, body: &str, retry_after: Option<Duration>) -> WhatsAppError {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    WhatsAppError::Graph {
+        endpoint: endpoint.to_owned(),
+        status,
+        code: err.and_then(|e| e.get("code")).and_then(Value::as_i64).unwrap_or(i64::from(status)),
+        subcode: err.and_then(|e| e.get("error_subcode")).and_then(Value::as_i64),
+        kind: err.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_owned),
+        message: err
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| body.chars().take(300).collect()),
+        fbtrace_id: err.and_then(|e| e.get("fbtrace_id")).and_then(Value::as_str).map(str::to_owned),
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_errors_decode_and_classify() {
+        let body = r#"{"error":{"message":"(#131047) Re-engagement message","type":"OAuthException","code":131047,"error_subcode":2494010,"fbtrace_id":"AbCd"}}"#;
+        let e = graph_error("POST /x/messages", 400, body, None);
+        assert_eq!(e.code(), Some(131047));
+        assert!(e.is_window_closed() && !e.is_retryable());
+        assert!(e.to_string().contains("131047/2494010"), "{e}");
+        for (status, code) in [(429, 130429), (400, 131056), (500, 1), (503, 0), (429, 131208), (400, 80007)] {
+            let body = format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
+            assert!(graph_error("e", status, &body, None).is_retryable(), "{status}/{code}");
+        }
+        for (status, code) in [(400, 100), (400, 131204), (401, 190), (403, 131207)] {
+            let body = format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
+            assert!(!graph_error("e", status, &body, None).is_retryable(), "{status}/{code}");
+        }
+        let html = graph_error("e", 502, "<html>bad gateway</html>", None);
+        assert!(html.is_retryable() && html.to_string().contains("bad gateway"));
+    }
+}
