@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use crate::config::{RetryConfig, WhatsAppConfig};
 use crate::groups::GroupId;
 
-pub use model::{GroupInfo, GroupPage, GroupSummary, JoinRequest, JoinRequestOutcome, Recipient, TemplateParam};
+pub use model::{
+    GroupInfo, GroupPage, GroupSummary, JoinRequest, JoinRequestOutcome, Recipient, TemplateParam,
+};
 
 /// Longest group subject / description the API accepts.
 pub const MAX_SUBJECT_CHARS: usize = 128;
@@ -25,17 +27,8 @@ pub const MAX_PARTICIPANTS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum WhatsAppError {
     /// The Graph API refused: `{"error":{"message","type","code","error_subcode","fbtrace_id"}}`.
-    #[error("{endpoint}: Graph error {code}{} ({status}): {message}", .subcode.map(|s| format!("/{s}")).unwrap_or_default())]
-    Graph {
-        endpoint: String,
-        status: u16,
-        code: i64,
-        subcode: Option<i64>,
-        kind: Option<String>,
-        message: String,
-        fbtrace_id: Option<String>,
-        retry_after: Option<Duration>,
-    },
+    #[error("{0}")]
+    Graph(Box<GraphError>),
     #[error("{endpoint}: {reason}")]
     Network { endpoint: String, reason: String },
     #[error("{endpoint}: unexpected response ({reason}); body: {body}")]
@@ -43,6 +36,20 @@ pub enum WhatsAppError {
     /// Refused before calling: the request breaks a documented limit.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A Graph API error answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{endpoint}: Graph error {code}{} ({status}): {message}", .subcode.map(|s| format!("/{s}")).unwrap_or_default())]
+pub struct GraphError {
+    pub endpoint: String,
+    pub status: u16,
+    pub code: i64,
+    pub subcode: Option<i64>,
+    pub kind: Option<String>,
+    pub message: String,
+    pub fbtrace_id: Option<String>,
+    pub retry_after: Option<Duration>,
 }
 
 /// Graph codes that mean "slow down / try again later".
@@ -55,8 +62,11 @@ impl WhatsAppError {
     pub fn is_retryable(&self) -> bool {
         match self {
             WhatsAppError::Network { .. } => true,
-            WhatsAppError::Graph { status, code, .. } => {
-                *status == 429 || *status >= 500 || THROTTLING_CODES.contains(code) || TRANSIENT_CODES.contains(code)
+            WhatsAppError::Graph(g) => {
+                g.status == 429
+                    || g.status >= 500
+                    || THROTTLING_CODES.contains(&g.code)
+                    || TRANSIENT_CODES.contains(&g.code)
             }
             WhatsAppError::Decode { .. } | WhatsAppError::Invalid(_) => false,
         }
@@ -65,7 +75,7 @@ impl WhatsAppError {
     /// The Graph error code, if the API answered with one.
     pub fn code(&self) -> Option<i64> {
         match self {
-            WhatsAppError::Graph { code, .. } => Some(*code),
+            WhatsAppError::Graph(g) => Some(g.code),
             _ => None,
         }
     }
@@ -77,7 +87,7 @@ impl WhatsAppError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            WhatsAppError::Graph { retry_after, .. } => *retry_after,
+            WhatsAppError::Graph(g) => g.retry_after,
             _ => None,
         }
     }
@@ -114,10 +124,17 @@ impl WhatsAppClient {
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("wa-groups-bot/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| WhatsAppError::Network { endpoint: "client".into(), reason: e.to_string() })?;
+            .map_err(|e| WhatsAppError::Network {
+                endpoint: "client".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             http,
-            base: format!("{}/{}", cfg.api_base_url.as_str().trim_end_matches('/'), cfg.api_version),
+            base: format!(
+                "{}/{}",
+                cfg.api_base_url.as_str().trim_end_matches('/'),
+                cfg.api_version
+            ),
             phone_number_id: cfg.phone_number_id.clone(),
             token: cfg.access_token.clone(),
             retry,
@@ -135,7 +152,8 @@ impl WhatsAppClient {
         let endpoint = format!("{method} /{}", path.trim_start_matches('/'));
         let mut attempt = 0u32;
         loop {
-            let req = self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
+            let req =
+                self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
             let outcome = match build(req).send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -146,22 +164,32 @@ impl WhatsAppClient {
                         .and_then(crate::symphony::parse_retry_after);
                     let body = resp.text().await.unwrap_or_default();
                     if (200..300).contains(&status) {
-                        let mut de = serde_json::Deserializer::from_str(if body.trim().is_empty() { "{}" } else { &body });
-                        return serde_path_to_error::deserialize(&mut de).map_err(|e| WhatsAppError::Decode {
-                            endpoint,
-                            reason: e.to_string(),
-                            body: body.chars().take(500).collect(),
+                        let mut de =
+                            serde_json::Deserializer::from_str(if body.trim().is_empty() {
+                                "{}"
+                            } else {
+                                &body
+                            });
+                        return serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                            WhatsAppError::Decode {
+                                endpoint,
+                                reason: e.to_string(),
+                                body: body.chars().take(500).collect(),
+                            }
                         });
                     }
                     graph_error(&endpoint, status, &body, retry_after)
                 }
-                Err(e) => WhatsAppError::Network { endpoint: endpoint.clone(), reason: e.to_string() },
+                Err(e) => {
+                    WhatsAppError::Network { endpoint: endpoint.clone(), reason: e.to_string() }
+                }
             };
             attempt += 1;
             if !outcome.is_retryable() || !self.retry.allows(attempt) {
                 return Err(outcome);
             }
-            let wait = self.retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            let wait =
+                self.retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
             tracing::warn!(error = %outcome, ?wait, attempt, "WhatsApp call failed; retrying");
             tokio::time::sleep(wait).await;
         }
@@ -170,29 +198,44 @@ impl WhatsAppClient {
     // ----- groups -----
 
     /// `POST /<PHONE_NUMBER_ID>/groups` → the `request_id` the `group_create` webhook will carry.
-    pub async fn create_group(&self, subject: &str, description: &str, approval_required: bool) -> Result<String, WhatsAppError> {
+    pub async fn create_group(
+        &self,
+        subject: &str,
+        description: &str,
+        approval_required: bool,
+    ) -> Result<String, WhatsAppError> {
         let subject = subject.trim();
         if subject.is_empty() || chars(subject) > MAX_SUBJECT_CHARS {
-            return Err(WhatsAppError::Invalid(format!("a group subject has 1 to {MAX_SUBJECT_CHARS} characters")));
+            return Err(WhatsAppError::Invalid(format!(
+                "a group subject has 1 to {MAX_SUBJECT_CHARS} characters"
+            )));
         }
         if chars(description) > MAX_DESCRIPTION_CHARS {
-            return Err(WhatsAppError::Invalid(format!("a group description has at most {MAX_DESCRIPTION_CHARS} characters")));
+            return Err(WhatsAppError::Invalid(format!(
+                "a group description has at most {MAX_DESCRIPTION_CHARS} characters"
+            )));
         }
         let mode = if approval_required { "approval_required" } else { "auto_approve" };
         let body = json!({"messaging_product": "whatsapp", "subject": subject, "description": description, "join_approval_mode": mode});
-        let r: model::RequestIdResponse =
-            self.call(Method::POST, &format!("{}/groups", self.phone_number_id), |r| r.json(&body)).await?;
+        let r: model::RequestIdResponse = self
+            .call(Method::POST, &format!("{}/groups", self.phone_number_id), |r| r.json(&body))
+            .await?;
         Ok(r.request_id)
     }
 
     /// `GET /<PHONE_NUMBER_ID>/groups?limit=&after=`: one page of active groups.
-    pub async fn list_groups(&self, limit: u32, after: Option<&str>) -> Result<GroupPage, WhatsAppError> {
+    pub async fn list_groups(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<GroupPage, WhatsAppError> {
         let mut query = vec![("limit", limit.clamp(1, 1024).to_string())];
         if let Some(a) = after {
             query.push(("after", a.to_owned()));
         }
-        let raw: model::RawGroupList =
-            self.call(Method::GET, &format!("{}/groups", self.phone_number_id), |r| r.query(&query)).await?;
+        let raw: model::RawGroupList = self
+            .call(Method::GET, &format!("{}/groups", self.phone_number_id), |r| r.query(&query))
+            .await?;
         Ok(raw.into())
     }
 
@@ -214,23 +257,33 @@ impl WhatsAppClient {
     /// `GET /<GROUP_ID>?fields=…`
     pub async fn group_info(&self, group: &GroupId) -> Result<GroupInfo, WhatsAppError> {
         let fields = "subject,description,participants,join_approval_mode,suspended,creation_timestamp,total_participant_count";
-        let raw: Value = self.call(Method::GET, group.as_str(), |r| r.query(&[("fields", fields)])).await?;
+        let raw: Value =
+            self.call(Method::GET, group.as_str(), |r| r.query(&[("fields", fields)])).await?;
         Ok(GroupInfo::from_json(&raw))
     }
 
     /// `POST /<GROUP_ID>` with a new subject and/or description (outcome by webhook).
-    pub async fn update_group(&self, group: &GroupId, subject: Option<&str>, description: Option<&str>) -> Result<(), WhatsAppError> {
+    pub async fn update_group(
+        &self,
+        group: &GroupId,
+        subject: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<(), WhatsAppError> {
         let mut body = json!({"messaging_product": "whatsapp"});
         if let Some(s) = subject {
             let s = s.trim();
             if s.is_empty() || chars(s) > MAX_SUBJECT_CHARS {
-                return Err(WhatsAppError::Invalid(format!("a group subject has 1 to {MAX_SUBJECT_CHARS} characters")));
+                return Err(WhatsAppError::Invalid(format!(
+                    "a group subject has 1 to {MAX_SUBJECT_CHARS} characters"
+                )));
             }
             body["subject"] = json!(s);
         }
         if let Some(d) = description {
             if chars(d) > MAX_DESCRIPTION_CHARS {
-                return Err(WhatsAppError::Invalid(format!("a group description has at most {MAX_DESCRIPTION_CHARS} characters")));
+                return Err(WhatsAppError::Invalid(format!(
+                    "a group description has at most {MAX_DESCRIPTION_CHARS} characters"
+                )));
             }
             body["description"] = json!(d);
         }
@@ -246,7 +299,8 @@ impl WhatsAppClient {
 
     /// `GET /<GROUP_ID>/invite_link`: the current link.
     pub async fn invite_link(&self, group: &GroupId) -> Result<String, WhatsAppError> {
-        let r: model::InviteLinkResponse = self.call(Method::GET, &format!("{group}/invite_link"), |r| r).await?;
+        let r: model::InviteLinkResponse =
+            self.call(Method::GET, &format!("{group}/invite_link"), |r| r).await?;
         Ok(r.invite_link)
     }
 
@@ -264,8 +318,9 @@ impl WhatsAppClient {
         let mut after: Option<String> = None;
         loop {
             let query: Vec<(&str, String)> = after.iter().map(|a| ("after", a.clone())).collect();
-            let raw: model::RawJoinRequests =
-                self.call(Method::GET, &format!("{group}/join_requests"), |r| r.query(&query)).await?;
+            let raw: model::RawJoinRequests = self
+                .call(Method::GET, &format!("{group}/join_requests"), |r| r.query(&query))
+                .await?;
             let next = raw.next_cursor();
             let empty = raw.data.is_empty();
             out.extend(raw.data);
@@ -276,33 +331,54 @@ impl WhatsAppClient {
         }
     }
 
-    async fn join_request_action(&self, group: &GroupId, ids: &[String], method: Method) -> Result<JoinRequestOutcome, WhatsAppError> {
+    async fn join_request_action(
+        &self,
+        group: &GroupId,
+        ids: &[String],
+        method: Method,
+    ) -> Result<JoinRequestOutcome, WhatsAppError> {
         if ids.is_empty() {
             return Err(WhatsAppError::Invalid("no join request ids".into()));
         }
         let body = json!({"messaging_product": "whatsapp", "join_requests": ids});
-        let raw: Value = self.call(method, &format!("{group}/join_requests"), |r| r.json(&body)).await?;
+        let raw: Value =
+            self.call(method, &format!("{group}/join_requests"), |r| r.json(&body)).await?;
         Ok(JoinRequestOutcome::from_json(&raw))
     }
 
     /// `POST /<GROUP_ID>/join_requests`: approve.
-    pub async fn approve_join_requests(&self, group: &GroupId, ids: &[String]) -> Result<JoinRequestOutcome, WhatsAppError> {
+    pub async fn approve_join_requests(
+        &self,
+        group: &GroupId,
+        ids: &[String],
+    ) -> Result<JoinRequestOutcome, WhatsAppError> {
         self.join_request_action(group, ids, Method::POST).await
     }
 
     /// `DELETE /<GROUP_ID>/join_requests`: reject.
-    pub async fn reject_join_requests(&self, group: &GroupId, ids: &[String]) -> Result<JoinRequestOutcome, WhatsAppError> {
+    pub async fn reject_join_requests(
+        &self,
+        group: &GroupId,
+        ids: &[String],
+    ) -> Result<JoinRequestOutcome, WhatsAppError> {
         self.join_request_action(group, ids, Method::DELETE).await
     }
 
     /// `DELETE /<GROUP_ID>/participants`: 1 to 8 users (phone digits, wa_id or BSUID).
-    pub async fn remove_participants(&self, group: &GroupId, users: &[String]) -> Result<(), WhatsAppError> {
+    pub async fn remove_participants(
+        &self,
+        group: &GroupId,
+        users: &[String],
+    ) -> Result<(), WhatsAppError> {
         if users.is_empty() || users.len() > MAX_PARTICIPANTS {
-            return Err(WhatsAppError::Invalid(format!("remove 1 to {MAX_PARTICIPANTS} participants per call")));
+            return Err(WhatsAppError::Invalid(format!(
+                "remove 1 to {MAX_PARTICIPANTS} participants per call"
+            )));
         }
         let participants: Vec<Value> = users.iter().map(|u| json!({"user": u})).collect();
         let body = json!({"messaging_product": "whatsapp", "participants": participants});
-        let _: Value = self.call(Method::DELETE, &format!("{group}/participants"), |r| r.json(&body)).await?;
+        let _: Value =
+            self.call(Method::DELETE, &format!("{group}/participants"), |r| r.json(&body)).await?;
         Ok(())
     }
 
@@ -313,12 +389,14 @@ impl WhatsAppClient {
             Recipient::Phone(n) => ("individual", n.wa_id().to_owned()),
             Recipient::Group(g) => ("group", g.as_str().to_owned()),
         };
-        let mut body = json!({"messaging_product": "whatsapp", "recipient_type": recipient_type, "to": to});
+        let mut body =
+            json!({"messaging_product": "whatsapp", "recipient_type": recipient_type, "to": to});
         if let (Value::Object(b), Value::Object(c)) = (&mut body, content) {
             b.extend(c);
         }
-        let r: model::SendResponse =
-            self.call(Method::POST, &format!("{}/messages", self.phone_number_id), |r| r.json(&body)).await?;
+        let r: model::SendResponse = self
+            .call(Method::POST, &format!("{}/messages", self.phone_number_id), |r| r.json(&body))
+            .await?;
         r.messages.into_iter().next().map(|m| m.id).ok_or_else(|| WhatsAppError::Decode {
             endpoint: "POST /messages".into(),
             reason: "no message id".into(),
@@ -335,7 +413,13 @@ impl WhatsAppClient {
     }
 
     /// A template message with body parameters (allowed outside the window). Returns the `wamid`.
-    pub async fn send_template(&self, to: &Recipient, name: &str, language: &str, params: &[TemplateParam]) -> Result<String, WhatsAppError> {
+    pub async fn send_template(
+        &self,
+        to: &Recipient,
+        name: &str,
+        language: &str,
+        params: &[TemplateParam],
+    ) -> Result<String, WhatsAppError> {
         let parameters: Vec<Value> = params
             .iter()
             .map(|p| match p {
@@ -351,10 +435,15 @@ impl WhatsAppClient {
     }
 }
 
-fn graph_error(endpoint: &str, status: u16, body: &str, retry_after: Option<Duration>) -> WhatsAppError {
+fn graph_error(
+    endpoint: &str,
+    status: u16,
+    body: &str,
+    retry_after: Option<Duration>,
+) -> WhatsAppError {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
-    WhatsAppError::Graph {
+    WhatsAppError::Graph(Box::new(GraphError {
         endpoint: endpoint.to_owned(),
         status,
         code: err.and_then(|e| e.get("code")).and_then(Value::as_i64).unwrap_or(i64::from(status)),
@@ -365,9 +454,12 @@ fn graph_error(endpoint: &str, status: u16, body: &str, retry_after: Option<Dura
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| body.chars().take(300).collect()),
-        fbtrace_id: err.and_then(|e| e.get("fbtrace_id")).and_then(Value::as_str).map(str::to_owned),
+        fbtrace_id: err
+            .and_then(|e| e.get("fbtrace_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         retry_after,
-    }
+    }))
 }
 
 #[cfg(test)]
@@ -381,12 +473,16 @@ mod tests {
         assert_eq!(e.code(), Some(131047));
         assert!(e.is_window_closed() && !e.is_retryable());
         assert!(e.to_string().contains("131047/2494010"), "{e}");
-        for (status, code) in [(429, 130429), (400, 131056), (500, 1), (503, 0), (429, 131208), (400, 80007)] {
-            let body = format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
+        for (status, code) in
+            [(429, 130429), (400, 131056), (500, 1), (503, 0), (429, 131208), (400, 80007)]
+        {
+            let body =
+                format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
             assert!(graph_error("e", status, &body, None).is_retryable(), "{status}/{code}");
         }
         for (status, code) in [(400, 100), (400, 131204), (401, 190), (403, 131207)] {
-            let body = format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
+            let body =
+                format!(r#"{{"error":{{"message":"x","type":"OAuthException","code":{code}}}}}"#);
             assert!(!graph_error("e", status, &body, None).is_retryable(), "{status}/{code}");
         }
         let html = graph_error("e", 502, "<html>bad gateway</html>", None);

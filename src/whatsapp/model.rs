@@ -95,7 +95,13 @@ pub(crate) struct RawGroupList {
 impl From<RawGroupList> for GroupPage {
     fn from(raw: RawGroupList) -> Self {
         // `data.groups` per the docs; a flat `data` array is accepted too.
-        let items = raw.data.get("groups").and_then(Value::as_array).or_else(|| raw.data.as_array()).cloned().unwrap_or_default();
+        let items = raw
+            .data
+            .get("groups")
+            .and_then(Value::as_array)
+            .or_else(|| raw.data.as_array())
+            .cloned()
+            .unwrap_or_default();
         let groups = items
             .iter()
             .filter_map(|g| {
@@ -106,7 +112,10 @@ impl From<RawGroupList> for GroupPage {
                 })
             })
             .collect();
-        let next = raw.paging.get("next").and_then(|_| string(raw.paging.get("cursors").and_then(|c| c.get("after"))));
+        let next = raw
+            .paging
+            .get("next")
+            .and_then(|_| string(raw.paging.get("cursors").and_then(|c| c.get("after"))));
         GroupPage { groups, next }
     }
 }
@@ -197,7 +206,10 @@ pub struct JoinRequestOutcome {
 impl JoinRequestOutcome {
     pub(crate) fn from_json(v: &Value) -> Self {
         let ids = |key: &str| -> Vec<String> {
-            v.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(|x| string(Some(x))).collect()).unwrap_or_default()
+            v.get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|x| string(Some(x))).collect())
+                .unwrap_or_default()
         };
         let mut done = ids("approved_join_requests");
         done.extend(ids("rejected_join_requests"));
@@ -216,7 +228,9 @@ impl JoinRequestOutcome {
                                         code: lenient_i64(e.get("code")).unwrap_or_default(),
                                         title: string(e.get("title")),
                                         message: string(e.get("message")),
-                                        details: e.get("error_data").and_then(|d| string(d.get("details"))),
+                                        details: e
+                                            .get("error_data")
+                                            .and_then(|d| string(d.get("details"))),
                                     })
                                     .collect()
                             })

@@ -6,3 +6,4 @@ mod support;
 mod bdk_interop;
 mod mock_pod;
 mod symphony_client;
+mod whatsapp;

@@ -1,1 +1,299 @@
-//! The WhatsApp Cloud API simulator: Graph endpoints, simulated phones, signed webhooks.
+//! The WhatsApp Cloud API simulator: the Graph endpoints of the Groups API and messages under
+//! any version prefix (Bearer-checked, Graph-shaped errors, Meta's limits), simulated phones
+//! driven through `/_sandbox/wa/` (DESIGN.md §5.1), and webhooks in Meta's envelope, signed with
+//! the app secret, delivered in order and retried with backoff until the receiver answers 200.
+
+mod control;
+mod graph;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use state::SimStats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaSimError {
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Request(String),
+}
+
+/// How the simulator is set up.
+#[derive(Clone)]
+pub struct WhatsAppSimConfig {
+    /// The Bearer token every Graph call must carry.
+    pub access_token: String,
+    /// Signs webhooks (`X-Hub-Signature-256`).
+    pub app_secret: String,
+    pub phone_number_id: String,
+    /// The business number, digits (`display_phone_number`).
+    pub business_phone: String,
+    /// Where webhooks go (`None`: kept until one is set).
+    pub webhook_url: Option<String>,
+    /// First retry delay of a failed webhook delivery (doubles, capped at 5 s).
+    pub webhook_retry_initial: Duration,
+}
+
+impl std::fmt::Debug for WhatsAppSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhatsAppSimConfig")
+            .field("phone_number_id", &self.phone_number_id)
+            .field("business_phone", &self.business_phone)
+            .field("webhook_url", &self.webhook_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WhatsAppSimConfig {
+    pub fn new(access_token: &str, app_secret: &str, phone_number_id: &str) -> Self {
+        Self {
+            access_token: access_token.to_owned(),
+            app_secret: app_secret.to_owned(),
+            phone_number_id: phone_number_id.to_owned(),
+            business_phone: "15550783881".into(),
+            webhook_url: None,
+            webhook_retry_initial: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One webhook to deliver: the change's `field` and `value`.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub field: String,
+    pub value: Value,
+}
+
+#[derive(Clone)]
+pub(crate) struct Shared {
+    state: Arc<Mutex<state::SimState>>,
+    webhooks: mpsc::UnboundedSender<Outgoing>,
+    webhook_url: Arc<Mutex<Option<String>>>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, state::SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a webhook (delivered in order by the delivery task).
+    pub(crate) fn emit(&self, field: &str, value: Value) {
+        let _ = self.webhooks.send(Outgoing { field: field.to_owned(), value });
+    }
+}
+
+/// A running simulator.
+pub struct WhatsAppSim {
+    shared: Shared,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WhatsAppSim {
+    /// Starts on 127.0.0.1 with a port chosen by the OS.
+    pub async fn start(cfg: WhatsAppSimConfig) -> Result<WhatsAppSim, WaSimError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, cfg, CancellationToken::new()).await
+    }
+
+    /// Starts on a given listener; stops when `cancel` fires.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        cfg: WhatsAppSimConfig,
+        cancel: CancellationToken,
+    ) -> Result<WhatsAppSim, WaSimError> {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Shared {
+            webhook_url: Arc::new(Mutex::new(cfg.webhook_url.clone())),
+            state: Arc::new(Mutex::new(state::SimState::new(cfg))),
+            webhooks: tx,
+        };
+        let app = router(shared.clone());
+        let stop = cancel.clone();
+        let server = tokio::spawn(async move {
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+            {
+                tracing::error!(error = %e, "WhatsApp simulator stopped");
+            }
+        });
+        let delivery = tokio::spawn(deliver(shared.clone(), rx, cancel.clone()));
+        tracing::info!(%addr, "WhatsApp simulator listening");
+        Ok(WhatsAppSim { shared, addr, cancel, tasks: vec![server, delivery] })
+    }
+
+    /// `http://127.0.0.1:PORT`: the Graph API base URL (`whatsapp.apiBaseUrl`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where webhooks go from now on (queued ones included).
+    pub fn set_webhook_url(&self, url: &str) {
+        *self.shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.to_owned());
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// A group as the control API shows it (`GET /_sandbox/wa/groups/{id}`).
+    pub fn group(&self, id: &str) -> Option<Value> {
+        self.shared.lock().groups.get(id).map(state::Group::to_json)
+    }
+
+    /// What a phone received (`GET /_sandbox/wa/phones/{phone}/inbox`).
+    pub fn inbox(&self, phone: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .phones
+            .get(phone)
+            .map(|p| p.inbox.iter().map(state::Delivered::to_json).collect())
+            .unwrap_or_default()
+    }
+
+    /// A phone taps an invite link: `requested`, `joined` or `refused` (with a reason).
+    pub fn tap(&self, phone: &str, link: &str) -> Value {
+        control::tap(&self.shared, phone, link)
+    }
+
+    /// A phone writes to the business (`to = None`) or to a group. Returns the message id.
+    pub fn send_as_phone(
+        &self,
+        phone: &str,
+        to: Option<&str>,
+        text: &str,
+        context: Option<&str>,
+    ) -> Result<String, WaSimError> {
+        control::phone_message(&self.shared, phone, to.unwrap_or("business"), text, context)
+            .map_err(WaSimError::Request)
+    }
+
+    /// Stops serving and delivering.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn router(shared: Shared) -> axum::Router {
+    graph::router(shared.clone()).merge(control::router(shared))
+}
+
+/// The simulator's routes, for serving it beside other routers on one port.
+pub fn routes(sim: &WhatsAppSim) -> axum::Router {
+    router(sim.shared.clone())
+}
+
+/// Delivers webhooks one at a time, in order, retrying each until the receiver answers 200.
+async fn deliver(
+    shared: Shared,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    cancel: CancellationToken,
+) {
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let mut held: Option<Outgoing> = None;
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => return,
+            n = rx.recv() => match n { Some(n) => n, None => return },
+        };
+        // Reorder fault: hold this one back and send it after the next.
+        let reorder = {
+            let mut st = shared.lock();
+            std::mem::take(&mut st.delivery_faults.reorder)
+        };
+        if reorder && held.is_none() {
+            held = Some(next);
+            continue;
+        }
+        let mut batch = vec![next];
+        batch.extend(held.take());
+        for item in batch {
+            let copies = {
+                let mut st = shared.lock();
+                if st.delivery_faults.duplicate > 0 {
+                    st.delivery_faults.duplicate -= 1;
+                    2
+                } else {
+                    1
+                }
+            };
+            for _ in 0..copies {
+                if !deliver_one(&shared, &http, &item, &cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one webhook until a 200; `false` when cancelled.
+async fn deliver_one(
+    shared: &Shared,
+    http: &reqwest::Client,
+    item: &Outgoing,
+    cancel: &CancellationToken,
+) -> bool {
+    let (body, secret, initial) = {
+        let st = shared.lock();
+        let envelope = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"value": item.value, "field": item.field}]}],
+        });
+        (envelope.to_string(), st.cfg.app_secret.clone(), st.cfg.webhook_retry_initial)
+    };
+    let signature = crate::webhook::signature(&secret, body.as_bytes());
+    let mut wait = initial;
+    loop {
+        let url = shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let delivered = match url {
+            Some(url) => {
+                shared.lock().stats.webhook_attempts += 1;
+                let sent = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", &signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = matches!(&sent, Ok(r) if r.status().as_u16() == 200);
+                let mut st = shared.lock();
+                if ok && st.delivery_faults.fail_first > 0 {
+                    // Delivered, but the simulator acts as if the answer never came: it retries.
+                    st.delivery_faults.fail_first -= 1;
+                    false
+                } else {
+                    if ok {
+                        st.stats.webhooks_delivered += 1;
+                    }
+                    ok
+                }
+            }
+            None => false,
+        };
+        if delivered {
+            return true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}

@@ -112,3 +112,85 @@ pub async fn wait_for_message(
     })
     .await
 }
+
+pub const WA_TOKEN: &str = "test-access-token";
+pub const WA_SECRET: &str = "test-app-secret";
+pub const WA_VERIFY: &str = "test-verify-token";
+pub const WA_PHONE_ID: &str = "106540352242922";
+
+/// A simulator with fast webhook retries.
+pub async fn start_sim() -> wa_groups_bot::sandbox::wa_sim::WhatsAppSim {
+    let mut cfg =
+        wa_groups_bot::sandbox::wa_sim::WhatsAppSimConfig::new(WA_TOKEN, WA_SECRET, WA_PHONE_ID);
+    cfg.webhook_retry_initial = Duration::from_millis(50);
+    wa_groups_bot::sandbox::wa_sim::WhatsAppSim::start(cfg).await.expect("simulator starts")
+}
+
+/// The bot's configuration with its WhatsApp side pointing at `api_base_url`.
+pub fn wa_config(dir: &std::path::Path, api_base_url: &str, version: &str) -> Config {
+    let yaml = format!(
+        "host: 127.0.0.1\nbot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
+         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         whatsapp: {{apiBaseUrl: \"{api_base_url}\", apiVersion: {version}, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
+           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:0\", verifyToken: {WA_VERIFY}}}}}\n\
+         store: {{path: {store}}}\n",
+        key = fixture("keys/bot-pkcs8.pem").display(),
+        store = dir.join("bot.db").display(),
+    );
+    let file = dir.join("bot-config.yaml");
+    std::fs::write(&file, yaml).expect("write config");
+    Config::load_from(&ConfigSource { file: Some(file), env: Some(Default::default()) })
+        .expect("valid config")
+}
+
+/// A running webhook receiver over a fresh store.
+pub struct Receiver {
+    pub url: String,
+    pub store: wa_groups_bot::store::Store,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+pub async fn start_receiver() -> Receiver {
+    use secrecy::SecretString;
+    let store = wa_groups_bot::store::Store::open_in_memory().expect("store");
+    let state = wa_groups_bot::webhook::WebhookState {
+        store: store.clone(),
+        app_secret: SecretString::from(WA_SECRET.to_owned()),
+        verify_token: SecretString::from(WA_VERIFY.to_owned()),
+        wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/whatsapp/webhook", listener.local_addr().expect("addr"));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let router = wa_groups_bot::webhook::router("/whatsapp/webhook", state);
+    tokio::spawn(wa_groups_bot::webhook::serve(listener, router, cancel.clone()));
+    Receiver { url, store, cancel }
+}
+
+impl Receiver {
+    /// The WhatsApp events stored so far, in arrival order.
+    pub fn events(&self) -> Vec<wa_groups_bot::events::WhatsAppEvent> {
+        self.store
+            .pending_inbound(10_000)
+            .expect("pending")
+            .into_iter()
+            .filter_map(|row| match serde_json::from_value(row.payload).ok()? {
+                wa_groups_bot::events::InboundEvent::WhatsApp(e) => Some(e),
+                wa_groups_bot::events::InboundEvent::Symphony(_) => None,
+            })
+            .collect()
+    }
+
+    /// Waits for a stored event matching `pred`.
+    pub async fn wait_event<T>(
+        &self,
+        what: &str,
+        pred: impl Fn(&wa_groups_bot::events::WhatsAppEvent) -> Option<T>,
+    ) -> T {
+        wait_for(what, Duration::from_secs(10), || {
+            let found = self.events().iter().find_map(&pred);
+            async move { found }
+        })
+        .await
+    }
+}

@@ -1,0 +1,379 @@
+//! The simulator's control API under `/_sandbox/wa/` (DESIGN.md §5.1): simulated phones (inbox,
+//! tap a link, cancel, write, leave), a look at the groups, and fault injection.
+
+// Handlers return ready-made error responses; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::graph::{request_to_join, window_from_now};
+use super::state::{ApiFault, Delivered, SimState, now_secs, wamid};
+
+fn fail(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    fail(StatusCode::BAD_REQUEST, message)
+}
+
+pub(crate) fn router(shared: Shared) -> axum::Router {
+    axum::Router::new()
+        .route("/_sandbox/wa/phones/{phone}", put(set_phone))
+        .route("/_sandbox/wa/phones/{phone}/inbox", get(inbox))
+        .route("/_sandbox/wa/phones/{phone}/tap", post(tap_link))
+        .route("/_sandbox/wa/phones/{phone}/cancel", post(cancel))
+        .route("/_sandbox/wa/phones/{phone}/messages", post(write))
+        .route("/_sandbox/wa/phones/{phone}/leave", post(leave))
+        .route("/_sandbox/wa/groups", get(groups))
+        .route("/_sandbox/wa/groups/{id}", get(group))
+        .route("/_sandbox/wa/faults", post(faults))
+        .route("/_sandbox/wa/webhooks/faults", post(webhook_faults))
+        .route("/_sandbox/wa/stats", get(stats))
+        .with_state(shared)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
+}
+
+/// Phones are WhatsApp ids: digits only (a leading `+` is tolerated).
+fn phone_id(raw: &str) -> Result<String, Response> {
+    let p = raw.trim_start_matches('+');
+    if p.len() >= 8 && p.len() <= 15 && p.chars().all(|c| c.is_ascii_digit()) {
+        Ok(p.to_owned())
+    } else {
+        Err(bad(format!("{raw:?} is not a WhatsApp id (E.164 digits without +)")))
+    }
+}
+
+macro_rules! try_or {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
+#[derive(Deserialize)]
+struct PhoneBody {
+    name: Option<String>,
+}
+
+async fn set_phone(
+    State(shared): State<Shared>,
+    Path(phone): Path<String>,
+    body: Bytes,
+) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let b: PhoneBody = try_or!(parse(&body).map_err(bad));
+    shared.lock().phone(&phone).name = b.name;
+    Json(json!({"phone": phone})).into_response()
+}
+
+async fn inbox(State(shared): State<Shared>, Path(phone): Path<String>) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let st = shared.lock();
+    let items: Vec<Value> = st
+        .phones
+        .get(&phone)
+        .map(|p| p.inbox.iter().map(Delivered::to_json).collect())
+        .unwrap_or_default();
+    Json(items).into_response()
+}
+
+/// Taps an invite link as `phone`; the answer says what the phone sees.
+pub(crate) fn tap(shared: &Shared, phone: &str, link: &str) -> Value {
+    let mut st = shared.lock();
+    let Some(gid) = st.find_by_link(link).map(|g| g.id.clone()) else {
+        return json!({"result": "refused", "reason": "This invite link is not valid (it was reset, or the group was deleted)"});
+    };
+    let item;
+    let field = "group_participants_update";
+    {
+        let Some(g) = st.groups.get_mut(&gid) else {
+            return json!({"result": "refused", "reason": "no such group"});
+        };
+        if g.removed.iter().any(|p| p == phone) {
+            return json!({"result": "refused", "reason": "You can't join this group because you were removed by an admin"});
+        }
+        if g.participants.iter().any(|p| p == phone) {
+            return json!({"result": "joined"});
+        }
+        if g.approval_required {
+            let (req, new) = request_to_join(g, phone);
+            if !new {
+                return json!({"result": "requested"});
+            }
+            item = (req, true);
+        } else {
+            if g.participants.len() >= 8 {
+                return json!({"result": "refused", "reason": "This group is full"});
+            }
+            g.participants.push(phone.to_owned());
+            item = (
+                super::state::JoinRequest {
+                    id: String::new(),
+                    phone: phone.to_owned(),
+                    created: now_secs(),
+                },
+                false,
+            );
+        }
+    }
+    let (req, is_request) = item;
+    let webhook = if is_request {
+        st.group_item(
+            &gid,
+            "group_join_request_created",
+            json!({"reason": "admin_approval", "join_request_id": req.id,
+            "wa_id": phone, "user_id": SimState::bsuid(phone)}),
+        )
+    } else {
+        st.group_item(
+            &gid,
+            "group_participants_add",
+            json!({"reason": "invite_link",
+            "added_participants": [{"wa_id": phone, "user_id": SimState::bsuid(phone)}]}),
+        )
+    };
+    let value = st.value(json!({"groups": [webhook]}));
+    drop(st);
+    shared.emit(field, value);
+    json!({"result": if is_request { "requested" } else { "joined" }})
+}
+
+#[derive(Deserialize)]
+struct TapBody {
+    link: String,
+}
+
+async fn tap_link(
+    State(shared): State<Shared>,
+    Path(phone): Path<String>,
+    body: Bytes,
+) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let b: TapBody = try_or!(parse(&body).map_err(bad));
+    Json(tap(&shared, &phone, &b.link)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupBody {
+    group_id: String,
+}
+
+async fn cancel(State(shared): State<Shared>, Path(phone): Path<String>, body: Bytes) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let b: GroupBody = try_or!(parse(&body).map_err(bad));
+    let mut st = shared.lock();
+    let Some(g) = st.groups.get_mut(&b.group_id) else {
+        return fail(StatusCode::NOT_FOUND, "no such group");
+    };
+    let Some(pos) = g.pending.iter().position(|r| r.phone == phone) else {
+        return bad("this phone has no pending join request in that group");
+    };
+    let req = g.pending.remove(pos);
+    let item = st.group_item(
+        &b.group_id,
+        "group_join_request_revoked",
+        json!({"join_request_id": req.id,
+        "wa_id": phone, "user_id": SimState::bsuid(&phone)}),
+    );
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_participants_update", value);
+    Json(json!({"ok": true})).into_response()
+}
+
+/// A phone writes to the business (`to = "business"`) or to a group it is in.
+pub(crate) fn phone_message(
+    shared: &Shared,
+    phone: &str,
+    to: &str,
+    text: &str,
+    context: Option<&str>,
+) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("text is empty".into());
+    }
+    let mut st = shared.lock();
+    let id = wamid();
+    let name = st.profile_name(phone);
+    let mut message = json!({"from": phone, "from_user_id": SimState::bsuid(phone), "id": id,
+        "timestamp": now_secs().to_string(), "type": "text", "text": {"body": text}});
+    if let Some(c) = context {
+        message["context"] = json!({"from": st.cfg.business_phone, "id": c});
+    }
+    if to == "business" {
+        st.phone(phone).window_until = window_from_now();
+    } else {
+        let Some(g) = st.groups.get_mut(to).filter(|g| g.active) else {
+            return Err("no such group".into());
+        };
+        if !g.participants.iter().any(|p| p == phone) {
+            return Err("this phone is not a participant of that group".into());
+        }
+        g.window_until = window_from_now();
+        g.messages.push(Delivered {
+            id: id.clone(),
+            from: phone.to_owned(),
+            group_id: Some(to.to_owned()),
+            kind: "text".into(),
+            text: text.to_owned(),
+            template: None,
+            context_id: context.map(str::to_owned),
+            timestamp: now_secs(),
+        });
+        let others: Vec<String> = g.participants.iter().filter(|p| *p != phone).cloned().collect();
+        let copy = g.messages.last().cloned();
+        for p in others {
+            if let Some(m) = copy.clone() {
+                st.phone(&p).inbox.push(m);
+            }
+        }
+        message["group_id"] = json!(to);
+    }
+    let value = st.value(json!({
+        "contacts": [{"profile": {"name": name}, "wa_id": phone, "user_id": SimState::bsuid(phone)}],
+        "messages": [message],
+    }));
+    drop(st);
+    shared.emit("messages", value);
+    Ok(id)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WriteBody {
+    to: String,
+    text: String,
+    context_id: Option<String>,
+}
+
+async fn write(State(shared): State<Shared>, Path(phone): Path<String>, body: Bytes) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let b: WriteBody = try_or!(parse(&body).map_err(bad));
+    match phone_message(&shared, &phone, &b.to, &b.text, b.context_id.as_deref()) {
+        Ok(id) => Json(json!({"id": id})).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
+async fn leave(State(shared): State<Shared>, Path(phone): Path<String>, body: Bytes) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let b: GroupBody = try_or!(parse(&body).map_err(bad));
+    let mut st = shared.lock();
+    let Some(g) = st.groups.get_mut(&b.group_id).filter(|g| g.active) else {
+        return fail(StatusCode::NOT_FOUND, "no such group");
+    };
+    let Some(pos) = g.participants.iter().position(|p| *p == phone) else {
+        return bad("this phone is not in that group");
+    };
+    // Leaving is not being removed: a leaver may come back through a link.
+    g.participants.remove(pos);
+    let item = st.group_item(
+        &b.group_id,
+        "group_participants_remove",
+        json!({"initiated_by": "participant",
+        "removed_participants": [{"wa_id": phone, "user_id": SimState::bsuid(&phone)}]}),
+    );
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_participants_update", value);
+    Json(json!({"ok": true})).into_response()
+}
+
+async fn groups(State(shared): State<Shared>) -> Response {
+    let st = shared.lock();
+    let all: Vec<Value> = st
+        .group_order
+        .iter()
+        .filter_map(|id| st.groups.get(id))
+        .map(super::state::Group::to_json)
+        .collect();
+    Json(all).into_response()
+}
+
+async fn group(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    match shared.lock().groups.get(&id) {
+        Some(g) => Json(g.to_json()).into_response(),
+        None => fail(StatusCode::NOT_FOUND, "no such group"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FaultBody {
+    method: Option<String>,
+    path: String,
+    status: Option<u16>,
+    code: Option<i64>,
+    retry_after: Option<u64>,
+    hang_ms: Option<u64>,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn faults(State(shared): State<Shared>, body: Bytes) -> Response {
+    let b: FaultBody = try_or!(parse(&body).map_err(bad));
+    let path = match regex::Regex::new(&b.path) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("path is not a valid regex: {e}")),
+    };
+    let status = b.status.unwrap_or(0);
+    if status != 0 && !(100..=599).contains(&status) {
+        return bad("status must be an HTTP status");
+    }
+    if status == 0 && b.hang_ms.is_none() {
+        return bad("give a status, a hangMs, or both");
+    }
+    shared.lock().faults.push(ApiFault {
+        method: b.method,
+        path,
+        status,
+        code: b.code,
+        retry_after: b.retry_after,
+        hang: b.hang_ms.map(Duration::from_millis),
+        remaining: b.count,
+    });
+    Json(json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryFaultBody {
+    duplicate: Option<u32>,
+    reorder: Option<bool>,
+    fail_first: Option<u32>,
+}
+
+async fn webhook_faults(State(shared): State<Shared>, body: Bytes) -> Response {
+    let b: DeliveryFaultBody = try_or!(parse(&body).map_err(bad));
+    let mut st = shared.lock();
+    let f = &mut st.delivery_faults;
+    f.duplicate += b.duplicate.unwrap_or(0);
+    f.reorder |= b.reorder.unwrap_or(false);
+    f.fail_first += b.fail_first.unwrap_or(0);
+    Json(json!({"ok": true})).into_response()
+}
+
+async fn stats(State(shared): State<Shared>) -> Response {
+    Json(shared.lock().stats.clone()).into_response()
+}

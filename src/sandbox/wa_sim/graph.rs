@@ -1,0 +1,772 @@
+//! The simulator's Graph API: Groups API management calls and `/messages`, under any version
+//! prefix, answering with Meta's shapes and `{"error":{…}}` bodies.
+
+// Handlers return ready-made error responses; boxing them would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::state::{Delivered, Group, JoinRequest, SimState, WINDOW, now_secs, random, wamid};
+
+/// A Graph error: `{"error":{"message","type","code","error_subcode"?,"fbtrace_id"}}`.
+pub(crate) fn graph_error(status: u16, code: i64, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({"error": {"message": format!("(#{code}) {message}"), "type": "OAuthException", "code": code,
+                                "error_data": {"messaging_product": "whatsapp", "details": message},
+                                "fbtrace_id": random(9)}});
+    (status, Json(body)).into_response()
+}
+
+fn invalid(message: &str) -> Response {
+    graph_error(400, 100, &format!("Invalid parameter: {message}"))
+}
+
+pub(crate) fn router(shared: Shared) -> axum::Router {
+    axum::Router::new()
+        .route("/{ver}/{id}", get(group_info).post(group_update).delete(group_delete))
+        .route("/{ver}/{id}/groups", post(group_create).get(group_list))
+        .route("/{ver}/{id}/messages", post(send_message))
+        .route("/{ver}/{id}/invite_link", get(link_get).post(link_reset))
+        .route(
+            "/{ver}/{id}/join_requests",
+            get(requests_list).post(requests_approve).delete(requests_reject),
+        )
+        .route("/{ver}/{id}/participants", axum::routing::delete(participants_remove))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared)
+}
+
+/// Bearer check, version check and injected faults, before any Graph handler.
+async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let method = request.method().as_str().to_owned();
+    let version_ok = path.split('/').nth(1).is_some_and(|v| {
+        v.strip_prefix('v').and_then(|r| r.split_once('.')).is_some_and(|(a, b)| {
+            !a.is_empty() && !b.is_empty() && a.chars().chain(b.chars()).all(|c| c.is_ascii_digit())
+        })
+    });
+    if !version_ok {
+        return graph_error(
+            400,
+            2500,
+            "Unknown path components: the path must start with a Graph version like /v23.0",
+        );
+    }
+    let fault = {
+        let mut st = shared.lock();
+        st.stats.api_calls += 1;
+        let hit = st.faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
+                && f.path.is_match(&path)
+        });
+        let fault = hit.map(|f| {
+            f.remaining -= 1;
+            f.clone()
+        });
+        st.faults.retain(|f| f.remaining > 0);
+        if fault.is_some() {
+            st.stats.faults_served += 1;
+        }
+        fault
+    };
+    if let Some(f) = fault {
+        if let Some(h) = f.hang {
+            tokio::time::sleep(h).await;
+        }
+        if f.status >= 100 {
+            let default_code = if f.status == 429 { 130429 } else { 1 };
+            let mut r = graph_error(f.status, f.code.unwrap_or(default_code), "injected fault");
+            if let Some(secs) = f.retry_after
+                && let Ok(v) = secs.to_string().parse()
+            {
+                r.headers_mut().insert("Retry-After", v);
+            }
+            return r;
+        }
+    }
+    let expected = format!("Bearer {}", shared.lock().cfg.access_token);
+    let given =
+        request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if given != expected {
+        return graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token");
+    }
+    next.run(request).await
+}
+
+fn json_body(body: &Bytes) -> Result<Value, Response> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON"))
+}
+
+macro_rules! body_or_return {
+    ($body:expr) => {
+        match json_body(&$body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
+fn check_product(body: &Value) -> Result<(), Response> {
+    match body.get("messaging_product").and_then(Value::as_str) {
+        Some("whatsapp") => Ok(()),
+        _ => Err(invalid("messaging_product must be \"whatsapp\"")),
+    }
+}
+
+fn group_mut<'a>(st: &'a mut SimState, id: &str) -> Result<&'a mut Group, Response> {
+    st.groups.get_mut(id).filter(|g| g.active).ok_or_else(|| {
+        graph_error(400, 131041, "Group does not exist or the business is not a member")
+    })
+}
+
+// ----- groups -----
+
+async fn group_create(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    if let Err(r) = check_product(&body) {
+        return r;
+    }
+    let mut st = shared.lock();
+    if id != st.cfg.phone_number_id {
+        return graph_error(400, 100, "Unsupported post request: unknown phone number id");
+    }
+    let subject = body.get("subject").and_then(Value::as_str).unwrap_or_default().trim().to_owned();
+    if subject.is_empty() || subject.chars().count() > 128 {
+        return invalid("subject must have 1 to 128 characters");
+    }
+    let description =
+        body.get("description").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if description.chars().count() > 2048 {
+        return invalid("description must have at most 2048 characters");
+    }
+    let approval_required = match body.get("join_approval_mode").and_then(Value::as_str) {
+        None | Some("auto_approve") => false,
+        Some("approval_required") => true,
+        Some(_) => return invalid("join_approval_mode must be auto_approve or approval_required"),
+    };
+    let group_id = format!("{}ZD", random(30).replace(['-', '_'], "A"));
+    let request_id = random(18);
+    let group = Group {
+        id: group_id.clone(),
+        subject: subject.clone(),
+        description,
+        approval_required,
+        created: now_secs(),
+        participants: Vec::new(),
+        pending: Vec::new(),
+        removed: Vec::new(),
+        invite_code: random(16),
+        active: true,
+        suspended: false,
+        window_until: None,
+        messages: Vec::new(),
+    };
+    let item = st.group_item(&group_id, "group_create", json!({
+        "request_id": request_id, "subject": subject, "invite_link": group.invite_link(),
+        "join_approval_mode": if approval_required { "approval_required" } else { "auto_approve" },
+    }));
+    st.groups.insert(group_id.clone(), group);
+    st.group_order.push(group_id);
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_lifecycle_update", value);
+    Json(json!({"messaging_product": "whatsapp", "request_id": request_id})).into_response()
+}
+
+async fn group_list(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let st = shared.lock();
+    if id != st.cfg.phone_number_id {
+        return graph_error(400, 100, "Unsupported get request: unknown phone number id");
+    }
+    let limit: usize = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 25,
+        Some(Ok(l)) if (1..=1024).contains(&l) => l,
+        Some(_) => return invalid("limit must be between 1 and 1024"),
+    };
+    let active: Vec<&Group> =
+        st.group_order.iter().filter_map(|id| st.groups.get(id)).filter(|g| g.active).collect();
+    let decode = |c: &str| -> Option<usize> {
+        String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, c).ok()?,
+        )
+        .ok()?
+        .parse()
+        .ok()
+    };
+    let start = match q.get("after") {
+        Some(c) => match decode(c) {
+            Some(i) => i + 1,
+            None => return graph_error(400, 131059, "Invalid cursor"),
+        },
+        None => 0,
+    };
+    let page: Vec<Value> = active
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|g| json!({"id": g.id, "subject": g.subject, "created_at": g.created}))
+        .collect();
+    let cursor = |i: usize| {
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, i.to_string())
+    };
+    let last = start + page.len();
+    let mut paging =
+        json!({"cursors": {"before": cursor(start), "after": cursor(last.saturating_sub(1))}});
+    if last < active.len() {
+        paging["next"] = json!(format!(
+            "/{}/groups?limit={limit}&after={}",
+            st.cfg.phone_number_id,
+            cursor(last - 1)
+        ));
+    }
+    if start > 0 {
+        paging["previous"] = json!(format!(
+            "/{}/groups?limit={limit}&before={}",
+            st.cfg.phone_number_id,
+            cursor(start)
+        ));
+    }
+    Json(json!({"data": {"groups": page}, "paging": paging})).into_response()
+}
+
+async fn group_info(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g.clone(),
+        Err(r) => return r,
+    };
+    let mut v = json!({"id": g.id, "messaging_product": "whatsapp"});
+    for field in q
+        .get("fields")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        let value = match field {
+            "subject" => json!(g.subject),
+            "description" => json!(g.description),
+            "join_approval_mode" => {
+                json!(if g.approval_required { "approval_required" } else { "auto_approve" })
+            }
+            "suspended" => json!(g.suspended),
+            "creation_timestamp" => json!(g.created),
+            "total_participant_count" => json!(g.participants.len()),
+            "participants" => json!(
+                g.participants
+                    .iter()
+                    .map(|p| json!({"wa_id": p, "user_id": SimState::bsuid(p)}))
+                    .collect::<Vec<_>>()
+            ),
+            other => return invalid(&format!("unknown field {other}")),
+        };
+        v[field] = value;
+    }
+    Json(v).into_response()
+}
+
+async fn group_update(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    if let Err(r) = check_product(&body) {
+        return r;
+    }
+    let mut st = shared.lock();
+    let subject = body.get("subject").and_then(Value::as_str).map(|s| s.trim().to_owned());
+    let description = body.get("description").and_then(Value::as_str).map(str::to_owned);
+    if subject.as_ref().is_some_and(|s| s.is_empty() || s.chars().count() > 128) {
+        return invalid("subject must have 1 to 128 characters");
+    }
+    if description.as_ref().is_some_and(|d| d.chars().count() > 2048) {
+        return invalid("description must have at most 2048 characters");
+    }
+    if subject.is_none() && description.is_none() {
+        return invalid("nothing to update: give subject and/or description");
+    }
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let mut extra = json!({"request_id": random(18)});
+    if let Some(s) = subject {
+        g.subject = s.clone();
+        extra["group_subject"] = json!({"text": s, "update_successful": true});
+    }
+    if let Some(d) = description {
+        g.description = d.clone();
+        extra["group_description"] = json!({"text": d, "update_successful": true});
+    }
+    let item = st.group_item(&id, "group_settings_update", extra);
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_settings_update", value);
+    Json(json!({"success": true})).into_response()
+}
+
+async fn group_delete(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+) -> Response {
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    g.active = false;
+    g.participants.clear();
+    g.pending.clear();
+    let item = st.group_item(&id, "group_delete", json!({"request_id": random(18)}));
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_lifecycle_update", value);
+    Json(json!({"success": true})).into_response()
+}
+
+async fn link_get(State(shared): State<Shared>, Path((_, id)): Path<(String, String)>) -> Response {
+    let mut st = shared.lock();
+    match group_mut(&mut st, &id) {
+        Ok(g) => Json(json!({"messaging_product": "whatsapp", "invite_link": g.invite_link()}))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn link_reset(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    if let Err(r) = check_product(&body) {
+        return r;
+    }
+    let mut st = shared.lock();
+    match group_mut(&mut st, &id) {
+        Ok(g) => {
+            g.invite_code = random(16);
+            Json(json!({"messaging_product": "whatsapp", "invite_link": g.invite_link()}))
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+// ----- join requests and participants -----
+
+async fn requests_list(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+) -> Response {
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let data: Vec<Value> = g
+        .pending
+        .iter()
+        .map(|r| json!({"join_request_id": r.id, "wa_id": r.phone, "user_id": SimState::bsuid(&r.phone), "creation_timestamp": r.created.to_string()}))
+        .collect();
+    Json(json!({"data": data, "paging": {"cursors": {"before": "", "after": ""}}})).into_response()
+}
+
+fn request_ids(body: &Value) -> Result<Vec<String>, Response> {
+    check_product(body)?;
+    let ids: Vec<String> = body
+        .get("join_requests")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Err(invalid("join_requests must list at least one join request id"));
+    }
+    Ok(ids)
+}
+
+fn failed(id: &str, code: i64, title: &str) -> Value {
+    json!({"join_request_id": id, "errors": [{"code": code, "title": title, "message": title}]})
+}
+
+async fn requests_approve(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    let ids = match request_ids(&body) {
+        Ok(ids) => ids,
+        Err(r) => return r,
+    };
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let mut approved = Vec::new();
+    let mut failures = Vec::new();
+    let mut added = Vec::new();
+    for rid in &ids {
+        let Some(pos) = g.pending.iter().position(|r| &r.id == rid) else {
+            failures.push(failed(rid, 131213, "Join request does not exist"));
+            continue;
+        };
+        if g.participants.len() >= 8 {
+            failures.push(failed(rid, 131204, "Participant overlimit"));
+            continue;
+        }
+        let req = g.pending.remove(pos);
+        g.participants.push(req.phone.clone());
+        approved.push(rid.clone());
+        added.push(req.phone);
+    }
+    let items: Vec<Value> = added
+        .iter()
+        .map(|p| {
+            st.group_item(
+                &id,
+                "group_participants_add",
+                json!({"reason": "invite_link",
+                "added_participants": [{"input": p, "wa_id": p, "user_id": SimState::bsuid(p)}]}),
+            )
+        })
+        .collect();
+    let value = st.value(json!({"groups": items}));
+    drop(st);
+    if !added.is_empty() {
+        shared.emit("group_participants_update", value);
+    }
+    let mut out = json!({"messaging_product": "whatsapp", "approved_join_requests": approved});
+    let status = if failures.is_empty() {
+        StatusCode::OK
+    } else {
+        out["failed_join_requests"] = json!(failures);
+        out["errors"] = json!([{"code": 131201, "title": "Request partially succeeded", "message": "Not all join requests were approved"}]);
+        StatusCode::PARTIAL_CONTENT
+    };
+    (status, Json(out)).into_response()
+}
+
+async fn requests_reject(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    let ids = match request_ids(&body) {
+        Ok(ids) => ids,
+        Err(r) => return r,
+    };
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let mut rejected = Vec::new();
+    let mut failures = Vec::new();
+    for rid in &ids {
+        match g.pending.iter().position(|r| &r.id == rid) {
+            Some(pos) => {
+                g.pending.remove(pos);
+                rejected.push(rid.clone());
+            }
+            None => failures.push(failed(rid, 131213, "Join request does not exist")),
+        }
+    }
+    let mut out = json!({"messaging_product": "whatsapp", "rejected_join_requests": rejected});
+    if !failures.is_empty() {
+        out["failed_join_requests"] = json!(failures);
+    }
+    Json(out).into_response()
+}
+
+async fn participants_remove(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    if let Err(r) = check_product(&body) {
+        return r;
+    }
+    let entries: Vec<String> = body
+        .get("participants")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("user").or_else(|| p.get("user_id")).and_then(Value::as_str))
+                .map(|s| s.trim_start_matches('+').to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return invalid("participants must list 1 to 8 users");
+    }
+    if entries.len() > 8 {
+        return graph_error(
+            400,
+            131204,
+            "Participant overlimit: at most 8 participants per request",
+        );
+    }
+    let mut dedup = entries.clone();
+    dedup.sort();
+    dedup.dedup();
+    if dedup.len() != entries.len() {
+        return graph_error(400, 131202, "Duplicate participant in the request");
+    }
+    let mut st = shared.lock();
+    let g = match group_mut(&mut st, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let mut removed = Vec::new();
+    let mut failures = Vec::new();
+    for user in &entries {
+        let phone = user
+            .strip_prefix("ZZ.")
+            .and_then(|b| b.strip_suffix("0000"))
+            .unwrap_or(user)
+            .to_owned();
+        match g.participants.iter().position(|p| *p == phone) {
+            Some(pos) => {
+                g.participants.remove(pos);
+                if !g.removed.contains(&phone) {
+                    g.removed.push(phone);
+                }
+                removed.push(json!({"input": user}));
+            }
+            None => failures.push(json!({"input": user, "errors": [{"code": 131212, "title": "Participant not in group", "message": "The participant is not in the group"}]})),
+        }
+    }
+    let mut extra = json!({"request_id": random(18), "initiated_by": "business", "removed_participants": removed});
+    if !failures.is_empty() {
+        extra["failed_participants"] = json!(failures);
+        extra["errors"] = json!([{"code": 131201, "title": "Not All Participants Remove Succeeded", "message": "Failed to remove some participants from the group"}]);
+    }
+    let item = st.group_item(&id, "group_participants_remove", extra);
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_participants_update", value);
+    Json(json!({"success": true})).into_response()
+}
+
+// ----- messages -----
+
+/// Renders a template as the phone would see it: name, language and body parameters (a
+/// `group_id` parameter becomes the group's invite link, as WhatsApp does on delivery).
+fn render_template(st: &SimState, t: &Value) -> Result<(Value, String), Response> {
+    let name = t
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("template.name is required"))?;
+    let language = t
+        .get("language")
+        .and_then(|l| l.get("code"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("template.language.code is required"))?;
+    let mut params = Vec::new();
+    for c in t.get("components").and_then(Value::as_array).into_iter().flatten() {
+        for p in c.get("parameters").and_then(Value::as_array).into_iter().flatten() {
+            let text = match p.get("type").and_then(Value::as_str) {
+                Some("text") => {
+                    p.get("text").and_then(Value::as_str).unwrap_or_default().to_owned()
+                }
+                Some("group_id") => {
+                    let gid = p.get("group_id").and_then(Value::as_str).unwrap_or_default();
+                    match st.groups.get(gid).filter(|g| g.active) {
+                        Some(g) => g.invite_link(),
+                        None => {
+                            return Err(graph_error(
+                                400,
+                                131041,
+                                "Group in the template parameter does not exist",
+                            ));
+                        }
+                    }
+                }
+                Some(other) => format!("[{other}]"),
+                None => return Err(invalid("template parameter type is required")),
+            };
+            params.push(text);
+        }
+    }
+    let text = if params.is_empty() {
+        format!("[{name}]")
+    } else {
+        format!("[{name}] {}", params.join(" | "))
+    };
+    Ok((json!({"name": name, "language": language, "params": params}), text))
+}
+
+async fn send_message(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    _headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = body_or_return!(body);
+    if let Err(r) = check_product(&body) {
+        return r;
+    }
+    let mut st = shared.lock();
+    if id != st.cfg.phone_number_id {
+        return graph_error(400, 100, "Unsupported post request: unknown phone number id");
+    }
+    let to = body
+        .get("to")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim_start_matches('+')
+        .to_owned();
+    if to.is_empty() {
+        return invalid("to is required");
+    }
+    let recipient_type = body.get("recipient_type").and_then(Value::as_str).unwrap_or("individual");
+    let kind = body.get("type").and_then(Value::as_str).unwrap_or("text").to_owned();
+    let (template, text) = match kind.as_str() {
+        "text" => match body.get("text").and_then(|t| t.get("body")).and_then(Value::as_str) {
+            Some(b) if !b.trim().is_empty() => (None, b.to_owned()),
+            _ => return invalid("text.body is required"),
+        },
+        "template" => match body.get("template").map(|t| render_template(&st, t)) {
+            Some(Ok((t, text))) => (Some(t), text),
+            Some(Err(r)) => return r,
+            None => return invalid("template is required"),
+        },
+        other => return graph_error(400, 131051, &format!("Unsupported message type {other}")),
+    };
+    let id = wamid();
+    let business = st.cfg.business_phone.clone();
+    let delivered = Delivered {
+        id: id.clone(),
+        from: business,
+        group_id: None,
+        kind: kind.clone(),
+        text,
+        template,
+        context_id: None,
+        timestamp: now_secs(),
+    };
+    let mut statuses = Vec::new();
+    let status = |s: &str,
+                  recipient: &str,
+                  rtype: &str,
+                  participant: Option<&str>,
+                  errors: Option<Value>| {
+        let mut v = json!({"id": id, "status": s, "timestamp": now_secs().to_string(), "recipient_id": recipient, "recipient_type": rtype});
+        if let Some(p) = participant {
+            v["recipient_participant_id"] = json!(p);
+            v["recipient_participant_user_id"] = json!(SimState::bsuid(p));
+        }
+        if let Some(e) = errors {
+            v["errors"] = e;
+        }
+        v
+    };
+    let window_closed = || {
+        json!([{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
+        "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}])
+    };
+    match recipient_type {
+        "group" => {
+            let g = match st.groups.get(&to).filter(|g| g.active) {
+                Some(g) => g.clone(),
+                None => {
+                    return graph_error(
+                        400,
+                        131041,
+                        "Group does not exist or the business is not a member",
+                    );
+                }
+            };
+            if g.suspended {
+                return graph_error(403, 131207, "Group suspended");
+            }
+            if g.participants.is_empty() {
+                return graph_error(400, 131020, "Cannot send messages to single member groups");
+            }
+            if kind == "text" && !g.window_open() {
+                statuses.push(status("failed", &to, "group", None, Some(window_closed())));
+            } else {
+                let msg = Delivered { group_id: Some(to.clone()), ..delivered };
+                if let Some(gm) = st.groups.get_mut(&to) {
+                    gm.messages.push(msg.clone());
+                }
+                statuses.push(status("sent", &to, "group", None, None));
+                for p in &g.participants {
+                    st.phone(p).inbox.push(msg.clone());
+                    statuses.push(status("delivered", &to, "group", Some(p), None));
+                }
+            }
+        }
+        "individual" => {
+            if !to.chars().all(|c| c.is_ascii_digit()) || to.len() < 8 {
+                return invalid("to must be a phone number");
+            }
+            let open =
+                st.phones.get(&to).and_then(|p| p.window_until).is_some_and(|t| t > Instant::now());
+            if kind == "text" && !open {
+                statuses.push(status("failed", &to, "individual", None, Some(window_closed())));
+            } else {
+                st.phone(&to).inbox.push(delivered);
+                statuses.push(status("sent", &to, "individual", None, None));
+                statuses.push(status("delivered", &to, "individual", None, None));
+            }
+        }
+        other => {
+            return invalid(&format!("recipient_type must be individual or group, not {other}"));
+        }
+    }
+    let values: Vec<Value> =
+        statuses.into_iter().map(|s| st.value(json!({"statuses": [s]}))).collect();
+    drop(st);
+    for v in values {
+        shared.emit("messages", v);
+    }
+    Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]})).into_response()
+}
+
+/// Opens (or refreshes) a 24-hour window.
+pub(crate) fn window_from_now() -> Option<Instant> {
+    Instant::now().checked_add(WINDOW)
+}
+
+/// Creates a join request for `phone` (or returns the pending one).
+pub(crate) fn request_to_join(g: &mut Group, phone: &str) -> (JoinRequest, bool) {
+    if let Some(r) = g.pending.iter().find(|r| r.phone == phone) {
+        return (r.clone(), false);
+    }
+    let r = JoinRequest { id: random(18), phone: phone.to_owned(), created: now_secs() };
+    g.pending.push(r.clone());
+    (r, true)
+}

@@ -1,0 +1,220 @@
+//! The simulator's world: groups, phones and their inboxes, customer-service windows, and the
+//! webhook items every change produces.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use rand::RngCore;
+use serde_json::{Value, json};
+
+use super::WhatsAppSimConfig;
+
+/// A customer-service window lasts 24 hours from the contact's last message.
+pub(crate) const WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub(crate) fn random(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+pub(crate) fn wamid() -> String {
+    let mut buf = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut buf);
+    format!("wamid.{}", STANDARD_NO_PAD.encode(buf))
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JoinRequest {
+    pub id: String,
+    pub phone: String,
+    pub created: i64,
+}
+
+/// A message as the group or a phone saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivered {
+    pub id: String,
+    /// `business` or the sender's phone.
+    pub from: String,
+    pub group_id: Option<String>,
+    pub kind: String,
+    pub text: String,
+    pub template: Option<Value>,
+    pub context_id: Option<String>,
+    pub timestamp: i64,
+}
+
+impl Delivered {
+    pub(crate) fn to_json(&self) -> Value {
+        let mut v = json!({"id": self.id, "from": self.from, "type": self.kind, "text": self.text, "timestamp": self.timestamp});
+        if let Some(g) = &self.group_id {
+            v["groupId"] = json!(g);
+        }
+        if let Some(t) = &self.template {
+            v["template"] = t.clone();
+        }
+        if let Some(c) = &self.context_id {
+            v["contextId"] = json!(c);
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub id: String,
+    pub subject: String,
+    pub description: String,
+    pub approval_required: bool,
+    pub created: i64,
+    pub participants: Vec<String>,
+    pub pending: Vec<JoinRequest>,
+    /// Removed by the business: can never come back by link.
+    pub removed: Vec<String>,
+    pub invite_code: String,
+    pub active: bool,
+    pub suspended: bool,
+    /// The group's customer-service window, opened by any participant's message.
+    pub window_until: Option<Instant>,
+    pub messages: Vec<Delivered>,
+}
+
+impl Group {
+    pub(crate) fn invite_link(&self) -> String {
+        format!("https://chat.whatsapp.com/{}", self.invite_code)
+    }
+
+    pub(crate) fn window_open(&self) -> bool {
+        self.window_until.is_some_and(|t| t > Instant::now())
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "subject": self.subject,
+            "description": self.description,
+            "joinApprovalMode": if self.approval_required { "approval_required" } else { "auto_approve" },
+            "participants": self.participants,
+            "pendingRequests": self.pending.iter().map(|r| r.phone.clone()).collect::<Vec<_>>(),
+            "removed": self.removed,
+            "inviteLink": if self.active { json!(self.invite_link()) } else { Value::Null },
+            "active": self.active,
+            "suspended": self.suspended,
+            "messages": self.messages.iter().map(|m| {
+                let mut v = json!({"id": m.id, "from": m.from, "type": m.kind, "text": m.text});
+                if let Some(t) = &m.template { v["template"] = t.clone(); }
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phone {
+    pub name: Option<String>,
+    pub inbox: Vec<Delivered>,
+    /// The 1:1 window with the business, opened by the phone's own message.
+    pub window_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ApiFault {
+    pub method: Option<String>,
+    pub path: regex::Regex,
+    pub status: u16,
+    pub code: Option<i64>,
+    pub retry_after: Option<u64>,
+    pub hang: Option<Duration>,
+    pub remaining: u32,
+}
+
+/// Delivery faults applied to the next webhooks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeliveryFaults {
+    pub duplicate: u32,
+    pub reorder: bool,
+    pub fail_first: u32,
+}
+
+/// Counters tests can read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimStats {
+    /// Webhook POSTs made (retries and duplicates included).
+    pub webhook_attempts: u64,
+    /// Webhooks the receiver answered 200 to.
+    pub webhooks_delivered: u64,
+    pub api_calls: u64,
+    pub faults_served: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct SimState {
+    pub cfg: WhatsAppSimConfig,
+    pub groups: HashMap<String, Group>,
+    pub group_order: Vec<String>,
+    pub phones: HashMap<String, Phone>,
+    pub faults: Vec<ApiFault>,
+    pub delivery_faults: DeliveryFaults,
+    pub stats: SimStats,
+}
+
+impl SimState {
+    pub(crate) fn new(cfg: WhatsAppSimConfig) -> Self {
+        Self {
+            cfg,
+            groups: HashMap::new(),
+            group_order: Vec::new(),
+            phones: HashMap::new(),
+            faults: Vec::new(),
+            delivery_faults: DeliveryFaults::default(),
+            stats: SimStats::default(),
+        }
+    }
+
+    pub(crate) fn phone(&mut self, phone: &str) -> &mut Phone {
+        self.phones.entry(phone.to_owned()).or_default()
+    }
+
+    pub(crate) fn profile_name(&self, phone: &str) -> String {
+        self.phones.get(phone).and_then(|p| p.name.clone()).unwrap_or_else(|| format!("+{phone}"))
+    }
+
+    /// A BSUID-like id, stable per phone.
+    pub(crate) fn bsuid(phone: &str) -> String {
+        format!("ZZ.{phone}0000")
+    }
+
+    pub(crate) fn metadata(&self) -> Value {
+        json!({"display_phone_number": self.cfg.business_phone, "phone_number_id": self.cfg.phone_number_id})
+    }
+
+    /// A `value` of the given webhook field.
+    pub(crate) fn value(&self, extra: Value) -> Value {
+        let mut v = json!({"messaging_product": "whatsapp", "metadata": self.metadata()});
+        if let (Value::Object(v), Value::Object(e)) = (&mut v, extra) {
+            v.extend(e);
+        }
+        v
+    }
+
+    pub(crate) fn group_item(&self, group: &str, kind: &str, extra: Value) -> Value {
+        let mut g = json!({"timestamp": now_secs().to_string(), "group_id": group, "type": kind});
+        if let (Value::Object(g), Value::Object(e)) = (&mut g, extra) {
+            g.extend(e);
+        }
+        g
+    }
+
+    pub(crate) fn find_by_link(&self, link: &str) -> Option<&Group> {
+        let code = link.trim().trim_end_matches('/').rsplit('/').next()?;
+        self.groups.values().find(|g| g.active && g.invite_code == code)
+    }
+}
