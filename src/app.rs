@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::UserId;
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
+use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{InboundRow, Source, Store, StoreError};
 use crate::symphony::datafeed::BatchHandler;
 use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
@@ -251,6 +252,26 @@ pub async fn run_mock_pod(
     println!("mock pod listening on {}", pod.url());
     cancel.cancelled().await;
     pod.shutdown().await;
+    Ok(())
+}
+
+/// Runs the WhatsApp simulator alone until cancelled.
+pub async fn run_whatsapp_sim(
+    listen: SocketAddr,
+    cfg: WhatsAppSimConfig,
+    cancel: CancellationToken,
+) -> Result<(), AppError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let sim = WhatsAppSim::start_on(listener, cfg, cancel.clone())
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    println!(
+        "WhatsApp simulator listening on {} (control API under {}/_sandbox/wa/)",
+        sim.url(),
+        sim.url()
+    );
+    cancel.cancelled().await;
+    sim.shutdown().await;
     Ok(())
 }
 

@@ -42,6 +42,20 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         datafeed_hold: u64,
     },
+    /// Run the WhatsApp Cloud API simulator alone (for other bots' CI).
+    WhatsappSim {
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        listen: SocketAddr,
+        /// Where to deliver signed webhooks.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        #[arg(long, env = "WAGB_SIM_APP_SECRET")]
+        app_secret: String,
+        #[arg(long, env = "WAGB_SIM_ACCESS_TOKEN")]
+        access_token: String,
+        #[arg(long, default_value = "106540352242922")]
+        phone_number_id: String,
+    },
     /// Write a new RSA key pair for the bot and print the public key for the pod admin console.
     Keygen {
         /// Where to write the private key (PKCS#8 PEM); the public key goes beside it (.pub.pem).
@@ -80,6 +94,15 @@ async fn main() -> anyhow::Result<()> {
                 cancel,
             )
             .await?;
+        }
+        Cmd::WhatsappSim { listen, webhook_url, app_secret, access_token, phone_number_id } => {
+            let mut cfg = wa_groups_bot::sandbox::wa_sim::WhatsAppSimConfig::new(
+                &access_token,
+                &app_secret,
+                &phone_number_id,
+            );
+            cfg.webhook_url = webhook_url;
+            app::run_whatsapp_sim(listen, cfg, cancel).await?;
         }
         Cmd::Keygen { out, bits } => {
             let public = app::keygen(&out, bits).context("keygen")?;

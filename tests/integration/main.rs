@@ -5,5 +5,6 @@ mod support;
 
 mod bdk_interop;
 mod mock_pod;
+mod pywa_interop;
 mod symphony_client;
 mod whatsapp;

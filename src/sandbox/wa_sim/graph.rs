@@ -27,6 +27,13 @@ pub(crate) fn graph_error(status: u16, code: i64, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The answer to an asynchronous management call: its outcome arrives by webhook with this
+/// `request_id` (the spec's `success` is kept for clients that read it).
+fn operation(request_id: &str) -> Response {
+    Json(json!({"messaging_product": "whatsapp", "request_id": request_id, "success": true}))
+        .into_response()
+}
+
 fn invalid(message: &str) -> Response {
     graph_error(400, 100, &format!("Invalid parameter: {message}"))
 }
@@ -317,7 +324,8 @@ async fn group_update(
         Ok(g) => g,
         Err(r) => return r,
     };
-    let mut extra = json!({"request_id": random(18)});
+    let request_id = random(18);
+    let mut extra = json!({"request_id": request_id});
     if let Some(s) = subject {
         g.subject = s.clone();
         extra["group_subject"] = json!({"text": s, "update_successful": true});
@@ -330,7 +338,7 @@ async fn group_update(
     let value = st.value(json!({"groups": [item]}));
     drop(st);
     shared.emit("group_settings_update", value);
-    Json(json!({"success": true})).into_response()
+    operation(&request_id)
 }
 
 async fn group_delete(
@@ -345,11 +353,12 @@ async fn group_delete(
     g.active = false;
     g.participants.clear();
     g.pending.clear();
-    let item = st.group_item(&id, "group_delete", json!({"request_id": random(18)}));
+    let request_id = random(18);
+    let item = st.group_item(&id, "group_delete", json!({"request_id": request_id}));
     let value = st.value(json!({"groups": [item]}));
     drop(st);
     shared.emit("group_lifecycle_update", value);
-    Json(json!({"success": true})).into_response()
+    operation(&request_id)
 }
 
 async fn link_get(State(shared): State<Shared>, Path((_, id)): Path<(String, String)>) -> Response {
@@ -465,7 +474,7 @@ async fn requests_approve(
     if !added.is_empty() {
         shared.emit("group_participants_update", value);
     }
-    let mut out = json!({"messaging_product": "whatsapp", "approved_join_requests": approved});
+    let mut out = json!({"messaging_product": "whatsapp", "request_id": random(18), "approved_join_requests": approved});
     let status = if failures.is_empty() {
         StatusCode::OK
     } else {
@@ -502,7 +511,7 @@ async fn requests_reject(
             None => failures.push(failed(rid, 131213, "Join request does not exist")),
         }
     }
-    let mut out = json!({"messaging_product": "whatsapp", "rejected_join_requests": rejected});
+    let mut out = json!({"messaging_product": "whatsapp", "request_id": random(18), "rejected_join_requests": rejected});
     if !failures.is_empty() {
         out["failed_join_requests"] = json!(failures);
     }
@@ -568,7 +577,8 @@ async fn participants_remove(
             None => failures.push(json!({"input": user, "errors": [{"code": 131212, "title": "Participant not in group", "message": "The participant is not in the group"}]})),
         }
     }
-    let mut extra = json!({"request_id": random(18), "initiated_by": "business", "removed_participants": removed});
+    let request_id = random(18);
+    let mut extra = json!({"request_id": request_id, "initiated_by": "business", "removed_participants": removed});
     if !failures.is_empty() {
         extra["failed_participants"] = json!(failures);
         extra["errors"] = json!([{"code": 131201, "title": "Not All Participants Remove Succeeded", "message": "Failed to remove some participants from the group"}]);
@@ -577,7 +587,7 @@ async fn participants_remove(
     let value = st.value(json!({"groups": [item]}));
     drop(st);
     shared.emit("group_participants_update", value);
-    Json(json!({"success": true})).into_response()
+    operation(&request_id)
 }
 
 // ----- messages -----
