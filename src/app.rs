@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +46,8 @@ pub enum AppError {
 pub struct Bot {
     pub bot_user: UserId,
     pub store: Store,
+    /// Where the WhatsApp webhook receiver listens (when an app secret is configured).
+    pub webhook_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -65,6 +68,38 @@ impl Bot {
 
         let wake = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
+
+        // WhatsApp webhooks → store (signature checked first; 200 only once persisted).
+        let webhook_addr = if config.whatsapp.app_secret.expose_secret().is_empty() {
+            tracing::warn!("whatsapp.appSecret is not set: the WhatsApp webhook receiver is off");
+            None
+        } else {
+            let hook = &config.whatsapp.webhook;
+            let listener = tokio::net::TcpListener::bind(hook.listen).await.map_err(|e| {
+                AppError::Startup(format!(
+                    "cannot listen for WhatsApp webhooks on {}: {e}",
+                    hook.listen
+                ))
+            })?;
+            let addr = listener.local_addr()?;
+            let router = crate::webhook::router(
+                &hook.path,
+                crate::webhook::WebhookState {
+                    store: store.clone(),
+                    app_secret: config.whatsapp.app_secret.clone(),
+                    verify_token: hook.verify_token.clone(),
+                    wake: wake.clone(),
+                },
+            );
+            let hook_cancel = cancel.clone();
+            tracker.spawn(async move {
+                if let Err(e) = crate::webhook::serve(listener, router, hook_cancel).await {
+                    tracing::error!(error = %e, "the webhook receiver stopped");
+                }
+            });
+            tracing::info!(%addr, path = %hook.path, "WhatsApp webhook receiver listening");
+            Some(addr)
+        };
 
         // Datafeed → store: a batch is acknowledged only once every event is persisted.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -109,7 +144,7 @@ impl Bot {
                 "the datafeed could not be started (see the log)".into(),
             ));
         }
-        Ok(Bot { bot_user, store, cancel, tracker })
+        Ok(Bot { bot_user, store, webhook_addr, cancel, tracker })
     }
 
     /// Waits until the bot stops (cancellation or a fatal error).
@@ -200,7 +235,13 @@ impl Dispatcher {
         match event {
             InboundEvent::Symphony(event) => self.on_symphony(event).await,
             InboundEvent::WhatsApp(event) => {
-                tracing::info!(?event, "WhatsApp event received");
+                // Acted on by the group lifecycle (a later version); names and numbers stay out
+                // of the log.
+                let kind = serde_json::to_value(&event)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
                 Ok(())
             }
         }
@@ -291,6 +332,11 @@ pub struct SandboxOptions {
     pub base_port: u16,
 }
 
+/// The sandbox's WhatsApp credentials: known to the simulator and the bot, protecting nothing.
+pub const SANDBOX_PHONE_NUMBER_ID: &str = "106540352242922";
+pub const SANDBOX_ACCESS_TOKEN: &str = "sandbox-access-token";
+pub const SANDBOX_APP_SECRET: &str = "sandbox-app-secret";
+
 /// The people of the sandbox's directory: (id, username, display name).
 pub const SANDBOX_BOT: (i64, &str, &str) = (10001, "wa-groups-bot", "WhatsApp Groups");
 pub const SANDBOX_ADVISORS: &[(i64, &str, &str)] = &[
@@ -329,13 +375,19 @@ pub fn prepare_sandbox(opts: &SandboxOptions) -> Result<PathBuf, AppError> {
         String::new()
     };
     let config = format!(
-        "# Written by `wa-groups-bot sandbox`: the bot's configuration against the local mock pod.\n\
-         scheme: http\nhost: 127.0.0.1\nport: {port}\n\
+        "# Written by `wa-groups-bot sandbox`: the bot's configuration against the local mock pod\n\
+         # and WhatsApp simulator. The tokens below are the sandbox's own, not real secrets.\n\
+         scheme: http\nhost: 127.0.0.1\nport: {pod}\n\
          bot:\n  username: {bot}\n  privateKey:\n    path: bot-private.pem\n\
          datafeed:\n  version: v2\n  retry: {{maxAttempts: -1, initialIntervalMillis: 200, multiplier: 2, maxIntervalMillis: 5000}}\n\
          retry: {{maxAttempts: 5, initialIntervalMillis: 200, multiplier: 2, maxIntervalMillis: 5000}}\n\
+         whatsapp:\n  apiBaseUrl: http://127.0.0.1:{sim}\n  apiVersion: v23.0\n  phoneNumberId: \"{SANDBOX_PHONE_NUMBER_ID}\"\n\
+         \x20 accessToken: {SANDBOX_ACCESS_TOKEN}\n  appSecret: {SANDBOX_APP_SECRET}\n\
+         \x20 webhook: {{listen: \"127.0.0.1:{hook}\", path: /whatsapp/webhook, verifyToken: sandbox-verify}}\n\
          store:\n  path: bot.db\n{templates_line}",
-        port = opts.base_port,
+        pod = opts.base_port,
+        sim = opts.base_port + 1,
+        hook = opts.base_port + 2,
         bot = SANDBOX_BOT.1,
     );
     let path = opts.data_dir.join("bot-config.yaml");
@@ -356,18 +408,31 @@ pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Res
     let pod = MockPod::start_on(listener, MockPodConfig::new(users), cancel.clone())
         .await
         .map_err(|e| AppError::Sandbox(e.to_string()))?;
+    let mut sim_cfg =
+        WhatsAppSimConfig::new(SANDBOX_ACCESS_TOKEN, SANDBOX_APP_SECRET, SANDBOX_PHONE_NUMBER_ID);
+    sim_cfg.webhook_url =
+        Some(format!("http://127.0.0.1:{}{}", opts.base_port + 2, config.whatsapp.webhook.path));
+    let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port + 1)).await?;
+    let sim = WhatsAppSim::start_on(sim_listener, sim_cfg, cancel.clone())
+        .await
+        .map_err(|e| AppError::Sandbox(e.to_string()))?;
     let bot = Bot::start(config, templates, cancel.clone()).await?;
     let alice = SANDBOX_ADVISORS[0];
     let im =
         pod.create_im(&[alice.0, SANDBOX_BOT.0]).map_err(|e| AppError::Sandbox(e.to_string()))?;
     let url = pod.url();
+    let sim_url = sim.url();
     println!(
         "\nwa-groups-bot sandbox is running.\n\n  mock pod: {url}  (control API under {url}/_sandbox/)\n  \
+         WhatsApp simulator: {sim_url}  (control API under {sim_url}/_sandbox/wa/)\n  \
          bot: {} (user {}), logged in over RS512 with the key in {}\n  \
          advisors: {}\n\nTry it: Alice asks the bot for help in their IM, then reads the answer:\n\n  \
          curl -s -XPOST {url}/_sandbox/streams/{im}/messages -H 'content-type: application/json' \\\n    \
          -d '{{\"as\": {}, \"messageML\": \"<messageML>/wa help</messageML>\"}}'\n  \
-         curl -s {url}/_sandbox/streams/{im}/messages\n\nCtrl-C stops everything.\n",
+         curl -s {url}/_sandbox/streams/{im}/messages\n\n\
+         A WhatsApp contact writes to the business (the bot stores the signed webhook and logs it):\n\n  \
+         curl -s -XPOST {sim_url}/_sandbox/wa/phones/447911123456/messages -H 'content-type: application/json' \\\n    \
+         -d '{{\"to\": \"business\", \"text\": \"Hello from WhatsApp\"}}'\n\nCtrl-C stops everything.\n",
         SANDBOX_BOT.1,
         SANDBOX_BOT.0,
         opts.data_dir.display(),
@@ -379,6 +444,7 @@ pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Res
         alice.0,
     );
     bot.wait().await;
+    sim.shutdown().await;
     pod.shutdown().await;
     Ok(())
 }

@@ -6,5 +6,6 @@ mod support;
 mod bdk_interop;
 mod mock_pod;
 mod pywa_interop;
+mod sandbox_cli;
 mod symphony_client;
 mod whatsapp;
