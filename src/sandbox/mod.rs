@@ -2,5 +2,6 @@
 //! tests and as `mock-pod` / `whatsapp-sim` commands by anyone's CI. They depend on wire formats
 //! only, never on the bot's internals.
 
+pub mod faults;
 pub mod mock_pod;
 pub mod wa_sim;

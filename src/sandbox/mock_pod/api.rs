@@ -62,16 +62,7 @@ pub(crate) async fn inject_faults(
         let method = request.method().as_str().to_owned();
         let fault = {
             let mut st = shared.lock();
-            let hit = st.faults.iter_mut().find(|f| {
-                f.remaining > 0
-                    && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
-                    && f.path.is_match(&path)
-            });
-            let fault = hit.map(|f| {
-                f.remaining -= 1;
-                f.clone()
-            });
-            st.faults.retain(|f| f.remaining > 0);
+            let fault = st.faults.take(&method, &path);
             if fault.is_some() {
                 st.stats.faults_served += 1;
             }

@@ -5,7 +5,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::presentation;
-use super::state::{Fault, PodState, Stream};
+use super::state::{PodState, Stream};
 use crate::groups::model::to_url_safe_id;
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
@@ -278,45 +277,15 @@ async fn submit_form(State(shared): State<Shared>, body: axum::body::Bytes) -> R
     Json(json!({"ok": true})).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FaultBody {
-    method: Option<String>,
-    path: String,
-    #[serde(default)]
-    status: Option<u16>,
-    retry_after: Option<u64>,
-    hang_ms: Option<u64>,
-    #[serde(default = "one")]
-    count: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
 async fn add_fault(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
-    let b: FaultBody = parse_or_return!(&body);
-    let path = match regex::Regex::new(&b.path) {
-        Ok(r) => r,
-        Err(e) => return bad(format!("path is not a valid regex: {e}")),
-    };
-    let status = b.status.unwrap_or(0);
-    if status != 0 && !(100..=599).contains(&status) {
-        return bad("status must be an HTTP status");
+    let spec: crate::sandbox::faults::FaultSpec = parse_or_return!(&body);
+    match spec.arm() {
+        Ok(fault) => {
+            shared.lock().faults.add(fault);
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => bad(e),
     }
-    if status == 0 && b.hang_ms.is_none() {
-        return bad("give a status, a hangMs, or both");
-    }
-    shared.lock().faults.push(Fault {
-        method: b.method,
-        path,
-        status,
-        retry_after: b.retry_after,
-        hang: b.hang_ms.map(Duration::from_millis),
-        remaining: b.count,
-    });
-    Json(json!({"ok": true})).into_response()
 }
 
 async fn expire_sessions(State(shared): State<Shared>) -> Response {

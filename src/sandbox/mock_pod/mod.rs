@@ -273,10 +273,11 @@ impl MockPod {
         count: u32,
     ) -> Result<(), MockPodError> {
         let path = regex::Regex::new(path).map_err(|e| MockPodError::Request(e.to_string()))?;
-        self.shared.lock().faults.push(state::Fault {
+        self.shared.lock().faults.add(crate::sandbox::faults::Fault {
             method: method.map(str::to_owned),
             path,
             status,
+            code: None,
             retry_after,
             hang: None,
             remaining: count,
@@ -287,10 +288,11 @@ impl MockPod {
     /// The next `count` calls whose path matches `path` hang for `hang` before being served.
     pub fn inject_hang(&self, path: &str, hang: Duration, count: u32) -> Result<(), MockPodError> {
         let path = regex::Regex::new(path).map_err(|e| MockPodError::Request(e.to_string()))?;
-        self.shared.lock().faults.push(state::Fault {
+        self.shared.lock().faults.add(crate::sandbox::faults::Fault {
             method: None,
             path,
             status: 0,
+            code: None,
             retry_after: None,
             hang: Some(hang),
             remaining: count,

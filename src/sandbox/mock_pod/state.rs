@@ -2,7 +2,7 @@
 //! V4 events every change emits.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -108,16 +108,6 @@ pub(crate) struct Feed {
     pub expired: bool,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct Fault {
-    pub method: Option<String>,
-    pub path: regex::Regex,
-    pub status: u16,
-    pub retry_after: Option<u64>,
-    pub hang: Option<Duration>,
-    pub remaining: u32,
-}
-
 /// Counters tests can read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -142,7 +132,7 @@ pub(crate) struct PodState {
     pub km_tokens: HashMap<String, i64>,
     pub streams: HashMap<String, Stream>,
     pub feeds: HashMap<String, Feed>,
-    pub faults: Vec<Fault>,
+    pub faults: crate::sandbox::faults::Faults,
     pub stats: PodStats,
 }
 
@@ -156,7 +146,7 @@ impl PodState {
             km_tokens: HashMap::new(),
             streams: HashMap::new(),
             feeds: HashMap::new(),
-            faults: Vec::new(),
+            faults: Default::default(),
             stats: PodStats::default(),
         }
     }

@@ -4,8 +4,6 @@
 // Handlers return ready-made error responses; boxing them would only add noise.
 #![allow(clippy::result_large_err)]
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::graph::{request_to_join, window_from_now};
-use super::state::{ApiFault, Delivered, SimState, now_secs, wamid};
+use super::state::{Delivered, SimState, now_secs, wamid};
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -314,46 +312,15 @@ async fn group(State(shared): State<Shared>, Path(id): Path<String>) -> Response
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct FaultBody {
-    method: Option<String>,
-    path: String,
-    status: Option<u16>,
-    code: Option<i64>,
-    retry_after: Option<u64>,
-    hang_ms: Option<u64>,
-    #[serde(default = "one")]
-    count: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
 async fn faults(State(shared): State<Shared>, body: Bytes) -> Response {
-    let b: FaultBody = try_or!(parse(&body).map_err(bad));
-    let path = match regex::Regex::new(&b.path) {
-        Ok(p) => p,
-        Err(e) => return bad(format!("path is not a valid regex: {e}")),
-    };
-    let status = b.status.unwrap_or(0);
-    if status != 0 && !(100..=599).contains(&status) {
-        return bad("status must be an HTTP status");
+    let spec: crate::sandbox::faults::FaultSpec = try_or!(parse(&body).map_err(bad));
+    match spec.arm() {
+        Ok(fault) => {
+            shared.lock().faults.add(fault);
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => bad(e),
     }
-    if status == 0 && b.hang_ms.is_none() {
-        return bad("give a status, a hangMs, or both");
-    }
-    shared.lock().faults.push(ApiFault {
-        method: b.method,
-        path,
-        status,
-        code: b.code,
-        retry_after: b.retry_after,
-        hang: b.hang_ms.map(Duration::from_millis),
-        remaining: b.count,
-    });
-    Json(json!({"ok": true})).into_response()
 }
 
 #[derive(Deserialize)]

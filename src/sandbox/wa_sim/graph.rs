@@ -72,16 +72,7 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
     let fault = {
         let mut st = shared.lock();
         st.stats.api_calls += 1;
-        let hit = st.faults.iter_mut().find(|f| {
-            f.remaining > 0
-                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
-                && f.path.is_match(&path)
-        });
-        let fault = hit.map(|f| {
-            f.remaining -= 1;
-            f.clone()
-        });
-        st.faults.retain(|f| f.remaining > 0);
+        let fault = st.faults.take(&method, &path);
         if fault.is_some() {
             st.stats.faults_served += 1;
         }

@@ -124,17 +124,6 @@ pub(crate) struct Phone {
     pub window_until: Option<Instant>,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct ApiFault {
-    pub method: Option<String>,
-    pub path: regex::Regex,
-    pub status: u16,
-    pub code: Option<i64>,
-    pub retry_after: Option<u64>,
-    pub hang: Option<Duration>,
-    pub remaining: u32,
-}
-
 /// Delivery faults applied to the next webhooks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeliveryFaults {
@@ -161,7 +150,7 @@ pub(crate) struct SimState {
     pub groups: HashMap<String, Group>,
     pub group_order: Vec<String>,
     pub phones: HashMap<String, Phone>,
-    pub faults: Vec<ApiFault>,
+    pub faults: crate::sandbox::faults::Faults,
     pub delivery_faults: DeliveryFaults,
     pub stats: SimStats,
 }
@@ -173,7 +162,7 @@ impl SimState {
             groups: HashMap::new(),
             group_order: Vec::new(),
             phones: HashMap::new(),
-            faults: Vec::new(),
+            faults: Default::default(),
             delivery_faults: DeliveryFaults::default(),
             stats: SimStats::default(),
         }
