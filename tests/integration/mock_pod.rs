@@ -416,3 +416,28 @@ async fn a_users_file_defines_who_can_log_in() {
     std::fs::write(&bad, "- {id: 1, username: x, type: ROBOT}\n").expect("write");
     assert!(load_users(&bad).is_err());
 }
+
+#[tokio::test]
+async fn a_feed_nobody_reads_expires() {
+    use wa_groups_bot::sandbox::mock_pod::{MockPod, MockPodConfig};
+    let mut cfg = MockPodConfig::new(crate::support::pod_users());
+    cfg.feed_expiry = Duration::from_millis(300);
+    let pod = MockPod::start(cfg).await.expect("pod");
+    let s = Session::login(&pod.url()).await;
+    let feed = s.create_feed().await;
+    let started = Instant::now();
+    crate::support::wait_for("the feed to expire", Duration::from_secs(5), || {
+        let req = s.req(reqwest::Method::GET, "/agent/v5/datafeeds");
+        async move {
+            let listed: Value = req.send().await.ok()?.json().await.ok()?;
+            listed.as_array()?.is_empty().then_some(())
+        }
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "expired after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.read(&feed, "").await.0, StatusCode::BAD_REQUEST);
+}

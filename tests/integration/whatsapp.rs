@@ -462,3 +462,62 @@ async fn a_receiver_that_fails_gets_the_webhook_again() {
     .await;
     assert_eq!(sim.stats().webhooks_delivered, 1);
 }
+
+#[tokio::test]
+async fn cancelled_requests_and_reordered_deliveries_reach_the_receiver() {
+    let sim = start_sim().await;
+    let rx = start_receiver().await;
+    sim.set_webhook_url(&rx.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client(&sim.url(), dir.path(), "v23.0");
+    let (group, link) = create(&c, &rx, "Reorder", true).await;
+
+    // Jane asks to join, then withdraws: created then revoked, and nothing pending any more.
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    let cancelled = control(
+        &sim.url(),
+        &format!("/_sandbox/wa/phones/{JANE}/cancel"),
+        json!({"groupId": group.as_str()}),
+    )
+    .await;
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+    rx.wait_event("revoked", |e| {
+        matches!(e, WhatsAppEvent::JoinRequestRevoked { .. }).then_some(())
+    })
+    .await;
+    assert!(c.join_requests(&group).await.expect("requests").is_empty());
+    let again = control(
+        &sim.url(),
+        &format!("/_sandbox/wa/phones/{JANE}/cancel"),
+        json!({"groupId": group.as_str()}),
+    )
+    .await;
+    assert!(again["error"].is_string(), "nothing left to cancel: {again}");
+
+    // Reorder: the next webhook is held back and delivered after the one that follows it.
+    control(&sim.url(), "/_sandbox/wa/webhooks/faults", json!({"reorder": true})).await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    assert_eq!(sim.tap(JOHN, &link)["result"], "requested");
+    wait_for("both requests", Duration::from_secs(10), || {
+        let n = rx
+            .events()
+            .iter()
+            .filter(|e| matches!(e, WhatsAppEvent::JoinRequestCreated { .. }))
+            .count();
+        async move { (n == 3).then_some(()) }
+    })
+    .await;
+    let order: Vec<String> = rx
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            WhatsAppEvent::JoinRequestCreated { user, .. } => user.wa_id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![JANE.to_owned(), JOHN.to_owned(), JANE.to_owned()],
+        "the second pair arrived swapped"
+    );
+}
