@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::commands::{self, Command};
 use crate::config::Config;
+use crate::effects::{Effect, EffectExecutor};
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::UserId;
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
@@ -130,8 +131,16 @@ impl Bot {
             }
         });
 
-        let dispatcher =
-            Dispatcher { store: store.clone(), symphony, templates: Arc::new(templates), bot_user };
+        let effects_wake = Arc::new(Notify::new());
+        let executor =
+            EffectExecutor { store: store.clone(), symphony, retry: config.symphony.retry };
+        tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            templates: Arc::new(templates),
+            bot_user,
+            effects: effects_wake,
+        };
         let dispatch_cancel = cancel.clone();
         tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
         tracker.close();
@@ -170,27 +179,21 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AppErr
     Ok(())
 }
 
-/// Takes persisted inbound events in order and acts on them; each is marked processed once done.
+/// Takes persisted inbound events in order and decides what they cause; each event's effects are
+/// queued in the outbox in the same transaction as its processed mark.
 struct Dispatcher {
     store: Store,
-    symphony: SymphonyClient,
     templates: Arc<Templates>,
     bot_user: UserId,
-}
-
-/// What went wrong handling one event.
-enum HandleError {
-    /// Worth trying again later (network, 5xx, 429 after retries).
-    Retry(String),
-    /// Will never work: logged, and the event is marked processed.
-    Permanent(String),
+    /// Wakes the effect executor.
+    effects: Arc<Notify>,
 }
 
 impl Dispatcher {
     async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let delay = match self.drain().await {
+            let delay = match self.drain() {
                 Ok(()) => {
                     failures = 0;
                     Duration::from_secs(5)
@@ -210,30 +213,35 @@ impl Dispatcher {
         }
     }
 
-    async fn drain(&self) -> Result<(), String> {
+    fn drain(&self) -> Result<(), StoreError> {
         loop {
-            let rows = self.store.pending_inbound(100).map_err(|e| e.to_string())?;
+            let rows = self.store.pending_inbound(100)?;
             if rows.is_empty() {
                 return Ok(());
             }
             for row in rows {
-                match self.handle(&row).await {
-                    Ok(()) => {}
-                    Err(HandleError::Retry(reason)) => return Err(reason),
-                    Err(HandleError::Permanent(reason)) => {
-                        tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped after a permanent failure");
+                let effects = match self.decide(&row) {
+                    Ok(effects) => effects,
+                    Err(reason) => {
+                        tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped: it cannot be handled");
+                        Vec::new()
                     }
+                };
+                let queued: Vec<_> = effects.iter().filter_map(|e| e.to_outbox().ok()).collect();
+                self.store.complete_inbound(row.id, &queued)?;
+                if !queued.is_empty() {
+                    self.effects.notify_one();
                 }
-                self.store.mark_processed(row.id).map_err(|e| e.to_string())?;
             }
         }
     }
 
-    async fn handle(&self, row: &InboundRow) -> Result<(), HandleError> {
+    /// What an event causes. Pure apart from reading the templates.
+    fn decide(&self, row: &InboundRow) -> Result<Vec<Effect>, String> {
         let event: InboundEvent = serde_json::from_value(row.payload.clone())
-            .map_err(|e| HandleError::Permanent(format!("undecodable stored event: {e}")))?;
+            .map_err(|e| format!("undecodable stored event: {e}"))?;
         match event {
-            InboundEvent::Symphony(event) => self.on_symphony(event).await,
+            InboundEvent::Symphony(event) => self.on_symphony(event),
             InboundEvent::WhatsApp(event) => {
                 // Acted on by the group lifecycle (a later version); names and numbers stay out
                 // of the log.
@@ -242,35 +250,31 @@ impl Dispatcher {
                     .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
                     .unwrap_or_default();
                 tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
-                Ok(())
+                Ok(Vec::new())
             }
         }
     }
 
-    async fn on_symphony(&self, event: SymphonyEvent) -> Result<(), HandleError> {
-        let SymphonyEventKind::MessageSent(message) = event.kind else { return Ok(()) };
+    fn on_symphony(&self, event: SymphonyEvent) -> Result<Vec<Effect>, String> {
+        let SymphonyEventKind::MessageSent(message) = event.kind else { return Ok(Vec::new()) };
         // The bot's own messages come back through the datafeed: never react to them.
         if message.sender == self.bot_user || event.initiator == Some(self.bot_user) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let segments =
             crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
-                .map_err(|e| HandleError::Permanent(format!("unreadable message: {e}")))?
+                .map_err(|e| format!("unreadable message: {e}"))?
                 .segments;
         let reply = match commands::parse(&segments, self.bot_user) {
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Vec::new()),
             Ok(Some(Command::Help)) => self.templates.help(),
             Ok(Some(_)) => self
                 .templates
                 .usage("This command is not available yet in this version of the bot.", "/wa help"),
             Err(e) => self.templates.usage(&e.to_string(), e.usage()),
         }
-        .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        match self.symphony.send_message(&message.stream, &reply, None).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_retryable() => Err(HandleError::Retry(e.to_string())),
-            Err(e) => Err(HandleError::Permanent(e.to_string())),
-        }
+        .map_err(|e| e.to_string())?;
+        Ok(vec![Effect::PostMessage { stream: message.stream, message_ml: reply }])
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`symphony`]: RS512 login, Datafeed v2 loop, pod/agent endpoints, MessageML/PresentationML.
 //! - [`whatsapp`]: typed Meta Cloud API client (groups, invite links, join requests, messages).
 //! - [`webhook`]: signed WhatsApp webhook receiver (verify, persist, then 200).
+//! - [`effects`]: side effects as data, queued in the outbox and performed with retries.
 //! - [`events`]: the transport-neutral event vocabulary both transports produce.
 //! - [`commands`]: `/wa …` parsing and replies.
 //! - [`groups`]: validated id newtypes and group rules.
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod effects;
 pub mod events;
 pub mod groups;
 pub mod keys;

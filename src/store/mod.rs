@@ -1,5 +1,6 @@
 //! Persistence: one SQLite file (WAL, numbered migrations against `PRAGMA user_version`) holding
-//! the inbound event queue with its processed marks. Later issues add group state and the outbox.
+//! the inbound event queue with its processed marks and the outbox of side effects. Later issues
+//! add group state.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Numbered migrations; the index + 1 is the schema version it leads to.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_outbox.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -215,6 +217,125 @@ impl Store {
     }
 }
 
+/// A side effect waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub order_key: String,
+    pub effect: serde_json::Value,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+impl Store {
+    /// Marks an inbound event processed and queues its side effects, in one transaction: either
+    /// both happen or neither does. `effects` are `(order key, effect)` pairs.
+    pub fn complete_inbound(
+        &self,
+        inbound_id: i64,
+        effects: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for (key, effect) in effects {
+            tx.execute(
+                "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
+                params![key, serde_json::to_string(effect)?, now],
+            )?;
+        }
+        tx.execute(
+            "UPDATE inbound_events SET processed_at = ?2 WHERE id = ?1 AND processed_at IS NULL",
+            params![inbound_id, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Effects due now, oldest first, at most one per order key (the first not yet done), so
+    /// that effects of one key run in order.
+    pub fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.id, o.order_key, o.effect, o.attempts FROM outbox o
+             WHERE o.done_at IS NULL AND o.failed_at IS NULL AND o.next_at <= ?1
+               AND o.id = (SELECT MIN(id) FROM outbox p
+                           WHERE p.order_key = o.order_key AND p.done_at IS NULL AND p.failed_at IS NULL)
+             ORDER BY o.id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now_ms(), limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, order_key, effect, attempts) = row?;
+            out.push(OutboxRow {
+                id,
+                order_key,
+                effect: serde_json::from_str(&effect)?,
+                attempts: attempts as u32,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The earliest time (ms since the epoch) an undone effect becomes due, if any.
+    pub fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
+        let next: Option<i64> = self.conn()?.query_row(
+            "SELECT MIN(next_at) FROM outbox WHERE done_at IS NULL AND failed_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(next)
+    }
+
+    pub fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE outbox SET done_at = ?2, last_error = NULL WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub fn outbox_retry(
+        &self,
+        id: i64,
+        after: std::time::Duration,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, now_ms() + after.as_millis() as i64, error],
+        )?;
+        Ok(())
+    }
+
+    /// Gives up on an effect for good (the failure is reported elsewhere).
+    pub fn outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE outbox SET attempts = attempts + 1, failed_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, now_ms(), error],
+        )?;
+        Ok(())
+    }
+
+    /// (pending, failed) effects: the outbox depth and what was given up on.
+    pub fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+        let (pending, failed): (i64, i64) = self.conn()?.query_row(
+            "SELECT COALESCE(SUM(done_at IS NULL AND failed_at IS NULL), 0), COALESCE(SUM(failed_at IS NOT NULL), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((pending as u64, failed as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +355,52 @@ mod tests {
         store.mark_processed(pending[0].id).expect("mark");
         assert_eq!(store.pending_inbound(10).expect("pending").len(), 1);
         assert!(store.has_inbound(Source::WhatsApp, "k1").expect("has"));
+    }
+
+    #[test]
+    fn effects_are_queued_with_the_processed_mark_and_run_in_order_per_key() {
+        let store = Store::open_in_memory().expect("store");
+        assert!(store.enqueue_inbound(Source::Symphony, "e1", &json!(1)).expect("insert"));
+        let id = store.pending_inbound(1).expect("pending")[0].id;
+        let effects = vec![
+            ("room-a".to_owned(), json!({"n": 1})),
+            ("room-a".to_owned(), json!({"n": 2})),
+            ("room-b".to_owned(), json!({"n": 3})),
+        ];
+        store.complete_inbound(id, &effects).expect("complete");
+        assert!(store.pending_inbound(10).expect("pending").is_empty());
+        let due = store.due_outbox(10).expect("due");
+        assert_eq!(
+            due.iter().map(|r| r.effect["n"].as_i64()).collect::<Vec<_>>(),
+            vec![Some(1), Some(3)],
+            "one per key"
+        );
+        store.outbox_retry(due[0].id, std::time::Duration::from_secs(60), "503").expect("retry");
+        let due = store.due_outbox(10).expect("due");
+        assert_eq!(
+            due.iter().map(|r| r.effect["n"].as_i64()).collect::<Vec<_>>(),
+            vec![Some(3)],
+            "room-a waits for its first"
+        );
+        assert!(store.next_outbox_due().expect("next").is_some());
+        store.outbox_done(due[0].id).expect("done");
+        assert_eq!(store.outbox_counts().expect("counts"), (2, 0));
+        let first = store
+            .conn()
+            .expect("conn")
+            .query_row(
+                "SELECT id FROM outbox WHERE order_key = 'room-a' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("id");
+        store.outbox_failed(first, "400").expect("failed");
+        assert_eq!(
+            store.due_outbox(10).expect("due")[0].effect["n"],
+            2,
+            "after a give-up the next one runs"
+        );
+        assert_eq!(store.outbox_counts().expect("counts"), (1, 1));
     }
 
     #[test]

@@ -284,3 +284,64 @@ async fn an_unacknowledged_batch_is_redelivered_after_a_crash_and_processed_once
     assert_eq!(pod.stats().feeds_created, 1, "the restarted bot reuses the feed");
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_reply_that_keeps_failing_is_retried_from_the_outbox() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    // Six 503s: more than the client's own 4 attempts, so the outbox must try again later.
+    pod.inject_fault(None, "/message/create$", 503, None, 6).expect("fault");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    assert_eq!(pod.stats().faults_served, 6);
+    wait_for("an empty outbox", Duration::from_secs(5), || {
+        let counts = bot.store.outbox_counts().ok();
+        async move { (counts == Some((0, 0))).then_some(()) }
+    })
+    .await;
+
+    // A permanent refusal is given up (recorded as failed), and the next command still works.
+    pod.inject_fault(None, "/message/create$", 403, None, 1).expect("fault");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for("the failed effect", Duration::from_secs(5), || {
+        let counts = bot.store.outbox_counts().ok();
+        async move { (counts == Some((0, 1))).then_some(()) }
+    })
+    .await;
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for("the third answer", Duration::from_secs(10), || {
+        let n = pod.messages(&im).iter().filter(|m| m.user == BOT).count();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    bot.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_pending_at_a_crash_is_sent_after_the_restart_once() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.inject_hang("/message/create$", Duration::from_secs(30), 1).expect("hang");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for("the reply to be under way", Duration::from_secs(10), || {
+        let counts = first.store.outbox_counts().ok();
+        async move { (counts == Some((1, 0))).then_some(()) }
+    })
+    .await;
+    first.stop().await;
+    assert_eq!(replies(&pod, &im), 0, "the hung reply never landed");
+
+    let second = start_bot(&pod, dir.path()).await;
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    wait_for("an empty outbox", Duration::from_secs(5), || {
+        let counts = second.store.outbox_counts().ok();
+        async move { (counts == Some((0, 0))).then_some(()) }
+    })
+    .await;
+    assert_eq!(replies(&pod, &im), 1);
+    second.stop().await;
+}
