@@ -1,5 +1,6 @@
-//! Groups: the validated id newtypes shared by every module, and (later) the group rules.
+//! Groups: the validated id newtypes shared by every module, and the product's rules (pure).
 
 pub mod model;
+pub mod rules;
 
 pub use model::{E164, E164Error, GroupId, StreamId, UserId};
