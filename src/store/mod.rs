@@ -1,6 +1,6 @@
 //! Persistence: one SQLite file (WAL, numbered migrations against `PRAGMA user_version`) holding
-//! the inbound event queue with its processed marks and the outbox of side effects. Later issues
-//! add group state.
+//! the inbound event queue with its processed marks, the outbox of side effects, and the groups
+//! with their advisors, contacts and the bar list (never cleared).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,9 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::groups::rules::{ContactRecord, ContactState, GroupKind};
+use crate::groups::{E164, GroupId, StreamId, UserId};
+
 /// Numbered migrations; the index + 1 is the schema version it leads to.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_outbox.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_outbox.sql"),
+    include_str!("migrations/0003_groups.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -336,6 +342,334 @@ impl Store {
     }
 }
 
+/// A group's row id in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupKey(pub i64);
+
+/// Where a group's creation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Creating,
+    AwaitingGroup,
+    Active,
+    Failed,
+    Closed,
+}
+
+impl GroupState {
+    fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Creating => "creating",
+            GroupState::AwaitingGroup => "awaitingGroup",
+            GroupState::Active => "active",
+            GroupState::Failed => "failed",
+            GroupState::Closed => "closed",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        [
+            GroupState::Creating,
+            GroupState::AwaitingGroup,
+            GroupState::Active,
+            GroupState::Failed,
+            GroupState::Closed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+fn kind_str(kind: GroupKind) -> &'static str {
+    match kind {
+        GroupKind::Native => "native",
+        GroupKind::Standard => "standard",
+    }
+}
+
+fn contact_state_str(state: ContactState) -> &'static str {
+    match state {
+        ContactState::Invited => "invited",
+        ContactState::Requested => "requested",
+        ContactState::Joined => "joined",
+        ContactState::Left => "left",
+        ContactState::Removed => "removed",
+    }
+}
+
+fn parse_contact_state(raw: &str) -> Option<ContactState> {
+    [
+        ContactState::Invited,
+        ContactState::Requested,
+        ContactState::Joined,
+        ContactState::Left,
+        ContactState::Removed,
+    ]
+    .into_iter()
+    .find(|s| contact_state_str(*s) == raw)
+}
+
+/// A group as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub key: GroupKey,
+    pub stream: Option<StreamId>,
+    pub wa_group: Option<GroupId>,
+    pub create_request_id: Option<String>,
+    pub name: String,
+    pub kind: GroupKind,
+    pub state: GroupState,
+    pub creator: UserId,
+    pub created_at: i64,
+    pub invite_link: Option<String>,
+}
+
+const GROUP_COLUMNS: &str = "id, stream_id, wa_group_id, create_request_id, name, kind, state, creator, created_at, invite_link";
+
+fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRecord> {
+    let kind: String = r.get(5)?;
+    let state: String = r.get(6)?;
+    let bad = |what: &str, v: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad {what} {v:?}").into(),
+        )
+    };
+    Ok(GroupRecord {
+        key: GroupKey(r.get(0)?),
+        stream: r.get::<_, Option<String>>(1)?.map(StreamId::new),
+        wa_group: r.get::<_, Option<String>>(2)?.map(GroupId),
+        create_request_id: r.get(3)?,
+        name: r.get(4)?,
+        kind: match kind.as_str() {
+            "native" => GroupKind::Native,
+            "standard" => GroupKind::Standard,
+            other => return Err(bad("kind", other)),
+        },
+        state: GroupState::parse(&state).ok_or_else(|| bad("state", &state))?,
+        creator: UserId(r.get(7)?),
+        created_at: r.get(8)?,
+        invite_link: r.get(9)?,
+    })
+}
+
+impl Store {
+    /// Records a new group with its advisors (the creator an owner) and invited contacts.
+    pub fn create_group(
+        &self,
+        name: &str,
+        kind: GroupKind,
+        creator: UserId,
+        advisors: &[UserId],
+        contacts: &[E164],
+    ) -> Result<GroupKey, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO groups (name, kind, state, creator, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, kind_str(kind), GroupState::Creating.as_str(), creator.0, now],
+        )?;
+        let key = GroupKey(tx.last_insert_rowid());
+        tx.execute(
+            "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 1)",
+            params![key.0, creator.0],
+        )?;
+        for a in advisors.iter().filter(|a| **a != creator) {
+            tx.execute(
+                "INSERT OR IGNORE INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 0)",
+                params![key.0, a.0],
+            )?;
+        }
+        for c in contacts {
+            tx.execute(
+                "INSERT OR IGNORE INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, 'invited', ?3)",
+                params![key.0, c.as_str(), now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(key)
+    }
+
+    fn group_where(
+        &self,
+        clause: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE {clause} = ?1");
+        Ok(self.conn()?.query_row(&sql, [value], group_row).optional()?)
+    }
+
+    pub fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("id", &key.0)
+    }
+
+    pub fn group_by_stream(&self, stream: &StreamId) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("stream_id", &stream.as_str())
+    }
+
+    pub fn group_by_wa(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("wa_group_id", &group.as_str())
+    }
+
+    pub fn group_by_request(&self, request_id: &str) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("create_request_id", &request_id)
+    }
+
+    /// The Symphony room of a group is known.
+    pub fn set_group_stream(&self, key: GroupKey, stream: &StreamId) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET stream_id = ?2 WHERE id = ?1",
+            params![key.0, stream.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// The WhatsApp create call was made: wait for its `group_create` webhook.
+    pub fn set_group_request(&self, key: GroupKey, request_id: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET create_request_id = ?2, state = ?3 WHERE id = ?1",
+            params![key.0, request_id, GroupState::AwaitingGroup.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// The WhatsApp group exists: its id and invite link are known.
+    pub fn set_group_created(
+        &self,
+        key: GroupKey,
+        group: &GroupId,
+        invite_link: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET wa_group_id = ?2, invite_link = ?3, state = ?4 WHERE id = ?1",
+            params![key.0, group.as_str(), invite_link, GroupState::Active.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_group_state(&self, key: GroupKey, state: GroupState) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET state = ?2 WHERE id = ?1",
+            params![key.0, state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn rename_group(&self, key: GroupKey, name: &str) -> Result<(), StoreError> {
+        self.conn()?.execute("UPDATE groups SET name = ?2 WHERE id = ?1", params![key.0, name])?;
+        Ok(())
+    }
+
+    /// Advisors and their owner flags, as last recorded.
+    pub fn advisors(&self, key: GroupKey) -> Result<Vec<(UserId, bool)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT user_id, owner FROM group_advisors WHERE group_id = ?1 ORDER BY rowid",
+        )?;
+        let rows =
+            stmt.query_map([key.0], |r| Ok((UserId(r.get(0)?), r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records an advisor's presence and owner flag; `None` removes them.
+    pub fn set_advisor(
+        &self,
+        key: GroupKey,
+        user: UserId,
+        owner: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        match owner {
+            Some(owner) => conn.execute(
+                "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET owner = excluded.owner",
+                params![key.0, user.0, owner],
+            )?,
+            None => conn.execute(
+                "DELETE FROM group_advisors WHERE group_id = ?1 AND user_id = ?2",
+                params![key.0, user.0],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Contacts with their state and bar flag.
+    pub fn contacts(&self, key: GroupKey) -> Result<Vec<ContactRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.phone, c.state, EXISTS (SELECT 1 FROM bars b WHERE b.group_id = c.group_id AND b.phone = c.phone)
+             FROM group_contacts c WHERE c.group_id = ?1 ORDER BY c.rowid",
+        )?;
+        let rows = stmt.query_map([key.0], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (phone, state, barred) = row?;
+            let (Ok(phone), Some(state)) = (E164::parse(&phone), parse_contact_state(&state))
+            else {
+                tracing::warn!(group = key.0, "skipping an unreadable contact row");
+                continue;
+            };
+            out.push(ContactRecord { phone, state, barred });
+        }
+        Ok(out)
+    }
+
+    /// Sets (or adds) a contact's state. Removing bars them, in the same transaction.
+    pub fn set_contact_state(
+        &self,
+        key: GroupKey,
+        phone: &E164,
+        state: ContactState,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (group_id, phone) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            params![key.0, phone.as_str(), contact_state_str(state), now],
+        )?;
+        if state == ContactState::Removed {
+            tx.execute(
+                "INSERT OR IGNORE INTO bars (group_id, phone, barred_at) VALUES (?1, ?2, ?3)",
+                params![key.0, phone.as_str(), now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Keeps a contact's business-scoped user id once a webhook showed it.
+    pub fn set_contact_bsuid(
+        &self,
+        key: GroupKey,
+        phone: &E164,
+        bsuid: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE group_contacts SET bsuid = ?3 WHERE group_id = ?1 AND phone = ?2",
+            params![key.0, phone.as_str(), bsuid],
+        )?;
+        Ok(())
+    }
+
+    pub fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError> {
+        let found = self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM bars WHERE group_id = ?1 AND phone = ?2",
+                params![key.0, phone.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +735,72 @@ mod tests {
             "after a give-up the next one runs"
         );
         assert_eq!(store.outbox_counts().expect("counts"), (1, 1));
+    }
+
+    #[test]
+    fn groups_contacts_and_the_bar_list() {
+        let store = Store::open_in_memory().expect("store");
+        let n = |s: &str| E164::parse(s).expect("valid");
+        let (jane, john) = (n("+447911123456"), n("+447911123457"));
+        let key = store
+            .create_group(
+                "Deal team",
+                GroupKind::Native,
+                UserId(1),
+                &[UserId(1), UserId(2)],
+                &[jane.clone(), john.clone()],
+            )
+            .expect("create");
+        let g = store.group(key).expect("read").expect("group");
+        assert_eq!(
+            (g.name.as_str(), g.kind, g.state, g.creator),
+            ("Deal team", GroupKind::Native, GroupState::Creating, UserId(1))
+        );
+        assert_eq!(
+            store.advisors(key).expect("advisors"),
+            vec![(UserId(1), true), (UserId(2), false)]
+        );
+
+        let stream = StreamId::new("room1");
+        store.set_group_stream(key, &stream).expect("stream");
+        store.set_group_request(key, "req-1").expect("request");
+        assert_eq!(
+            store.group_by_request("req-1").expect("read").map(|g| g.state),
+            Some(GroupState::AwaitingGroup)
+        );
+        let wa = GroupId("wa-1".into());
+        store.set_group_created(key, &wa, Some("https://chat.whatsapp.com/x")).expect("created");
+        let g = store.group_by_wa(&wa).expect("read").expect("group");
+        assert_eq!(
+            (g.state, g.stream, g.invite_link.as_deref()),
+            (GroupState::Active, Some(stream), Some("https://chat.whatsapp.com/x"))
+        );
+
+        store.set_contact_state(key, &jane, ContactState::Joined).expect("joined");
+        store.set_contact_state(key, &john, ContactState::Removed).expect("removed");
+        assert!(
+            store.is_barred(key, &john).expect("barred")
+                && !store.is_barred(key, &jane).expect("not barred")
+        );
+        // Invited again by mistake: still barred.
+        store.set_contact_state(key, &john, ContactState::Invited).expect("state");
+        let contacts = store.contacts(key).expect("contacts");
+        assert_eq!(
+            contacts.iter().map(|c| (c.phone.as_str(), c.state, c.barred)).collect::<Vec<_>>(),
+            vec![
+                ("+447911123456", ContactState::Joined, false),
+                ("+447911123457", ContactState::Invited, true),
+            ]
+        );
+        let err = store
+            .conn()
+            .expect("conn")
+            .execute("DELETE FROM bars", [])
+            .expect_err("bars are for ever");
+        assert!(err.to_string().contains("never cleared"), "{err}");
+        store.set_advisor(key, UserId(2), Some(true)).expect("promote");
+        store.set_advisor(key, UserId(1), None).expect("remove");
+        assert_eq!(store.advisors(key).expect("advisors"), vec![(UserId(2), true)]);
     }
 
     #[test]
