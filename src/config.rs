@@ -233,6 +233,21 @@ impl RetryConfig {
     pub fn allows(&self, attempts_made: u32) -> bool {
         self.max_attempts < 0 || i64::from(attempts_made) < self.max_attempts
     }
+
+    /// The wait before the next attempt after `attempts_made` (≥ 1) failed ones, or `None` when
+    /// the failure is final or the attempts are used up. A server's `Retry-After` is honoured
+    /// when it asks for longer than the backoff.
+    pub fn next_wait(
+        &self,
+        attempts_made: u32,
+        retryable: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        if !retryable || !self.allows(attempts_made) {
+            return None;
+        }
+        Some(self.backoff(attempts_made.saturating_sub(1)).max(retry_after.unwrap_or_default()))
+    }
 }
 
 #[derive(Clone)]
@@ -754,5 +769,13 @@ mod tests {
         assert_eq!(r.backoff(1), Duration::from_millis(200));
         assert_eq!(r.backoff(2), Duration::from_millis(350));
         assert!(r.allows(2) && !r.allows(3));
+        assert_eq!(r.next_wait(1, true, None), Some(Duration::from_millis(100)));
+        assert_eq!(
+            r.next_wait(2, true, Some(Duration::from_secs(2))),
+            Some(Duration::from_secs(2)),
+            "Retry-After wins"
+        );
+        assert_eq!(r.next_wait(1, false, None), None, "final failures are not retried");
+        assert_eq!(r.next_wait(3, true, None), None, "attempts used up");
     }
 }

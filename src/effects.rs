@@ -107,8 +107,10 @@ impl EffectExecutor {
         };
         match self.perform(&effect).await {
             Ok(()) => self.store.outbox_done(row.id),
-            Err(f) if f.retryable && self.retry.allows(row.attempts + 1) => {
-                let wait = self.retry.backoff(row.attempts).max(f.retry_after.unwrap_or_default());
+            Err(f)
+                if let Some(wait) =
+                    self.retry.next_wait(row.attempts + 1, f.retryable, f.retry_after) =>
+            {
                 tracing::warn!(id = row.id, attempts = row.attempts + 1, ?wait, error = %f.message, "effect failed; will retry");
                 self.store.outbox_retry(row.id, wait, &f.message)
             }

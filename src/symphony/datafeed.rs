@@ -173,11 +173,9 @@ impl DatafeedLoop {
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;
-                    if !self.retry.allows(failures) {
+                    let Some(wait) = self.retry.next_wait(failures, true, e.retry_after()) else {
                         return Err(e);
-                    }
-                    let wait =
-                        self.retry.backoff(failures - 1).max(e.retry_after().unwrap_or_default());
+                    };
                     tracing::warn!(error = %e, ?wait, "datafeed read failed; backing off");
                     self.pause(&cancel, wait).await;
                 }
@@ -207,10 +205,11 @@ impl DatafeedLoop {
         loop {
             match step().await {
                 Ok(v) => return Ok(Some(v)),
-                Err(e) if e.is_retryable() && self.retry.allows(failures + 1) => {
+                Err(e)
+                    if let Some(wait) =
+                        self.retry.next_wait(failures + 1, e.is_retryable(), e.retry_after()) =>
+                {
                     failures += 1;
-                    let wait =
-                        self.retry.backoff(failures - 1).max(e.retry_after().unwrap_or_default());
                     tracing::warn!(error = %e, ?wait, "datafeed set-up failed; retrying");
                     self.pause(cancel, wait).await;
                     if cancel.is_cancelled() {

@@ -226,10 +226,11 @@ impl SymphonyClient {
                 },
             };
             attempt += 1;
-            if !outcome.is_retryable() || !retry.allows(attempt) {
+            let Some(wait) =
+                retry.next_wait(attempt, outcome.is_retryable(), outcome.retry_after())
+            else {
                 return Err(outcome);
-            }
-            let wait = retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            };
             tracing::warn!(error = %outcome, ?wait, "login failed; retrying");
             tokio::time::sleep(wait).await;
         }
@@ -317,10 +318,10 @@ impl SymphonyClient {
                 },
             };
             attempt += 1;
-            if retry == Retry::AuthOnly || !outcome.is_retryable() || !policy.allows(attempt) {
+            let retryable = retry == Retry::Standard && outcome.is_retryable();
+            let Some(wait) = policy.next_wait(attempt, retryable, outcome.retry_after()) else {
                 return Err(outcome);
-            }
-            let wait = policy.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            };
             tracing::warn!(error = %outcome, ?wait, attempt, "Symphony call failed; retrying");
             tokio::time::sleep(wait).await;
         }

@@ -185,11 +185,11 @@ impl WhatsAppClient {
                 }
             };
             attempt += 1;
-            if !outcome.is_retryable() || !self.retry.allows(attempt) {
+            let Some(wait) =
+                self.retry.next_wait(attempt, outcome.is_retryable(), outcome.retry_after())
+            else {
                 return Err(outcome);
-            }
-            let wait =
-                self.retry.backoff(attempt - 1).max(outcome.retry_after().unwrap_or_default());
+            };
             tracing::warn!(error = %outcome, ?wait, attempt, "WhatsApp call failed; retrying");
             tokio::time::sleep(wait).await;
         }
