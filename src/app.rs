@@ -14,14 +14,17 @@ use tokio_util::task::TaskTracker;
 use crate::commands::{self, Command};
 use crate::config::Config;
 use crate::effects::{Effect, EffectExecutor};
+use crate::events::WhatsAppEvent;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::UserId;
+use crate::groups::service::{GroupService, GroupSettings, Requester};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{InboundRow, Source, Store, StoreError};
 use crate::symphony::datafeed::BatchHandler;
 use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
 use crate::templates::{TemplateError, Templates};
+use crate::whatsapp::WhatsAppClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -132,15 +135,37 @@ impl Bot {
         });
 
         let effects_wake = Arc::new(Notify::new());
-        let executor =
-            EffectExecutor { store: store.clone(), symphony, retry: config.symphony.retry };
-        tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
-        let dispatcher = Dispatcher {
-            store: store.clone(),
-            templates: Arc::new(templates),
-            bot_user,
-            effects: effects_wake,
+        let whatsapp = if config.whatsapp.is_configured() {
+            Some(
+                WhatsAppClient::new(&config.whatsapp, config.symphony.retry)
+                    .map_err(|e| AppError::Startup(e.to_string()))?,
+            )
+        } else {
+            tracing::warn!(
+                "whatsapp.phoneNumberId / accessToken not set: WhatsApp groups cannot be created"
+            );
+            None
         };
+        let templates = Arc::new(templates);
+        let groups = Arc::new(GroupService {
+            store: store.clone(),
+            templates: templates.clone(),
+            settings: GroupSettings {
+                features: config.features,
+                entitlements: config.entitlements.clone(),
+                wa_templates: config.whatsapp.templates.clone(),
+            },
+        });
+        let executor = EffectExecutor {
+            store: store.clone(),
+            symphony,
+            whatsapp,
+            groups: groups.clone(),
+            retry: config.symphony.retry,
+        };
+        tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
+        let dispatcher =
+            Dispatcher { store: store.clone(), templates, groups, bot_user, effects: effects_wake };
         let dispatch_cancel = cancel.clone();
         tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
         tracker.close();
@@ -184,6 +209,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AppErr
 struct Dispatcher {
     store: Store,
     templates: Arc<Templates>,
+    groups: Arc<GroupService>,
     bot_user: UserId,
     /// Wakes the effect executor.
     effects: Arc<Notify>,
@@ -242,17 +268,34 @@ impl Dispatcher {
             .map_err(|e| format!("undecodable stored event: {e}"))?;
         match event {
             InboundEvent::Symphony(event) => self.on_symphony(event),
-            InboundEvent::WhatsApp(event) => {
-                // Acted on by the group lifecycle (a later version); names and numbers stay out
-                // of the log.
-                let kind = serde_json::to_value(&event)
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-                    .unwrap_or_default();
-                tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
-                Ok(Vec::new())
-            }
+            InboundEvent::WhatsApp(event) => self.on_whatsapp(event),
         }
+    }
+
+    fn on_whatsapp(&self, event: WhatsAppEvent) -> Result<Vec<Effect>, String> {
+        // Names and numbers stay out of the log.
+        let kind = serde_json::to_value(&event)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
+        let g = &self.groups;
+        let effects = match &event {
+            WhatsAppEvent::GroupCreated { request_id: Some(r), group_id, invite_link, .. } => {
+                g.on_group_created(r, group_id, invite_link.as_deref())
+            }
+            WhatsAppEvent::GroupCreateFailed { request_id: Some(r), errors, .. } => {
+                g.on_group_create_failed(r, errors)
+            }
+            WhatsAppEvent::JoinRequestCreated { group_id, join_request_id, user, .. } => {
+                g.on_join_request(group_id, join_request_id, user)
+            }
+            WhatsAppEvent::ParticipantsAdded { group_id, participants, .. } => {
+                g.on_participants_added(group_id, participants)
+            }
+            _ => Ok(Vec::new()),
+        };
+        effects.map_err(|e| e.to_string())
     }
 
     fn on_symphony(&self, event: SymphonyEvent) -> Result<Vec<Effect>, String> {
@@ -268,6 +311,17 @@ impl Dispatcher {
         let reply = match commands::parse(&segments, self.bot_user) {
             Ok(None) => return Ok(Vec::new()),
             Ok(Some(Command::Help)) => self.templates.help(),
+            Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
+                let who = Requester {
+                    user: message.sender,
+                    email: message.sender_email.clone(),
+                    stream: message.stream.clone(),
+                };
+                return self
+                    .groups
+                    .create(&who, &name, &advisors, &contacts, standard)
+                    .map_err(|e| e.to_string());
+            }
             Ok(Some(_)) => self
                 .templates
                 .usage("This command is not available yet in this version of the bot.", "/wa help"),

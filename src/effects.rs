@@ -11,23 +11,76 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetryConfig;
-use crate::groups::StreamId;
-use crate::store::{OutboxRow, Store};
+use crate::groups::service::GroupService;
+use crate::groups::{GroupId, StreamId, UserId};
+use crate::store::{GroupKey, OutboxRow, Store};
 use crate::symphony::SymphonyClient;
+use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
 
 /// One side effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Effect {
     /// The bot posts MessageML in a Symphony stream.
-    PostMessage { stream: StreamId, message_ml: String },
+    PostMessage {
+        stream: StreamId,
+        message_ml: String,
+    },
+    /// The room of a stored group (the bot its first owner); then its members and WhatsApp group.
+    CreateRoom {
+        group: i64,
+    },
+    AddMember {
+        stream: StreamId,
+        user: UserId,
+    },
+    PromoteOwner {
+        stream: StreamId,
+        user: UserId,
+    },
+    /// The WhatsApp group of a stored native group (`approval_required`).
+    CreateWaGroup {
+        group: i64,
+    },
+    /// A template message (to a phone or a group); `order` keeps a group's messages in order.
+    SendWaTemplate {
+        order: String,
+        to: Recipient,
+        name: String,
+        language: String,
+        params: Vec<TemplateParam>,
+    },
+    ApproveJoin {
+        group: GroupId,
+        request_id: String,
+    },
+    RejectJoin {
+        group: GroupId,
+        request_id: String,
+    },
+    ResetInviteLink {
+        group: GroupId,
+    },
 }
 
 impl Effect {
     /// Effects with the same key are performed in order.
     pub fn order_key(&self) -> String {
         match self {
-            Effect::PostMessage { stream, .. } => format!("stream:{stream}"),
+            Effect::PostMessage { stream, .. }
+            | Effect::AddMember { stream, .. }
+            | Effect::PromoteOwner { stream, .. } => {
+                format!("stream:{stream}")
+            }
+            Effect::CreateRoom { group } | Effect::CreateWaGroup { group } => {
+                format!("group:{group}")
+            }
+            Effect::SendWaTemplate { order, .. } => format!("wa:{order}"),
+            Effect::ApproveJoin { group, .. }
+            | Effect::RejectJoin { group, .. }
+            | Effect::ResetInviteLink { group } => {
+                format!("wa:{group}")
+            }
         }
     }
 
@@ -49,8 +102,44 @@ struct Failure {
 pub struct EffectExecutor {
     pub store: Store,
     pub symphony: SymphonyClient,
+    /// `None` when WhatsApp is not configured: WhatsApp effects then fail permanently.
+    pub whatsapp: Option<WhatsAppClient>,
+    /// Decides what follows a created room.
+    pub groups: Arc<GroupService>,
     /// Attempts and backoff (the `retry` config).
     pub retry: RetryConfig,
+}
+
+impl From<crate::symphony::SymphonyError> for Failure {
+    fn from(e: crate::symphony::SymphonyError) -> Self {
+        Failure {
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::whatsapp::WhatsAppError> for Failure {
+    fn from(e: crate::whatsapp::WhatsAppError) -> Self {
+        Failure { retryable: e.is_retryable(), retry_after: None, message: e.to_string() }
+    }
+}
+
+impl From<crate::groups::service::ServiceError> for Failure {
+    fn from(e: crate::groups::service::ServiceError) -> Self {
+        Failure { retryable: true, retry_after: None, message: e.to_string() }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure { retryable: true, retry_after: None, message: e.to_string() }
+    }
+}
+
+fn permanent(message: impl Into<String>) -> Failure {
+    Failure { retryable: false, retry_after: None, message: message.into() }
 }
 
 impl EffectExecutor {
@@ -106,7 +195,10 @@ impl EffectExecutor {
             Err(e) => return self.store.outbox_failed(row.id, &format!("unreadable effect: {e}")),
         };
         match self.perform(&effect).await {
-            Ok(()) => self.store.outbox_done(row.id),
+            Ok(follow_ups) => {
+                let queued: Vec<_> = follow_ups.iter().filter_map(|e| e.to_outbox().ok()).collect();
+                self.store.outbox_done_with(row.id, &queued)
+            }
             Err(f)
                 if let Some(wait) =
                     self.retry.next_wait(row.attempts + 1, f.retryable, f.retry_after) =>
@@ -123,16 +215,93 @@ impl EffectExecutor {
         }
     }
 
-    async fn perform(&self, effect: &Effect) -> Result<(), Failure> {
+    fn whatsapp(&self) -> Result<&WhatsAppClient, Failure> {
+        self.whatsapp.as_ref().ok_or_else(|| {
+            permanent("WhatsApp is not configured (whatsapp.phoneNumberId, accessToken)")
+        })
+    }
+
+    /// Performs one effect; returns what follows from it.
+    async fn perform(&self, effect: &Effect) -> Result<Vec<Effect>, Failure> {
         match effect {
             Effect::PostMessage { stream, message_ml } => {
-                self.symphony.send_message(stream, message_ml, None).await.map(|_| ()).map_err(
-                    |e| Failure {
-                        retryable: e.is_retryable(),
-                        retry_after: e.retry_after(),
-                        message: e.to_string(),
-                    },
-                )
+                self.symphony.send_message(stream, message_ml, None).await?;
+                Ok(Vec::new())
+            }
+            Effect::CreateRoom { group } => {
+                let key = GroupKey(*group);
+                let record = self
+                    .store
+                    .group(key)?
+                    .ok_or_else(|| permanent(format!("group {group} is not stored")))?;
+                // Re-entry after a crash: the room exists already, continue from there.
+                let stream = match record.stream {
+                    Some(stream) => stream,
+                    None => {
+                        let room = self
+                            .symphony
+                            .create_room(&record.name, "WhatsApp group managed by wa-groups-bot")
+                            .await?;
+                        self.store.set_group_stream(key, &room.stream)?;
+                        room.stream
+                    }
+                };
+                Ok(self.groups.after_room_created(key, &stream)?)
+            }
+            Effect::AddMember { stream, user } => {
+                self.symphony.add_member(stream, *user).await?;
+                Ok(Vec::new())
+            }
+            Effect::PromoteOwner { stream, user } => {
+                self.symphony.promote_owner(stream, *user).await?;
+                Ok(Vec::new())
+            }
+            Effect::CreateWaGroup { group } => {
+                let key = GroupKey(*group);
+                let record = self
+                    .store
+                    .group(key)?
+                    .ok_or_else(|| permanent(format!("group {group} is not stored")))?;
+                if record.create_request_id.is_some() {
+                    return Ok(Vec::new()); // already asked; the webhook will come
+                }
+                let mut names = Vec::new();
+                for (user, _) in self.store.advisors(key)? {
+                    let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
+                    names.push(shown.unwrap_or_else(|| user.to_string()));
+                }
+                let description = self.groups.description(&names)?;
+                let request_id =
+                    self.whatsapp()?.create_group(&record.name, &description, true).await?;
+                self.store.set_group_request(key, &request_id)?;
+                Ok(Vec::new())
+            }
+            Effect::SendWaTemplate { to, name, language, params, .. } => {
+                self.whatsapp()?.send_template(to, name, language, params).await?;
+                Ok(Vec::new())
+            }
+            Effect::ApproveJoin { group, request_id } => {
+                let outcome = self
+                    .whatsapp()?
+                    .approve_join_requests(group, std::slice::from_ref(request_id))
+                    .await?;
+                if let Some((_, errors)) = outcome.failed.first() {
+                    tracing::warn!(?errors, "a join request could not be approved");
+                }
+                Ok(Vec::new())
+            }
+            Effect::RejectJoin { group, request_id } => {
+                self.whatsapp()?
+                    .reject_join_requests(group, std::slice::from_ref(request_id))
+                    .await?;
+                Ok(Vec::new())
+            }
+            Effect::ResetInviteLink { group } => {
+                let link = self.whatsapp()?.reset_invite_link(group).await?;
+                if let Some(record) = self.store.group_by_wa(group)? {
+                    self.store.set_group_created(record.key, group, Some(&link))?;
+                }
+                Ok(Vec::new())
             }
         }
     }

@@ -75,6 +75,9 @@ pub struct ReceivedMessage {
     pub stream_type: Option<String>,
     pub sender: UserId,
     pub sender_name: Option<String>,
+    /// The sender's email, when the datafeed gives it (entitlement lists may name emails).
+    #[serde(default)]
+    pub sender_email: Option<String>,
     /// Plain text of the message (mentions rendered as `@Display Name`).
     pub text: String,
     /// Mentioned users, by id, in order of appearance.

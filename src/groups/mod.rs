@@ -2,5 +2,6 @@
 
 pub mod model;
 pub mod rules;
+pub mod service;
 
 pub use model::{E164, E164Error, GroupId, StreamId, UserId};

@@ -301,10 +301,29 @@ impl Store {
     }
 
     pub fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
-        self.conn()?.execute(
+        self.outbox_done_with(id, &[])
+    }
+
+    /// Marks an effect done and queues what follows from it, in one transaction.
+    pub fn outbox_done_with(
+        &self,
+        id: i64,
+        follow_ups: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for (key, effect) in follow_ups {
+            tx.execute(
+                "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
+                params![key, serde_json::to_string(effect)?, now],
+            )?;
+        }
+        tx.execute(
             "UPDATE outbox SET done_at = ?2, last_error = NULL WHERE id = ?1",
-            params![id, now_ms()],
+            params![id, now],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -255,6 +255,7 @@ fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> 
             .map(UserId)
             .or(initiator)?,
         sender_name: str_at(m, &["user", "displayName"]).map(str::to_owned),
+        sender_email: str_at(m, &["user", "email"]).map(str::to_owned),
         text: parsed.as_ref().map(|p| p.text.clone()).unwrap_or_default(),
         mentions: parsed.map(|p| p.mentions).unwrap_or_default(),
         presentation_ml,

@@ -11,6 +11,14 @@ use serde::Serialize;
 const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
     ("symphony/usage", include_str!("../../templates/symphony/usage.hbs")),
+    ("symphony/create_started", include_str!("../../templates/symphony/create_started.hbs")),
+    ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
+    ("symphony/standard_ready", include_str!("../../templates/symphony/standard_ready.hbs")),
+    ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
+    ("symphony/join_rejected", include_str!("../../templates/symphony/join_rejected.hbs")),
+    ("symphony/contact_joined", include_str!("../../templates/symphony/contact_joined.hbs")),
+    ("whatsapp/joined", include_str!("../../templates/whatsapp/joined.hbs")),
+    ("whatsapp/description", include_str!("../../templates/whatsapp/description.hbs")),
 ];
 
 #[derive(Debug, thiserror::Error)]

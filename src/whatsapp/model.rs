@@ -8,7 +8,8 @@ use crate::events::whatsapp::{WaError, WaUser};
 use crate::groups::{E164, GroupId};
 
 /// Who a message goes to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "camelCase")]
 pub enum Recipient {
     /// `recipient_type: individual`
     Phone(E164),
@@ -17,7 +18,8 @@ pub enum Recipient {
 }
 
 /// A template body parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "camelCase")]
 pub enum TemplateParam {
     Text(String),
     /// `{"type":"group_id","group_id":…}`: WhatsApp puts the group's invite link there.

@@ -57,7 +57,7 @@ macro_rules! parse_or_return {
     };
 }
 
-fn stream_json(s: &Stream) -> Value {
+pub(crate) fn stream_json(s: &Stream) -> Value {
     json!({
         "streamId": s.id,
         "type": s.kind.as_str(),

@@ -263,6 +263,15 @@ impl MockPod {
             .unwrap_or_default()
     }
 
+    /// Streams as the control API lists them (`GET /_sandbox/streams`): id, type, name, active,
+    /// members with their owner flag.
+    pub fn streams(&self) -> Vec<serde_json::Value> {
+        let st = self.shared.lock();
+        let mut all: Vec<&state::Stream> = st.streams.values().collect();
+        all.sort_by_key(|s| s.created_at);
+        all.into_iter().map(control::stream_json).collect()
+    }
+
     /// Faults for the next `count` calls whose path matches `path` (a regex).
     pub fn inject_fault(
         &self,

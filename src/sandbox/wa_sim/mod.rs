@@ -154,6 +154,16 @@ impl WhatsAppSim {
         self.shared.lock().groups.get(id).map(state::Group::to_json)
     }
 
+    /// Every group, oldest first, as `GET /_sandbox/wa/groups` shows them.
+    pub fn groups(&self) -> Vec<Value> {
+        let st = self.shared.lock();
+        st.group_order
+            .iter()
+            .filter_map(|id| st.groups.get(id))
+            .map(state::Group::to_json)
+            .collect()
+    }
+
     /// What a phone received (`GET /_sandbox/wa/phones/{phone}/inbox`).
     pub fn inbox(&self, phone: &str) -> Vec<Value> {
         self.shared

@@ -194,3 +194,43 @@ impl Receiver {
         .await
     }
 }
+
+/// The bot against `pod` and `sim` (its webhook receiver on a free port, the simulator told
+/// where it is). `advisors` is the entitlement list.
+pub async fn start_bot_with_whatsapp(
+    pod: &MockPod,
+    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    dir: &std::path::Path,
+    advisors: &str,
+) -> Bot {
+    let yaml = format!(
+        "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
+         bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
+         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
+         whatsapp: {{apiBaseUrl: \"{sim}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
+           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:0\", verifyToken: {WA_VERIFY}}}}}\n\
+         entitlements: {{advisors: [{advisors}]}}\n\
+         store: {{path: {store}}}\n",
+        port = pod.addr().port(),
+        key = fixture("keys/bot-pkcs8.pem").display(),
+        sim = sim.url(),
+        store = dir.join("bot.db").display(),
+    );
+    let file = dir.join("bot-config.yaml");
+    std::fs::write(&file, yaml).expect("write config");
+    let config =
+        Config::load_from(&ConfigSource { file: Some(file), env: Some(Default::default()) })
+            .expect("valid config");
+    let path = config.whatsapp.webhook.path.clone();
+    let bot = Bot::start(
+        config,
+        Templates::embedded().expect("templates"),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("bot starts");
+    let addr = bot.webhook_addr.expect("the webhook receiver runs");
+    sim.set_webhook_url(&format!("http://{addr}{path}"));
+    bot
+}
