@@ -17,7 +17,7 @@ use crate::effects::{Effect, EffectExecutor};
 use crate::events::WhatsAppEvent;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::UserId;
-use crate::groups::service::{GroupService, GroupSettings, Requester};
+use crate::groups::service::{GroupService, GroupSettings, Manage, Requester};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{InboundRow, Source, Store, StoreError};
@@ -158,14 +158,20 @@ impl Bot {
         });
         let executor = EffectExecutor {
             store: store.clone(),
-            symphony,
+            symphony: symphony.clone(),
             whatsapp,
             groups: groups.clone(),
             retry: config.symphony.retry,
         };
         tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
-        let dispatcher =
-            Dispatcher { store: store.clone(), templates, groups, bot_user, effects: effects_wake };
+        let dispatcher = Dispatcher {
+            store: store.clone(),
+            templates,
+            groups,
+            symphony: symphony.clone(),
+            bot_user,
+            effects: effects_wake,
+        };
         let dispatch_cancel = cancel.clone();
         tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
         tracker.close();
@@ -210,16 +216,38 @@ struct Dispatcher {
     store: Store,
     templates: Arc<Templates>,
     groups: Arc<GroupService>,
+    /// Live reads only (a room's owners before a management command); actions go through effects.
+    symphony: SymphonyClient,
     bot_user: UserId,
     /// Wakes the effect executor.
     effects: Arc<Notify>,
+}
+
+/// Why an event could not be decided now.
+enum Undecided {
+    /// Worth trying again later (the pod could not be read): the event stays pending.
+    Retry(String),
+    /// Will never work: logged, and the event is marked processed.
+    Drop(String),
+}
+
+impl From<crate::groups::service::ServiceError> for Undecided {
+    fn from(e: crate::groups::service::ServiceError) -> Self {
+        Undecided::Retry(e.to_string())
+    }
+}
+
+impl From<TemplateError> for Undecided {
+    fn from(e: TemplateError) -> Self {
+        Undecided::Drop(e.to_string())
+    }
 }
 
 impl Dispatcher {
     async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let delay = match self.drain() {
+            let delay = match self.drain().await {
                 Ok(()) => {
                     failures = 0;
                     Duration::from_secs(5)
@@ -239,22 +267,23 @@ impl Dispatcher {
         }
     }
 
-    fn drain(&self) -> Result<(), StoreError> {
+    async fn drain(&self) -> Result<(), String> {
         loop {
-            let rows = self.store.pending_inbound(100)?;
+            let rows = self.store.pending_inbound(100).map_err(|e| e.to_string())?;
             if rows.is_empty() {
                 return Ok(());
             }
             for row in rows {
-                let effects = match self.decide(&row) {
+                let effects = match self.decide(&row).await {
                     Ok(effects) => effects,
-                    Err(reason) => {
+                    Err(Undecided::Retry(reason)) => return Err(reason),
+                    Err(Undecided::Drop(reason)) => {
                         tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped: it cannot be handled");
                         Vec::new()
                     }
                 };
                 let queued: Vec<_> = effects.iter().filter_map(|e| e.to_outbox().ok()).collect();
-                self.store.complete_inbound(row.id, &queued)?;
+                self.store.complete_inbound(row.id, &queued).map_err(|e| e.to_string())?;
                 if !queued.is_empty() {
                     self.effects.notify_one();
                 }
@@ -262,17 +291,17 @@ impl Dispatcher {
         }
     }
 
-    /// What an event causes. Pure apart from reading the templates.
-    fn decide(&self, row: &InboundRow) -> Result<Vec<Effect>, String> {
+    /// What an event causes.
+    async fn decide(&self, row: &InboundRow) -> Result<Vec<Effect>, Undecided> {
         let event: InboundEvent = serde_json::from_value(row.payload.clone())
-            .map_err(|e| format!("undecodable stored event: {e}"))?;
+            .map_err(|e| Undecided::Drop(format!("undecodable stored event: {e}")))?;
         match event {
-            InboundEvent::Symphony(event) => self.on_symphony(event),
+            InboundEvent::Symphony(event) => self.on_symphony(event).await,
             InboundEvent::WhatsApp(event) => self.on_whatsapp(event),
         }
     }
 
-    fn on_whatsapp(&self, event: WhatsAppEvent) -> Result<Vec<Effect>, String> {
+    fn on_whatsapp(&self, event: WhatsAppEvent) -> Result<Vec<Effect>, Undecided> {
         // Names and numbers stay out of the log.
         let kind = serde_json::to_value(&event)
             .ok()
@@ -280,55 +309,114 @@ impl Dispatcher {
             .unwrap_or_default();
         tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
         let g = &self.groups;
-        let effects = match &event {
+        Ok(match &event {
             WhatsAppEvent::GroupCreated { request_id: Some(r), group_id, invite_link, .. } => {
-                g.on_group_created(r, group_id, invite_link.as_deref())
+                g.on_group_created(r, group_id, invite_link.as_deref())?
             }
             WhatsAppEvent::GroupCreateFailed { request_id: Some(r), errors, .. } => {
-                g.on_group_create_failed(r, errors)
+                g.on_group_create_failed(r, errors)?
             }
             WhatsAppEvent::JoinRequestCreated { group_id, join_request_id, user, .. } => {
-                g.on_join_request(group_id, join_request_id, user)
+                g.on_join_request(group_id, join_request_id, user)?
             }
             WhatsAppEvent::ParticipantsAdded { group_id, participants, .. } => {
-                g.on_participants_added(group_id, participants)
+                g.on_participants_added(group_id, participants)?
             }
-            _ => Ok(Vec::new()),
-        };
-        effects.map_err(|e| e.to_string())
+            WhatsAppEvent::ParticipantsRemoved { group_id, initiated_by, removed, .. } => {
+                g.on_participants_removed(group_id, initiated_by.as_deref(), removed)?
+            }
+            _ => Vec::new(),
+        })
     }
 
-    fn on_symphony(&self, event: SymphonyEvent) -> Result<Vec<Effect>, String> {
-        let SymphonyEventKind::MessageSent(message) = event.kind else { return Ok(Vec::new()) };
+    async fn on_symphony(&self, event: SymphonyEvent) -> Result<Vec<Effect>, Undecided> {
+        let g = &self.groups;
+        let name = event.affected_name.as_deref();
+        let bot = self.bot_user;
+        Ok(match event.kind {
+            SymphonyEventKind::MessageSent(message) => {
+                return self.on_message(event.initiator, message).await;
+            }
+            SymphonyEventKind::RoomUpdated { stream, name: Some(new_name) } => {
+                g.on_room_renamed(&stream, &new_name)?
+            }
+            SymphonyEventKind::UserJoinedRoom { stream, user } => {
+                g.on_membership(&stream, user, name, Some(false), bot)?
+            }
+            SymphonyEventKind::UserLeftRoom { stream, user } => {
+                g.on_membership(&stream, user, name, None, bot)?
+            }
+            SymphonyEventKind::MemberPromotedToOwner { stream, user } => {
+                g.on_membership(&stream, user, name, Some(true), bot)?
+            }
+            SymphonyEventKind::MemberDemotedFromOwner { stream, user } => {
+                g.on_membership(&stream, user, name, Some(false), bot)?
+            }
+            SymphonyEventKind::RoomDeactivated { stream } => g.on_room_deactivated(&stream)?,
+            _ => Vec::new(),
+        })
+    }
+
+    async fn on_message(
+        &self,
+        initiator: Option<UserId>,
+        message: crate::events::ReceivedMessage,
+    ) -> Result<Vec<Effect>, Undecided> {
         // The bot's own messages come back through the datafeed: never react to them.
-        if message.sender == self.bot_user || event.initiator == Some(self.bot_user) {
+        if message.sender == self.bot_user || initiator == Some(self.bot_user) {
             return Ok(Vec::new());
         }
         let segments =
             crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
-                .map_err(|e| format!("unreadable message: {e}"))?
+                .map_err(|e| Undecided::Drop(format!("unreadable message: {e}")))?
                 .segments;
-        let reply = match commands::parse(&segments, self.bot_user) {
+        let who = Requester {
+            user: message.sender,
+            email: message.sender_email.clone(),
+            stream: message.stream.clone(),
+        };
+        let reply = |ml: String| {
+            Ok(vec![Effect::PostMessage { stream: message.stream.clone(), message_ml: ml }])
+        };
+        let manage = match commands::parse(&segments, self.bot_user) {
             Ok(None) => return Ok(Vec::new()),
-            Ok(Some(Command::Help)) => self.templates.help(),
-            Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
-                let who = Requester {
-                    user: message.sender,
-                    email: message.sender_email.clone(),
-                    stream: message.stream.clone(),
-                };
-                return self
-                    .groups
-                    .create(&who, &name, &advisors, &contacts, standard)
-                    .map_err(|e| e.to_string());
+            Ok(Some(Command::Help)) => return reply(self.templates.help()?),
+            Ok(Some(Command::CreateForm)) => {
+                return reply(self.templates.usage(
+                    "The create form is not available yet; give the name and the members.",
+                    commands::usage("create").unwrap_or("/wa help"),
+                )?);
             }
-            Ok(Some(_)) => self
-                .templates
-                .usage("This command is not available yet in this version of the bot.", "/wa help"),
-            Err(e) => self.templates.usage(&e.to_string(), e.usage()),
-        }
-        .map_err(|e| e.to_string())?;
-        Ok(vec![Effect::PostMessage { stream: message.stream, message_ml: reply }])
+            Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
+                return Ok(self.groups.create(&who, &name, &advisors, &contacts, standard)?);
+            }
+            Ok(Some(Command::Info)) => Manage::Info,
+            Ok(Some(Command::Rename { name })) => Manage::Rename(name),
+            Ok(Some(Command::Add { advisors, contacts })) => Manage::Add { advisors, contacts },
+            Ok(Some(Command::Remove { advisors, contacts })) => {
+                Manage::Remove { advisors, contacts }
+            }
+            Ok(Some(Command::Promote { advisor })) => Manage::Promote(advisor),
+            Ok(Some(Command::Demote { advisor })) => Manage::Demote(advisor),
+            Ok(Some(Command::Invite { contacts })) => Manage::Invite(contacts),
+            Err(e) => return reply(self.templates.usage(&e.to_string(), e.usage())?),
+        };
+        // Ownership is checked against the pod's live membership, never a cache.
+        let owners = if matches!(manage, Manage::Info)
+            || self.store.group_by_stream(&message.stream).ok().flatten().is_none()
+        {
+            None
+        } else {
+            let members = self.symphony.room_members(&message.stream).await.map_err(|e| {
+                if e.is_retryable() {
+                    Undecided::Retry(e.to_string())
+                } else {
+                    Undecided::Drop(e.to_string())
+                }
+            })?;
+            Some(members.into_iter().filter(|m| m.owner).map(|m| m.user).collect::<Vec<_>>())
+        };
+        Ok(self.groups.manage(&who, manage, owners.as_deref())?)
     }
 }
 

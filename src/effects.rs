@@ -61,6 +61,33 @@ pub enum Effect {
     ResetInviteLink {
         group: GroupId,
     },
+    RenameRoom {
+        stream: StreamId,
+        name: String,
+    },
+    RemoveMember {
+        stream: StreamId,
+        user: UserId,
+    },
+    DemoteOwner {
+        stream: StreamId,
+        user: UserId,
+    },
+    UpdateWaSubject {
+        group: GroupId,
+        subject: String,
+    },
+    /// Rewrites the WhatsApp group description from the current advisors' names.
+    RefreshDescription {
+        group: i64,
+    },
+    RemoveWaParticipants {
+        group: GroupId,
+        users: Vec<String>,
+    },
+    DeleteWaGroup {
+        group: GroupId,
+    },
 }
 
 impl Effect {
@@ -69,18 +96,20 @@ impl Effect {
         match self {
             Effect::PostMessage { stream, .. }
             | Effect::AddMember { stream, .. }
-            | Effect::PromoteOwner { stream, .. } => {
-                format!("stream:{stream}")
-            }
-            Effect::CreateRoom { group } | Effect::CreateWaGroup { group } => {
-                format!("group:{group}")
-            }
+            | Effect::PromoteOwner { stream, .. }
+            | Effect::RenameRoom { stream, .. }
+            | Effect::RemoveMember { stream, .. }
+            | Effect::DemoteOwner { stream, .. } => format!("stream:{stream}"),
+            Effect::CreateRoom { group }
+            | Effect::CreateWaGroup { group }
+            | Effect::RefreshDescription { group } => format!("group:{group}"),
             Effect::SendWaTemplate { order, .. } => format!("wa:{order}"),
             Effect::ApproveJoin { group, .. }
             | Effect::RejectJoin { group, .. }
-            | Effect::ResetInviteLink { group } => {
-                format!("wa:{group}")
-            }
+            | Effect::ResetInviteLink { group }
+            | Effect::UpdateWaSubject { group, .. }
+            | Effect::RemoveWaParticipants { group, .. }
+            | Effect::DeleteWaGroup { group } => format!("wa:{group}"),
         }
     }
 
@@ -215,6 +244,16 @@ impl EffectExecutor {
         }
     }
 
+    /// The WhatsApp group description: the advisors' current display names.
+    async fn description(&self, key: GroupKey) -> Result<String, Failure> {
+        let mut names = Vec::new();
+        for (user, _) in self.store.advisors(key)? {
+            let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
+            names.push(shown.unwrap_or_else(|| user.to_string()));
+        }
+        Ok(self.groups.description(&names)?)
+    }
+
     fn whatsapp(&self) -> Result<&WhatsAppClient, Failure> {
         self.whatsapp.as_ref().ok_or_else(|| {
             permanent("WhatsApp is not configured (whatsapp.phoneNumberId, accessToken)")
@@ -265,12 +304,7 @@ impl EffectExecutor {
                 if record.create_request_id.is_some() {
                     return Ok(Vec::new()); // already asked; the webhook will come
                 }
-                let mut names = Vec::new();
-                for (user, _) in self.store.advisors(key)? {
-                    let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
-                    names.push(shown.unwrap_or_else(|| user.to_string()));
-                }
-                let description = self.groups.description(&names)?;
+                let description = self.description(key).await?;
                 let request_id =
                     self.whatsapp()?.create_group(&record.name, &description, true).await?;
                 self.store.set_group_request(key, &request_id)?;
@@ -294,6 +328,39 @@ impl EffectExecutor {
                 self.whatsapp()?
                     .reject_join_requests(group, std::slice::from_ref(request_id))
                     .await?;
+                Ok(Vec::new())
+            }
+            Effect::RenameRoom { stream, name } => {
+                self.symphony.rename_room(stream, name).await?;
+                Ok(Vec::new())
+            }
+            Effect::RemoveMember { stream, user } => {
+                self.symphony.remove_member(stream, *user).await?;
+                Ok(Vec::new())
+            }
+            Effect::DemoteOwner { stream, user } => {
+                self.symphony.demote_owner(stream, *user).await?;
+                Ok(Vec::new())
+            }
+            Effect::UpdateWaSubject { group, subject } => {
+                self.whatsapp()?.update_group(group, Some(subject), None).await?;
+                Ok(Vec::new())
+            }
+            Effect::RefreshDescription { group } => {
+                let key = GroupKey(*group);
+                let Some(wa) = self.store.group(key)?.and_then(|g| g.wa_group) else {
+                    return Ok(Vec::new());
+                };
+                let description = self.description(key).await?;
+                self.whatsapp()?.update_group(&wa, None, Some(&description)).await?;
+                Ok(Vec::new())
+            }
+            Effect::RemoveWaParticipants { group, users } => {
+                self.whatsapp()?.remove_participants(group, users).await?;
+                Ok(Vec::new())
+            }
+            Effect::DeleteWaGroup { group } => {
+                self.whatsapp()?.delete_group(group).await?;
                 Ok(Vec::new())
             }
             Effect::ResetInviteLink { group } => {

@@ -13,6 +13,9 @@ pub struct SymphonyEvent {
     pub timestamp: i64,
     /// `initiator.user.userId`: who caused the event (the bot itself included).
     pub initiator: Option<UserId>,
+    /// The display name of the user a membership event is about (`affectedUser`), if given.
+    #[serde(default)]
+    pub affected_name: Option<String>,
     pub kind: SymphonyEventKind,
 }
 

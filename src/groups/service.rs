@@ -283,3 +283,346 @@ impl GroupService {
         Ok(effects)
     }
 }
+
+/// A notice to a native WhatsApp group: the `notice` template carrying the rendered text.
+fn notice_effect(settings: &GroupSettings, wa: &GroupId, text: String) -> Effect {
+    Effect::SendWaTemplate {
+        order: wa.as_str().to_owned(),
+        to: Recipient::Group(wa.clone()),
+        name: settings.wa_templates.notice.name.clone(),
+        language: settings.wa_templates.notice.language.clone(),
+        params: vec![TemplateParam::Text(text)],
+    }
+}
+
+/// An in-room management command, as the router hands it over.
+#[derive(Debug, Clone)]
+pub enum Manage {
+    Info,
+    Rename(String),
+    Add { advisors: Vec<UserId>, contacts: Vec<E164> },
+    Remove { advisors: Vec<UserId>, contacts: Vec<E164> },
+    Promote(UserId),
+    Demote(UserId),
+    Invite(Vec<E164>),
+}
+
+impl GroupService {
+    fn refuse(&self, stream: &StreamId, reason: &str) -> Result<Vec<Effect>, ServiceError> {
+        Ok(vec![self.post(stream, "symphony/refused", json!({"reason": reason}))?])
+    }
+
+    /// Sends a WhatsApp notice to the group, rendered from `whatsapp/<template>`.
+    fn notice(
+        &self,
+        wa: &GroupId,
+        template: &str,
+        data: serde_json::Value,
+    ) -> Result<Effect, ServiceError> {
+        Ok(notice_effect(&self.settings, wa, self.templates.render(template, &data)?))
+    }
+
+    /// A management command typed in a group's room. `owners` is the room's live owner list
+    /// (read from the pod just before; `None` for commands anyone may use).
+    pub fn manage(
+        &self,
+        who: &Requester,
+        command: Manage,
+        owners: Option<&[UserId]>,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = self.store.group_by_stream(&who.stream)? else {
+            return self.refuse(
+                &who.stream,
+                "This command works in the room of a WhatsApp group; use /wa create first.",
+            );
+        };
+        if !matches!(command, Manage::Info)
+            && !owners.is_some_and(|o| rules::may_manage(who.user, o))
+        {
+            return self.refuse(
+                &who.stream,
+                "Only the owners of this room may manage its WhatsApp group.",
+            );
+        }
+        let stream = &who.stream;
+        let contacts = self.store.contacts(group.key)?;
+        match command {
+            Manage::Info => {
+                let advisors = self.store.advisors(group.key)?;
+                let owners: Vec<String> =
+                    advisors.iter().filter(|(_, o)| *o).map(|(u, _)| u.to_string()).collect();
+                let all: Vec<String> = advisors.iter().map(|(u, _)| u.to_string()).collect();
+                let contacts: Vec<_> = contacts
+                    .iter()
+                    .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { contact_state_name(c.state) }}))
+                    .collect();
+                let created = chrono_free_date(group.created_at);
+                let kind = match group.kind {
+                    GroupKind::Native => "native",
+                    GroupKind::Standard => "standard",
+                };
+                Ok(vec![self.post(stream, "symphony/info", json!({"name": group.name, "kind": kind, "created": created,
+                    "owners": owners, "advisors": all, "contacts": contacts, "link": group.invite_link.clone().unwrap_or_default()}))?])
+            }
+            Manage::Rename(name) => Ok(vec![Effect::RenameRoom { stream: stream.clone(), name }]),
+            Manage::Promote(user) => {
+                Ok(vec![Effect::PromoteOwner { stream: stream.clone(), user }])
+            }
+            Manage::Demote(user) => Ok(vec![Effect::DemoteOwner { stream: stream.clone(), user }]),
+            Manage::Add { advisors, contacts: adding } => {
+                if let Err(refusals) =
+                    rules::check_add_contacts(group.kind, &contacts, &adding, None, false)
+                {
+                    let reason =
+                        refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    return self.refuse(stream, &format!("Nothing was added: {reason}."));
+                }
+                let mut effects: Vec<Effect> = advisors
+                    .into_iter()
+                    .map(|user| Effect::AddMember { stream: stream.clone(), user })
+                    .collect();
+                effects.extend(self.invite(&group, &adding, true)?);
+                Ok(effects)
+            }
+            Manage::Invite(phones) => {
+                if let Err(refusals) =
+                    rules::check_add_contacts(group.kind, &contacts, &phones, None, true)
+                {
+                    let reason =
+                        refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    return self.refuse(stream, &format!("No invitation was sent: {reason}."));
+                }
+                self.invite(&group, &phones, false)
+            }
+            Manage::Remove { advisors, contacts: removing } => {
+                let mut effects: Vec<Effect> = advisors
+                    .into_iter()
+                    .map(|user| Effect::RemoveMember { stream: stream.clone(), user })
+                    .collect();
+                let mut users = Vec::new();
+                for phone in &removing {
+                    let Some(c) = contacts.iter().find(|c| &c.phone == phone) else {
+                        effects.push(self.post(
+                            stream,
+                            "symphony/refused",
+                            json!({"reason": format!("{phone} is not a contact of this group.")}),
+                        )?);
+                        continue;
+                    };
+                    if c.barred {
+                        continue; // already removed
+                    }
+                    let was_in = c.state == ContactState::Joined;
+                    self.store.set_contact_state(group.key, phone, ContactState::Removed)?;
+                    effects.push(self.post(
+                        stream,
+                        "symphony/contact_removed",
+                        json!({"phone": phone.as_str()}),
+                    )?);
+                    if let Some(wa) = &group.wa_group {
+                        effects.push(self.notice(
+                            wa,
+                            "whatsapp/contact_removed",
+                            json!({"phone": phone.as_str()}),
+                        )?);
+                        if was_in {
+                            users.push(phone.wa_id().to_owned());
+                        }
+                    }
+                }
+                if let (Some(wa), false) = (&group.wa_group, users.is_empty()) {
+                    for chunk in users.chunks(crate::whatsapp::MAX_PARTICIPANTS) {
+                        effects.push(Effect::RemoveWaParticipants {
+                            group: wa.clone(),
+                            users: chunk.to_vec(),
+                        });
+                    }
+                }
+                Ok(effects)
+            }
+        }
+    }
+
+    /// Invitations (new contacts when `adding`, resends otherwise), the notice, the room reply.
+    fn invite(
+        &self,
+        group: &crate::store::GroupRecord,
+        phones: &[E164],
+        adding: bool,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if phones.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut effects = Vec::new();
+        for phone in phones {
+            self.store.set_contact_state(group.key, phone, ContactState::Invited)?;
+            if let Some(wa) = &group.wa_group {
+                let invitation = &self.settings.wa_templates.invitation;
+                effects.push(Effect::SendWaTemplate {
+                    order: wa.as_str().to_owned(),
+                    to: Recipient::Phone(phone.clone()),
+                    name: invitation.name.clone(),
+                    language: invitation.language.clone(),
+                    params: vec![TemplateParam::GroupId(wa.clone())],
+                });
+                if adding {
+                    effects.push(self.notice(
+                        wa,
+                        "whatsapp/contact_added",
+                        json!({"phone": phone.as_str()}),
+                    )?);
+                }
+            }
+        }
+        if let Some(stream) = &group.stream {
+            let shown: Vec<&str> = phones.iter().map(E164::as_str).collect();
+            effects.push(self.post(
+                stream,
+                "symphony/contacts_invited",
+                json!({"phones": shown}),
+            )?);
+        }
+        Ok(effects)
+    }
+
+    /// The room was renamed (by command or natively): one notice, the WhatsApp subject follows.
+    pub fn on_room_renamed(
+        &self,
+        stream: &StreamId,
+        name: &str,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        if group.name == name {
+            return Ok(Vec::new()); // no change: nothing to announce
+        }
+        self.store.rename_group(group.key, name)?;
+        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
+        let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+        Ok(vec![
+            Effect::UpdateWaSubject { group: wa.clone(), subject },
+            self.notice(wa, "whatsapp/renamed", json!({"name": name}))?,
+        ])
+    }
+
+    /// Room membership changed: `member` is `Some(owner)` when the user is (still) in the room.
+    pub fn on_membership(
+        &self,
+        stream: &StreamId,
+        user: UserId,
+        name: Option<&str>,
+        member: Option<bool>,
+        bot: UserId,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if user == bot {
+            return Ok(Vec::new());
+        }
+        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        let before =
+            self.store.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
+        if before == member {
+            return Ok(Vec::new()); // the store already knows: nothing to announce
+        }
+        self.store.set_advisor(group.key, user, member)?;
+        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
+        let advisor = name.map_or_else(|| user.to_string(), str::to_owned);
+        let template = match (before, member) {
+            (None, Some(_)) => "whatsapp/advisor_added",
+            (Some(_), None) => "whatsapp/advisor_removed",
+            (Some(false), Some(true)) => "whatsapp/owner_promoted",
+            (Some(true), Some(false)) => "whatsapp/owner_demoted",
+            _ => return Ok(Vec::new()),
+        };
+        let mut effects = vec![self.notice(wa, template, json!({"advisor": advisor}))?];
+        if matches!(template, "whatsapp/advisor_added" | "whatsapp/advisor_removed") {
+            effects.push(Effect::RefreshDescription { group: group.key.0 });
+        }
+        Ok(effects)
+    }
+
+    /// The room was deactivated: a last notice, then the WhatsApp group is deleted.
+    pub fn on_room_deactivated(&self, stream: &StreamId) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        if group.state == GroupState::Closed {
+            return Ok(Vec::new());
+        }
+        self.store.set_group_state(group.key, GroupState::Closed)?;
+        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
+        Ok(vec![
+            self.notice(wa, "whatsapp/closed", json!({"name": group.name}))?,
+            Effect::DeleteWaGroup { group: wa.clone() },
+        ])
+    }
+
+    /// Contacts left (or were removed) on WhatsApp.
+    pub fn on_participants_removed(
+        &self,
+        wa: &GroupId,
+        initiated_by: Option<&str>,
+        users: &[WaUser],
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = self.store.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        if initiated_by == Some("business") {
+            return Ok(Vec::new()); // our own removal, already recorded and announced
+        }
+        let mut effects = Vec::new();
+        for user in users {
+            let Some(phone) = user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) else {
+                continue;
+            };
+            let Some(c) = self.store.contacts(group.key)?.into_iter().find(|c| c.phone == phone)
+            else {
+                continue;
+            };
+            if c.state != ContactState::Joined {
+                continue;
+            }
+            self.store.set_contact_state(group.key, &phone, ContactState::Left)?;
+            if let Some(stream) = &group.stream {
+                effects.push(self.post(
+                    stream,
+                    "symphony/contact_left",
+                    json!({"phone": phone.as_str()}),
+                )?);
+            }
+        }
+        Ok(effects)
+    }
+}
+
+fn contact_state_name(state: ContactState) -> &'static str {
+    match state {
+        ContactState::Invited => "invited",
+        ContactState::Requested => "requested",
+        ContactState::Joined => "joined",
+        ContactState::Left => "left",
+        ContactState::Removed => "removed",
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of a millisecond timestamp, without a date crate.
+fn chrono_free_date(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(chrono_free_date(0), "1970-01-01");
+        assert_eq!(chrono_free_date(1_795_526_391_602), "2026-11-24");
+        assert_eq!(chrono_free_date(951_782_400_000), "2000-02-29");
+    }
+}

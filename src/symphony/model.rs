@@ -237,7 +237,14 @@ pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
         }
         _ => other(),
     };
-    Some(SymphonyEvent { id, timestamp, initiator, kind })
+    let affected_name = p
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| v.get("affectedUser"))
+        .and_then(|u| u.get("displayName"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Some(SymphonyEvent { id, timestamp, initiator, affected_name, kind })
 }
 
 fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> {

@@ -9,16 +9,29 @@ use serde::Serialize;
 /// Every template the bot needs, by name (the file is `<name>.hbs` under the templates folder),
 /// with the copy shipped in `templates/` compiled into the binary as the default.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
-    ("symphony/usage", include_str!("../../templates/symphony/usage.hbs")),
-    ("symphony/create_started", include_str!("../../templates/symphony/create_started.hbs")),
-    ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
-    ("symphony/standard_ready", include_str!("../../templates/symphony/standard_ready.hbs")),
-    ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
-    ("symphony/join_rejected", include_str!("../../templates/symphony/join_rejected.hbs")),
     ("symphony/contact_joined", include_str!("../../templates/symphony/contact_joined.hbs")),
-    ("whatsapp/joined", include_str!("../../templates/whatsapp/joined.hbs")),
+    ("symphony/contact_left", include_str!("../../templates/symphony/contact_left.hbs")),
+    ("symphony/contact_removed", include_str!("../../templates/symphony/contact_removed.hbs")),
+    ("symphony/contacts_invited", include_str!("../../templates/symphony/contacts_invited.hbs")),
+    ("symphony/create_started", include_str!("../../templates/symphony/create_started.hbs")),
+    ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
+    ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
+    ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
+    ("symphony/info", include_str!("../../templates/symphony/info.hbs")),
+    ("symphony/join_rejected", include_str!("../../templates/symphony/join_rejected.hbs")),
+    ("symphony/refused", include_str!("../../templates/symphony/refused.hbs")),
+    ("symphony/standard_ready", include_str!("../../templates/symphony/standard_ready.hbs")),
+    ("symphony/usage", include_str!("../../templates/symphony/usage.hbs")),
+    ("whatsapp/advisor_added", include_str!("../../templates/whatsapp/advisor_added.hbs")),
+    ("whatsapp/advisor_removed", include_str!("../../templates/whatsapp/advisor_removed.hbs")),
+    ("whatsapp/closed", include_str!("../../templates/whatsapp/closed.hbs")),
+    ("whatsapp/contact_added", include_str!("../../templates/whatsapp/contact_added.hbs")),
+    ("whatsapp/contact_removed", include_str!("../../templates/whatsapp/contact_removed.hbs")),
     ("whatsapp/description", include_str!("../../templates/whatsapp/description.hbs")),
+    ("whatsapp/joined", include_str!("../../templates/whatsapp/joined.hbs")),
+    ("whatsapp/owner_demoted", include_str!("../../templates/whatsapp/owner_demoted.hbs")),
+    ("whatsapp/owner_promoted", include_str!("../../templates/whatsapp/owner_promoted.hbs")),
+    ("whatsapp/renamed", include_str!("../../templates/whatsapp/renamed.hbs")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -164,11 +177,20 @@ mod tests {
     #[test]
     fn missing_and_broken_templates_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in TEMPLATES {
+            let path = dir.path().join(format!("{name}.hbs"));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+        Templates::load(dir.path()).expect("a full copy loads");
+        std::fs::remove_file(dir.path().join("symphony/usage.hbs")).expect("remove");
         let err = Templates::load(dir.path()).expect_err("missing");
-        assert!(err.to_string().contains("symphony/help"), "{err}");
-        std::fs::create_dir_all(dir.path().join("symphony")).expect("mkdir");
-        std::fs::write(dir.path().join("symphony/help.hbs"), "{{#each}}").expect("write");
+        assert!(
+            err.to_string().contains("symphony/usage") && err.to_string().contains("missing"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("symphony/usage.hbs"), "ok").expect("write");
+        std::fs::write(dir.path().join("symphony/help.hbs"), "{{#each}}").expect("write");
         let err = Templates::load(dir.path()).expect_err("broken");
         assert!(err.to_string().contains("symphony/help does not compile"), "{err}");
     }

@@ -164,3 +164,186 @@ async fn an_advisor_who_is_not_entitled_is_refused() {
     assert!(!pod.streams().iter().any(|s| s["name"] == "Nope"));
     bot.stop().await;
 }
+
+/// Creates "Desk" with Bob and Jane + John, and lets both contacts in. Returns (room, group id).
+async fn group_with_two_contacts(pod: &MockPod, sim: &WhatsAppSim) -> (String, String) {
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(
+        &im,
+        ALICE,
+        &format!(
+            "<messageML>/wa create \"Desk\" <mention uid=\"{BOB}\"/> +{JANE} +{JOHN}</messageML>"
+        ),
+    )
+    .expect("post");
+    let room = room_named(pod, "Desk").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let group = wa_group_named(sim, "Desk").await;
+    let gid = group["id"].as_str().expect("gid").to_owned();
+    let link = group["inviteLink"].as_str().expect("link").to_owned();
+    inbox_has(sim, JOHN, "group_invite_link").await;
+    for phone in [JANE, JOHN] {
+        assert_eq!(sim.tap(phone, &link)["result"], "requested");
+        wait_for_message(pod, &sid, BOT, |t| t.contains(&format!("+{phone} joined"))).await;
+    }
+    (sid, gid)
+}
+
+/// The notices the WhatsApp group received (the notice template's text), in order.
+fn notices(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
+    sim.group(gid)
+        .and_then(|g| g["messages"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m["template"]["name"] == "group_update")
+        .filter_map(|m| m["template"]["params"][0].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn wait_notice(sim: &WhatsAppSim, gid: &str, needle: &str) {
+    wait_for("a WhatsApp notice", Duration::from_secs(10), || {
+        let found = notices(sim, gid).iter().any(|n| n.contains(needle));
+        async move { found.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_manage_the_group_by_command_or_natively_with_one_notice_each() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+
+    // Rename by command: the room, the WhatsApp subject, one notice.
+    pod.post_message(&sid, ALICE, "<messageML>/wa rename \"Desk (FX)\"</messageML>").expect("post");
+    wait_notice(&sim, &gid, "now called \"Desk (FX)\"").await;
+    assert_eq!(sim.group(&gid).expect("group")["subject"], "Desk (FX)");
+    assert!(
+        pod.streams().iter().any(|s| s["streamId"] == sid.as_str() && s["name"] == "Desk (FX)")
+    );
+
+    // Rename natively in Symphony: the same, once.
+    let actions = reqwest::Client::new();
+    let act = |body: Value| {
+        actions.post(format!("{}/_sandbox/streams/{sid}/actions", pod.url())).json(&body).send()
+    };
+    assert!(
+        act(serde_json::json!({"as": ALICE, "action": "rename", "name": "Desk (Rates)"}))
+            .await
+            .expect("act")
+            .status()
+            .is_success()
+    );
+    wait_notice(&sim, &gid, "now called \"Desk (Rates)\"").await;
+    assert_eq!(sim.group(&gid).expect("group")["subject"], "Desk (Rates)");
+
+    // A non-owner is refused.
+    pod.post_message(&sid, BOB, "<messageML>/wa rename \"Mine\"</messageML>").expect("post");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Only the owners")).await;
+
+    // Promote Bob by command; demote him natively.
+    pod.post_message(
+        &sid,
+        ALICE,
+        &format!("<messageML>/wa promote <mention uid=\"{BOB}\"/></messageML>"),
+    )
+    .expect("post");
+    wait_notice(&sim, &gid, "Bob Smith is now an owner").await;
+    assert!(
+        act(serde_json::json!({"as": ALICE, "action": "demote", "userId": BOB}))
+            .await
+            .expect("act")
+            .status()
+            .is_success()
+    );
+    wait_notice(&sim, &gid, "Bob Smith is no longer an owner").await;
+
+    // Remove Jane: removed on WhatsApp, barred, announced; her link no longer works, and she
+    // cannot be added back.
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JANE}</messageML>"))
+        .expect("post");
+    wait_notice(&sim, &gid, "+447911123456 was removed").await;
+    wait_for("Jane out of the group", Duration::from_secs(10), || {
+        let participants = sim.group(&gid).map(|g| g["participants"].clone());
+        async move { (participants == Some(serde_json::json!([JOHN]))).then_some(()) }
+    })
+    .await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("can never join it again")).await;
+    let link = sim.group(&gid).expect("group")["inviteLink"].as_str().expect("link").to_owned();
+    assert_eq!(sim.tap(JANE, &link)["result"], "refused");
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa add +{JANE}</messageML>"))
+        .expect("post");
+    wait_for_message(&pod, &sid, BOT, |t| {
+        t.starts_with("Nothing was added") && t.contains("can never join")
+    })
+    .await;
+
+    // John leaves on WhatsApp: the room is told.
+    let left = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/phones/{JOHN}/leave", sim.url()))
+        .json(&serde_json::json!({"groupId": gid}))
+        .send()
+        .await
+        .expect("leave");
+    assert!(left.status().is_success());
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457 left")).await;
+
+    // Info lists everyone's state.
+    pod.post_message(&sid, BOB, "<messageML>/wa info</messageML>").expect("post");
+    let info = wait_for_message(&pod, &sid, BOT, |t| t.contains("WhatsApp contacts")).await;
+    assert!(
+        info.text.contains("+447911123456: removed") && info.text.contains("+447911123457: left"),
+        "{}",
+        info.text
+    );
+
+    // Each change announced exactly once.
+    let all = notices(&sim, &gid);
+    for needle in [
+        "\"Desk (FX)\"",
+        "\"Desk (Rates)\"",
+        "is now an owner",
+        "no longer an owner",
+        "was removed",
+    ] {
+        assert_eq!(all.iter().filter(|n| n.contains(needle)).count(), 1, "{needle} in {all:?}");
+    }
+
+    // A leaver gets back in only through a fresh invitation.
+    let link = sim.group(&gid).expect("group")["inviteLink"].as_str().expect("link").to_owned();
+    assert_eq!(sim.tap(JOHN, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| {
+        t.contains("+447911123457") && t.contains("only a new /wa invite")
+    })
+    .await;
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa invite +{JOHN}</messageML>"))
+        .expect("post");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Invitation sent to +447911123457")).await;
+    assert_eq!(sim.tap(JOHN, &link)["result"], "requested");
+    wait_for("John back in", Duration::from_secs(10), || {
+        let participants = sim.group(&gid).map(|g| g["participants"].clone());
+        async move { (participants == Some(serde_json::json!([JOHN]))).then_some(()) }
+    })
+    .await;
+
+    // The room is deactivated: a last notice, then the WhatsApp group is gone.
+    assert!(
+        act(serde_json::json!({"as": ALICE, "action": "deactivate"}))
+            .await
+            .expect("act")
+            .status()
+            .is_success()
+    );
+    wait_for("the group deleted", Duration::from_secs(10), || {
+        let active = sim.group(&gid).map(|g| g["active"].clone());
+        async move { (active == Some(serde_json::json!(false))).then_some(()) }
+    })
+    .await;
+    assert!(notices(&sim, &gid).iter().any(|n| n.contains("This group is closed")));
+    assert!(sim.inbox(JOHN).iter().any(|m| {
+        m["template"]["params"][0].as_str().is_some_and(|p| p.contains("This group is closed"))
+    }));
+    bot.stop().await;
+}
