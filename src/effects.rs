@@ -236,12 +236,89 @@ impl EffectExecutor {
                 self.store.outbox_retry(row.id, wait, &f.message)
             }
             Err(f) => {
-                // A message that cannot be posted cannot be reported in its own room either:
-                // the failure stays in the outbox (failed_at, last_error) and in the log.
                 tracing::error!(id = row.id, key = %row.order_key, error = %f.message, "effect given up");
-                self.store.outbox_failed(row.id, &f.message)
+                // Said in the group's room, through the outbox like any message. A message that
+                // cannot be posted is not reported in its own room: it stays in the outbox
+                // (failed_at, last_error) and in the log.
+                let report = self.failure_report(&effect, &f.message);
+                let queued: Vec<_> = report.iter().filter_map(|e| e.to_outbox().ok()).collect();
+                self.store.outbox_failed_with(row.id, &f.message, &queued)
             }
         }
+    }
+
+    /// A room message about an effect given up, when there is a room to tell.
+    fn failure_report(&self, effect: &Effect, reason: &str) -> Option<Effect> {
+        let (what, stream) = match effect {
+            Effect::PostMessage { .. } => return None,
+            Effect::CreateRoom { .. } => return None,
+            Effect::AddMember { stream, user } => {
+                (format!("add user {user} to the room"), Some(stream.clone()))
+            }
+            Effect::PromoteOwner { stream, user } => {
+                (format!("make user {user} an owner"), Some(stream.clone()))
+            }
+            Effect::RenameRoom { stream, .. } => {
+                ("rename the room".to_owned(), Some(stream.clone()))
+            }
+            Effect::RemoveMember { stream, user } => {
+                (format!("remove user {user} from the room"), Some(stream.clone()))
+            }
+            Effect::DemoteOwner { stream, user } => {
+                (format!("demote user {user}"), Some(stream.clone()))
+            }
+            Effect::CreateWaGroup { group } | Effect::RefreshDescription { group } => {
+                let stream =
+                    self.store.group(GroupKey(*group)).ok().flatten().and_then(|g| g.stream);
+                let what = if matches!(effect, Effect::CreateWaGroup { .. }) {
+                    "create the WhatsApp group"
+                } else {
+                    "update the WhatsApp group description"
+                };
+                (what.to_owned(), stream)
+            }
+            Effect::SendWaTemplate { order, to, .. } => {
+                let who = match to {
+                    Recipient::Phone(p) => p.as_str().to_owned(),
+                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
+                };
+                let stream = self
+                    .store
+                    .group_by_wa(&GroupId(order.clone()))
+                    .ok()
+                    .flatten()
+                    .and_then(|g| g.stream);
+                (format!("send a WhatsApp message to {who}"), stream)
+            }
+            Effect::ApproveJoin { group, .. }
+            | Effect::RejectJoin { group, .. }
+            | Effect::ResetInviteLink { group }
+            | Effect::UpdateWaSubject { group, .. }
+            | Effect::RemoveWaParticipants { group, .. }
+            | Effect::DeleteWaGroup { group } => {
+                let what = match effect {
+                    Effect::ApproveJoin { .. } => "approve a join request",
+                    Effect::RejectJoin { .. } => "reject a join request",
+                    Effect::ResetInviteLink { .. } => "reset the invite link",
+                    Effect::UpdateWaSubject { .. } => "rename the WhatsApp group",
+                    Effect::RemoveWaParticipants { .. } => {
+                        "remove participants from the WhatsApp group"
+                    }
+                    _ => "delete the WhatsApp group",
+                };
+                (
+                    what.to_owned(),
+                    self.store.group_by_wa(group).ok().flatten().and_then(|g| g.stream),
+                )
+            }
+        };
+        let stream = stream?;
+        let message_ml = self
+            .groups
+            .templates
+            .render("symphony/effect_failed", &serde_json::json!({"what": what, "reason": reason}))
+            .ok()?;
+        Some(Effect::PostMessage { stream, message_ml })
     }
 
     /// The WhatsApp group description: the advisors' current display names.

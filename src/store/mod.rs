@@ -223,6 +223,21 @@ impl Store {
     }
 }
 
+/// Inserts effects into the outbox inside a caller's transaction.
+fn queue_effects(
+    tx: &rusqlite::Transaction<'_>,
+    effects: &[(String, serde_json::Value)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for (key, effect) in effects {
+        tx.execute(
+            "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
+            params![key, serde_json::to_string(effect)?, now],
+        )?;
+    }
+    Ok(())
+}
+
 /// A side effect waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
@@ -244,12 +259,7 @@ impl Store {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let now = now_ms();
-        for (key, effect) in effects {
-            tx.execute(
-                "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
-                params![key, serde_json::to_string(effect)?, now],
-            )?;
-        }
+        queue_effects(&tx, effects, now)?;
         tx.execute(
             "UPDATE inbound_events SET processed_at = ?2 WHERE id = ?1 AND processed_at IS NULL",
             params![inbound_id, now],
@@ -313,12 +323,7 @@ impl Store {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let now = now_ms();
-        for (key, effect) in follow_ups {
-            tx.execute(
-                "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
-                params![key, serde_json::to_string(effect)?, now],
-            )?;
-        }
+        queue_effects(&tx, follow_ups, now)?;
         tx.execute(
             "UPDATE outbox SET done_at = ?2, last_error = NULL WHERE id = ?1",
             params![id, now],
@@ -338,6 +343,25 @@ impl Store {
             "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, now_ms() + after.as_millis() as i64, error],
         )?;
+        Ok(())
+    }
+
+    /// Gives up on an effect for good and queues its report, in one transaction.
+    pub fn outbox_failed_with(
+        &self,
+        id: i64,
+        error: &str,
+        reports: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        queue_effects(&tx, reports, now)?;
+        tx.execute(
+            "UPDATE outbox SET attempts = attempts + 1, failed_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, now, error],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -347,3 +347,63 @@ async fn owners_manage_the_group_by_command_or_natively_with_one_notice_each() {
     }));
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_that_cannot_be_delivered_is_reported_in_the_room() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    // Every send is refused for good (131026: message undeliverable).
+    reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(&serde_json::json!({"path": "/messages$", "status": 400, "code": 131026, "count": 1}))
+        .send()
+        .await
+        .expect("fault");
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Quiet\" +{JANE}</messageML>"))
+        .expect("post");
+    let room = room_named(&pod, "Quiet").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let report =
+        wait_for_message(&pod, &sid, BOT, |t| t.starts_with("Could not send a WhatsApp message"))
+            .await;
+    assert!(
+        report.text.contains("+447911123456") && report.text.contains("131026"),
+        "{}",
+        report.text
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_contacts_stay_native_and_a_bad_number_is_named() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(
+        &im,
+        ALICE,
+        "<messageML>/wa create \"Typo\" +447911123456 +44791112</messageML>",
+    )
+    .expect("post");
+    let reply = wait_for_message(&pod, &im, BOT, |t| t.contains("Usage")).await;
+    assert!(reply.text.contains("\"+44791112\""), "{}", reply.text);
+    let numbers: Vec<String> = (10..18).map(|i| format!("+4479111234{i}")).collect();
+    pod.post_message(
+        &im,
+        ALICE,
+        &format!("<messageML>/wa create \"Eight\" {}</messageML>", numbers.join(" ")),
+    )
+    .expect("post");
+    let group = wa_group_named(&sim, "Eight").await;
+    assert_eq!(group["joinApprovalMode"], "approval_required");
+    for n in &numbers {
+        inbox_has(&sim, n.trim_start_matches('+'), "group_invite_link").await;
+    }
+    assert!(!pod.streams().iter().any(|s| s["name"] == "Typo"));
+    bot.stop().await;
+}
