@@ -165,6 +165,7 @@ impl Bot {
         };
         tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
         let dispatcher = Dispatcher {
+            waiting: Default::default(),
             store: store.clone(),
             templates,
             groups,
@@ -213,6 +214,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AppErr
 /// Takes persisted inbound events in order and decides what they cause; each event's effects are
 /// queued in the outbox in the same transaction as its processed mark.
 struct Dispatcher {
+    /// When each event first could not be decided yet ("not yet"): given up after a minute.
+    waiting: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
     store: Store,
     templates: Arc<Templates>,
     groups: Arc<GroupService>,
@@ -227,13 +230,18 @@ struct Dispatcher {
 enum Undecided {
     /// Worth trying again later (the pod could not be read): the event stays pending.
     Retry(String),
+    /// Came before what it refers to: retried for a while, then dropped.
+    NotYet(String),
     /// Will never work: logged, and the event is marked processed.
     Drop(String),
 }
 
 impl From<crate::groups::service::ServiceError> for Undecided {
     fn from(e: crate::groups::service::ServiceError) -> Self {
-        Undecided::Retry(e.to_string())
+        match e {
+            crate::groups::service::ServiceError::NotYet(reason) => Undecided::NotYet(reason),
+            other => Undecided::Retry(other.to_string()),
+        }
     }
 }
 
@@ -276,6 +284,16 @@ impl Dispatcher {
             for row in rows {
                 let effects = match self.decide(&row).await {
                     Ok(effects) => effects,
+                    Err(Undecided::NotYet(reason)) => {
+                        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                        let since = *waiting.entry(row.id).or_insert_with(std::time::Instant::now);
+                        if since.elapsed() < Duration::from_secs(60) {
+                            return Err(reason);
+                        }
+                        waiting.remove(&row.id);
+                        tracing::warn!(id = row.id, %reason, "event dropped: what it refers to never appeared");
+                        Vec::new()
+                    }
                     Err(Undecided::Retry(reason)) => return Err(reason),
                     Err(Undecided::Drop(reason)) => {
                         tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped: it cannot be handled");

@@ -19,6 +19,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The event came before what it refers to was recorded (a webhook faster than the
+    /// response of the call that caused it): try again shortly.
+    #[error("not yet: {0}")]
+    NotYet(String),
 }
 
 /// What the lifecycle needs to know from the configuration.
@@ -133,6 +137,11 @@ impl GroupService {
         link: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
         let Some(group) = self.store.group_by_request(request_id)? else {
+            if self.store.groups_awaiting_request()? > 0 {
+                return Err(ServiceError::NotYet(format!(
+                    "group_create {request_id} before its request id was recorded"
+                )));
+            }
             tracing::info!(request_id, "group_create for a request this bot did not make; ignored");
             return Ok(Vec::new());
         };

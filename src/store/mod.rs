@@ -700,6 +700,16 @@ impl Store {
         Ok(())
     }
 
+    /// Native groups whose WhatsApp create call has not been recorded yet.
+    pub fn groups_awaiting_request(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn()?.query_row(
+            "SELECT COUNT(*) FROM groups WHERE kind = 'native' AND state = 'creating' AND create_request_id IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     pub fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError> {
         let found = self
             .conn()?
