@@ -63,6 +63,16 @@ impl Bot {
         templates: Templates,
         cancel: CancellationToken,
     ) -> Result<Bot, AppError> {
+        Self::start_with(config, templates, cancel, BotTimings::default()).await
+    }
+
+    /// [`Bot::start`] with other timings (tests shorten them).
+    pub async fn start_with(
+        config: Config,
+        templates: Templates,
+        cancel: CancellationToken,
+        timings: BotTimings,
+    ) -> Result<Bot, AppError> {
         let store = Store::open(&config.store.path)?;
         let symphony = SymphonyClient::new(&config.symphony)?;
         symphony.authenticate().await?;
@@ -156,6 +166,16 @@ impl Bot {
                 wa_templates: config.whatsapp.templates.clone(),
             },
         });
+        if let Some(wa) = &whatsapp {
+            let reconciler = Reconciler {
+                store: store.clone(),
+                whatsapp: wa.clone(),
+                groups: groups.clone(),
+                effects: effects_wake.clone(),
+                timings,
+            };
+            tracker.spawn(reconciler.run(cancel.clone()));
+        }
         let executor = EffectExecutor {
             store: store.clone(),
             symphony: symphony.clone(),
@@ -200,6 +220,88 @@ impl Bot {
     pub async fn stop(self) {
         self.cancel.cancel();
         self.wait().await;
+    }
+}
+
+/// How long the bot waits for things that may never come.
+#[derive(Debug, Clone, Copy)]
+pub struct BotTimings {
+    /// A WhatsApp group whose `group_create` webhook has not come after this is looked up.
+    pub group_create_timeout: Duration,
+    /// How often the reconciler looks.
+    pub reconcile_every: Duration,
+}
+
+impl Default for BotTimings {
+    fn default() -> Self {
+        Self {
+            group_create_timeout: Duration::from_secs(120),
+            reconcile_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Heals what webhooks did not say: a created group whose `group_create` never came is found
+/// through the list of groups (and set up as usual), or reported as failed in its room.
+struct Reconciler {
+    store: Store,
+    whatsapp: WhatsAppClient,
+    groups: Arc<GroupService>,
+    effects: Arc<Notify>,
+    timings: BotTimings,
+}
+
+impl Reconciler {
+    async fn run(self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.timings.reconcile_every) => {}
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "reconciliation failed; will try again");
+            }
+        }
+    }
+
+    async fn reconcile(&self) -> Result<(), String> {
+        let overdue = self
+            .store
+            .groups_awaiting_webhook(self.timings.group_create_timeout)
+            .map_err(|e| e.to_string())?;
+        if overdue.is_empty() {
+            return Ok(());
+        }
+        let existing = self.whatsapp.all_groups().await.map_err(|e| e.to_string())?;
+        for group in overdue {
+            let Some(request_id) = group.create_request_id.clone() else { continue };
+            let linked =
+                |id: &crate::groups::GroupId| self.store.group_by_wa(id).ok().flatten().is_some();
+            let found = existing
+                .iter()
+                .find(|g| g.subject.as_deref() == Some(group.name.as_str()) && !linked(&g.id));
+            let effects = match found {
+                Some(g) => {
+                    tracing::warn!(group = %g.id, "group_create never came; the group was found by listing");
+                    let link = self.whatsapp.invite_link(&g.id).await.map_err(|e| e.to_string())?;
+                    self.groups.on_group_created(&request_id, &g.id, Some(&link))
+                }
+                None => {
+                    let error = crate::events::whatsapp::WaError {
+                        code: 0,
+                        title: None,
+                        message: Some("WhatsApp never confirmed the group, and it does not exist".into()),
+                        details: None,
+                    };
+                    self.groups.on_group_create_failed(&request_id, &[error])
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            let queued: Vec<_> = effects.iter().filter_map(|e| e.to_outbox().ok()).collect();
+            self.store.queue_effects(&queued).map_err(|e| e.to_string())?;
+            self.effects.notify_one();
+        }
+        Ok(())
     }
 }
 

@@ -700,6 +700,29 @@ impl Store {
         Ok(())
     }
 
+    /// Groups still waiting for their `group_create` webhook, created longer than `age` ago.
+    pub fn groups_awaiting_webhook(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Vec<GroupRecord>, StoreError> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM groups WHERE state = 'awaitingGroup' AND created_at <= ?1 ORDER BY id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([now_ms() - age.as_millis() as i64], group_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queues effects not caused by an inbound event (the reconciler's).
+    pub fn queue_effects(&self, effects: &[(String, serde_json::Value)]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        queue_effects(&tx, effects, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Native groups whose WhatsApp create call has not been recorded yet.
     pub fn groups_awaiting_request(&self) -> Result<u64, StoreError> {
         let n: i64 = self.conn()?.query_row(

@@ -407,3 +407,78 @@ async fn eight_contacts_stay_native_and_a_bad_number_is_named() {
     assert!(!pod.streams().iter().any(|s| s["name"] == "Typo"));
     bot.stop().await;
 }
+
+fn fast_reconcile() -> wa_groups_bot::app::BotTimings {
+    wa_groups_bot::app::BotTimings {
+        group_create_timeout: Duration::from_millis(300),
+        reconcile_every: Duration::from_millis(100),
+    }
+}
+
+/// Webhooks go nowhere from now on: the `group_create` confirmation never reaches the bot.
+async fn lose_webhooks(sim: &WhatsAppSim) {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/nowhere", dead.local_addr().expect("addr"));
+    drop(dead);
+    sim.set_webhook_url(&url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_group_create_webhook_is_healed_by_listing_the_groups() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = crate::support::start_bot_with_whatsapp_timed(
+        &pod,
+        &sim,
+        dir.path(),
+        "\"*\"",
+        fast_reconcile(),
+    )
+    .await;
+    lose_webhooks(&sim).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Lost\" +{JANE}</messageML>"))
+        .expect("post");
+    let room = room_named(&pod, "Lost").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let group = wa_group_named(&sim, "Lost").await;
+    let invitation = inbox_has(&sim, JANE, "group_invite_link").await;
+    assert_eq!(invitation["template"]["params"][0], group["inviteLink"]);
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("is ready")).await;
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_never_appeared_is_reported_as_failed() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = crate::support::start_bot_with_whatsapp_timed(
+        &pod,
+        &sim,
+        dir.path(),
+        "\"*\"",
+        fast_reconcile(),
+    )
+    .await;
+    lose_webhooks(&sim).await;
+    // Whatever the create call said, the group is gone before anyone hears of it.
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Ghost\" +{JANE}</messageML>"))
+        .expect("post");
+    let group = wa_group_named(&sim, "Ghost").await;
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/v23.0/{}", sim.url(), group["id"].as_str().expect("id")))
+        .bearer_auth(crate::support::WA_TOKEN)
+        .send()
+        .await
+        .expect("delete");
+    assert!(deleted.status().is_success());
+    let room = room_named(&pod, "Ghost").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let failed = wait_for_message(&pod, &sid, BOT, |t| t.contains("could not be created")).await;
+    assert!(failed.text.contains("never confirmed"), "{}", failed.text);
+    assert!(sim.inbox(JANE).is_empty(), "no invitation to a group that does not exist");
+    bot.stop().await;
+}

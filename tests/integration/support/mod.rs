@@ -203,6 +203,24 @@ pub async fn start_bot_with_whatsapp(
     dir: &std::path::Path,
     advisors: &str,
 ) -> Bot {
+    start_bot_with_whatsapp_timed(
+        pod,
+        sim,
+        dir,
+        advisors,
+        wa_groups_bot::app::BotTimings::default(),
+    )
+    .await
+}
+
+/// [`start_bot_with_whatsapp`] with other timings.
+pub async fn start_bot_with_whatsapp_timed(
+    pod: &MockPod,
+    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    dir: &std::path::Path,
+    advisors: &str,
+    timings: wa_groups_bot::app::BotTimings,
+) -> Bot {
     let yaml = format!(
         "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
@@ -223,10 +241,11 @@ pub async fn start_bot_with_whatsapp(
         Config::load_from(&ConfigSource { file: Some(file), env: Some(Default::default()) })
             .expect("valid config");
     let path = config.whatsapp.webhook.path.clone();
-    let bot = Bot::start(
+    let bot = Bot::start_with(
         config,
         Templates::embedded().expect("templates"),
         tokio_util::sync::CancellationToken::new(),
+        timings,
     )
     .await
     .expect("bot starts");
