@@ -482,3 +482,64 @@ async fn a_group_that_never_appeared_is_reported_as_failed() {
     assert!(sim.inbox(JANE).is_empty(), "no invitation to a group that does not exist");
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisors_and_contacts_are_added_and_removed_with_notices() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Small\" +{JANE}</messageML>"))
+        .expect("post");
+    let room = room_named(&pod, "Small").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let group = wa_group_named(&sim, "Small").await;
+    let gid = group["id"].as_str().expect("gid").to_owned();
+    let link = group["inviteLink"].as_str().expect("link").to_owned();
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123456 joined")).await;
+
+    // An advisor added by command: in the room, announced, and in the group description.
+    pod.post_message(
+        &sid,
+        ALICE,
+        &format!("<messageML>/wa add <mention uid=\"{BOB}\"/> +{JOHN}</messageML>"),
+    )
+    .expect("post");
+    wait_notice(&sim, &gid, "Bob Smith (advisor) joined").await;
+    wait_for("the description", Duration::from_secs(10), || {
+        let d = sim.group(&gid).and_then(|g| g["description"].as_str().map(str::to_owned));
+        async move { d.filter(|d| d.contains("Bob Smith")).map(|_| ()) }
+    })
+    .await;
+    // A contact added: invited personally, announced, and told in the room.
+    inbox_has(&sim, JOHN, "group_invite_link").await;
+    wait_notice(&sim, &gid, "+447911123457 was invited").await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Invitation sent to +447911123457")).await;
+    let link = sim.group(&gid).expect("group")["inviteLink"].as_str().expect("link").to_owned();
+    assert_eq!(sim.tap(JOHN, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457 joined")).await;
+
+    // The advisor removed natively in Symphony: announced once, the description follows.
+    let removed = reqwest::Client::new()
+        .post(format!("{}/_sandbox/streams/{sid}/actions", pod.url()))
+        .json(&serde_json::json!({"as": ALICE, "action": "removeMember", "userId": BOB}))
+        .send()
+        .await
+        .expect("act");
+    assert!(removed.status().is_success());
+    wait_notice(&sim, &gid, "Bob Smith (advisor) left").await;
+    wait_for("the description without Bob", Duration::from_secs(10), || {
+        let d = sim.group(&gid).and_then(|g| g["description"].as_str().map(str::to_owned));
+        async move { d.filter(|d| !d.contains("Bob Smith")).map(|_| ()) }
+    })
+    .await;
+    let all = notices(&sim, &gid);
+    assert_eq!(
+        all.iter().filter(|n| n.contains("Bob Smith (advisor) joined")).count(),
+        1,
+        "{all:?}"
+    );
+    bot.stop().await;
+}
