@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,9 @@ impl Effect {
     }
 }
 
+/// How many effects (of different streams or groups) run at once.
+const PARALLEL_EFFECTS: usize = 8;
+
 /// Why an attempt failed.
 #[derive(Debug)]
 struct Failure {
@@ -207,13 +211,18 @@ impl EffectExecutor {
             if due.is_empty() {
                 return Ok(());
             }
-            for row in due {
-                // Stopping mid-call leaves the effect in the outbox: it is performed after the
-                // restart (at least once).
-                tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    r = self.attempt(&row) => r?,
-                }
+            // At most one effect per order key is due at a time, so running the batch
+            // concurrently keeps each stream's and group's order while groups proceed in parallel.
+            // Stopping mid-call leaves the effects in the outbox: performed after the restart.
+            let batch = futures::stream::iter(due)
+                .map(|row| async move { self.attempt(&row).await })
+                .buffer_unordered(PARALLEL_EFFECTS);
+            let results: Vec<_> = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = batch.collect() => r,
+            };
+            for r in results {
+                r?;
             }
         }
     }

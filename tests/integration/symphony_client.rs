@@ -345,3 +345,23 @@ async fn a_reply_pending_at_a_crash_is_sent_after_the_restart_once() {
     assert_eq!(replies(&pod, &im), 1);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn one_slow_stream_does_not_hold_up_the_others() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let slow = pod.create_im(&[ALICE, BOT]).expect("im");
+    let fast = pod.create_im(&[BOB, BOT]).expect("im");
+    pod.inject_hang(
+        &format!("/agent/v4/stream/{slow}/message/create$"),
+        Duration::from_secs(20),
+        1,
+    )
+    .expect("hang");
+    pod.post_message(&slow, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    pod.post_message(&fast, BOB, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &fast, BOT, is_help).await;
+    assert_eq!(replies(&pod, &slow), 0, "the slow stream's reply is still under way");
+    bot.stop().await;
+}
