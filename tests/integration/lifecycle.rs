@@ -543,3 +543,44 @@ async fn advisors_and_contacts_are_added_and_removed_with_notices() {
     );
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_stopped_mid_creation_finishes_it_after_the_restart_without_duplicates() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    // The WhatsApp create call hangs: the bot stops while it is under way.
+    reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(
+            &serde_json::json!({"method": "POST", "path": "/groups$", "hangMs": 30000, "count": 1}),
+        )
+        .send()
+        .await
+        .expect("fault");
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Restart\" +{JANE}</messageML>"))
+        .expect("post");
+    let room = room_named(&pod, "Restart").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    wait_for("the create call under way", Duration::from_secs(10), || {
+        let calls = sim.stats().faults_served;
+        async move { (calls >= 1).then_some(()) }
+    })
+    .await;
+    first.stop().await;
+    assert!(sim.groups().is_empty(), "the hung call created nothing");
+
+    let second = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    inbox_has(&sim, JANE, "group_invite_link").await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("is ready")).await;
+    assert_eq!(pod.streams().iter().filter(|s| s["name"] == "Restart").count(), 1, "one room");
+    assert_eq!(
+        sim.groups().iter().filter(|g| g["subject"] == "Restart").count(),
+        1,
+        "one WhatsApp group"
+    );
+    assert_eq!(sim.inbox(JANE).len(), 1, "one invitation");
+    second.stop().await;
+}
