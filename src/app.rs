@@ -156,6 +156,16 @@ impl Bot {
             );
             None
         };
+        let business = match &whatsapp {
+            Some(wa) => match wa.business_number().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the business phone number; it will not be refused as a contact");
+                    None
+                }
+            },
+            None => None,
+        };
         let templates = Arc::new(templates);
         let groups = Arc::new(GroupService {
             store: store.clone(),
@@ -164,6 +174,7 @@ impl Bot {
                 features: config.features,
                 entitlements: config.entitlements.clone(),
                 wa_templates: config.whatsapp.templates.clone(),
+                business,
             },
         });
         if let Some(wa) = &whatsapp {

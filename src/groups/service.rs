@@ -31,6 +31,8 @@ pub struct GroupSettings {
     pub features: FeaturesConfig,
     pub entitlements: EntitlementsConfig,
     pub wa_templates: WaTemplatesConfig,
+    /// The bot's own WhatsApp business number, when known: never a contact.
+    pub business: Option<E164>,
 }
 
 pub struct GroupService {
@@ -76,6 +78,16 @@ impl GroupService {
                 "/wa help",
             )?;
             return Ok(vec![Effect::PostMessage { stream: who.stream.clone(), message_ml: reply }]);
+        }
+        if let Err(refusals) = rules::check_add_contacts(
+            GroupKind::Standard,
+            &[],
+            contacts,
+            self.settings.business.as_ref(),
+            false,
+        ) {
+            let reason = refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            return self.refuse(&who.stream, &format!("Nothing was created: {reason}."));
         }
         let (kind, reason) =
             rules::group_kind(contacts.len(), standard, self.settings.features.native_groups);
@@ -379,9 +391,13 @@ impl GroupService {
             }
             Manage::Demote(user) => Ok(vec![Effect::DemoteOwner { stream: stream.clone(), user }]),
             Manage::Add { advisors, contacts: adding } => {
-                if let Err(refusals) =
-                    rules::check_add_contacts(group.kind, &contacts, &adding, None, false)
-                {
+                if let Err(refusals) = rules::check_add_contacts(
+                    group.kind,
+                    &contacts,
+                    &adding,
+                    self.settings.business.as_ref(),
+                    false,
+                ) {
                     let reason =
                         refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     return self.refuse(stream, &format!("Nothing was added: {reason}."));
@@ -394,9 +410,13 @@ impl GroupService {
                 Ok(effects)
             }
             Manage::Invite(phones) => {
-                if let Err(refusals) =
-                    rules::check_add_contacts(group.kind, &contacts, &phones, None, true)
-                {
+                if let Err(refusals) = rules::check_add_contacts(
+                    group.kind,
+                    &contacts,
+                    &phones,
+                    self.settings.business.as_ref(),
+                    true,
+                ) {
                     let reason =
                         refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     return self.refuse(stream, &format!("No invitation was sent: {reason}."));

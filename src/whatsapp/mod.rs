@@ -195,6 +195,19 @@ impl WhatsAppClient {
         }
     }
 
+    /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
+    /// is a valid number.
+    pub async fn business_number(&self) -> Result<Option<crate::groups::E164>, WhatsAppError> {
+        let raw: Value = self
+            .call(Method::GET, &self.phone_number_id, |r| {
+                r.query(&[("fields", "display_phone_number,verified_name")])
+            })
+            .await?;
+        let shown = raw.get("display_phone_number").and_then(Value::as_str).unwrap_or_default();
+        let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
+        Ok(crate::groups::E164::parse(&digits).ok())
+    }
+
     // ----- groups -----
 
     /// `POST /<PHONE_NUMBER_ID>/groups` → the `request_id` the `group_create` webhook will carry.

@@ -584,3 +584,27 @@ async fn a_bot_stopped_mid_creation_finishes_it_after_the_restart_without_duplic
     assert_eq!(sim.inbox(JANE).len(), 1, "one invitation");
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bots_own_business_number_is_never_a_contact() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    // The simulator's business number, as GET /<PHONE_NUMBER_ID> reports it.
+    pod.post_message(
+        &im,
+        ALICE,
+        &format!("<messageML>/wa create \"Self\" +{JANE} +447911000001</messageML>"),
+    )
+    .expect("post");
+    let reply = wait_for_message(&pod, &im, BOT, |t| t.starts_with("Nothing was created")).await;
+    assert!(
+        reply.text.contains("+447911000001 is the bot's own WhatsApp business number"),
+        "{}",
+        reply.text
+    );
+    assert!(!pod.streams().iter().any(|s| s["name"] == "Self"));
+    bot.stop().await;
+}

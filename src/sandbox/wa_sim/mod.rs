@@ -57,7 +57,7 @@ impl WhatsAppSimConfig {
             access_token: access_token.to_owned(),
             app_secret: app_secret.to_owned(),
             phone_number_id: phone_number_id.to_owned(),
-            business_phone: "15550783881".into(),
+            business_phone: "447911000001".into(),
             webhook_url: None,
             webhook_retry_initial: Duration::from_millis(200),
         }
