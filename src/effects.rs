@@ -363,12 +363,35 @@ impl EffectExecutor {
                 let stream = match record.stream {
                     Some(stream) => stream,
                     None => {
-                        let room = self
-                            .symphony
-                            .create_room(&record.name, "WhatsApp group managed by wa-groups-bot")
-                            .await?;
-                        self.store.set_group_stream(key, &room.stream)?;
-                        room.stream
+                        // An earlier attempt may have created the room without our hearing of
+                        // it: adopt that room instead of making a second one.
+                        let earlier = self.store.mark_create_attempt(key, true)?;
+                        let mut adopted = None;
+                        if earlier {
+                            for (sid, name) in self.symphony.my_rooms().await? {
+                                if name == record.name
+                                    && self.store.group_by_stream(&sid)?.is_none()
+                                {
+                                    tracing::warn!(room = %sid, "adopting the room an earlier attempt created");
+                                    adopted = Some(sid);
+                                    break;
+                                }
+                            }
+                        }
+                        let stream = match adopted {
+                            Some(sid) => sid,
+                            None => {
+                                self.symphony
+                                    .create_room(
+                                        &record.name,
+                                        "WhatsApp group managed by wa-groups-bot",
+                                    )
+                                    .await?
+                                    .stream
+                            }
+                        };
+                        self.store.set_group_stream(key, &stream)?;
+                        stream
                     }
                 };
                 Ok(self.groups.after_room_created(key, &stream)?)
@@ -389,6 +412,19 @@ impl EffectExecutor {
                     .ok_or_else(|| permanent(format!("group {group} is not stored")))?;
                 if record.create_request_id.is_some() {
                     return Ok(Vec::new()); // already asked; the webhook will come
+                }
+                // An earlier attempt may have created the group without our hearing of it.
+                if self.store.mark_create_attempt(key, false)? {
+                    let wa = self.whatsapp()?;
+                    for g in wa.all_groups().await? {
+                        if g.subject.as_deref() == Some(record.name.as_str())
+                            && self.store.group_by_wa(&g.id)?.is_none()
+                        {
+                            tracing::warn!(group = %g.id, "adopting the WhatsApp group an earlier attempt created");
+                            let link = wa.invite_link(&g.id).await?;
+                            return Ok(self.groups.adopt_group(key, &g.id, Some(&link))?);
+                        }
+                    }
                 }
                 let description = self.description(key).await?;
                 let request_id =

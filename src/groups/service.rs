@@ -157,6 +157,30 @@ impl GroupService {
             tracing::info!(request_id, "group_create for a request this bot did not make; ignored");
             return Ok(Vec::new());
         };
+        self.group_created(group, wa, link)
+    }
+
+    /// A WhatsApp group found by listing (its create answer was lost): set up as if its
+    /// `group_create` webhook had come.
+    pub fn adopt_group(
+        &self,
+        key: GroupKey,
+        wa: &GroupId,
+        link: Option<&str>,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        match self.store.group(key)? {
+            Some(group) => self.group_created(group, wa, link),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records the group's WhatsApp id and link; invitations to every contact, the summary.
+    fn group_created(
+        &self,
+        group: crate::store::GroupRecord,
+        wa: &GroupId,
+        link: Option<&str>,
+    ) -> Result<Vec<Effect>, ServiceError> {
         if group.wa_group.is_some() {
             return Ok(Vec::new()); // already handled (a redelivery under another key)
         }

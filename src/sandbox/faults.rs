@@ -16,6 +16,9 @@ pub struct Fault {
     pub code: Option<i64>,
     pub retry_after: Option<u64>,
     pub hang: Option<Duration>,
+    /// The call is carried out, then answered with the error: "it worked, but the answer was
+    /// lost" (a timeout, a crash before the caller recorded the result).
+    pub after: bool,
     pub remaining: u32,
 }
 
@@ -29,6 +32,8 @@ pub struct FaultSpec {
     pub code: Option<i64>,
     pub retry_after: Option<u64>,
     pub hang_ms: Option<u64>,
+    #[serde(default)]
+    pub after: bool,
     #[serde(default = "one")]
     pub count: u32,
 }
@@ -56,6 +61,7 @@ impl FaultSpec {
             code: self.code,
             retry_after: self.retry_after,
             hang: self.hang_ms.map(Duration::from_millis),
+            after: self.after,
             remaining: self.count,
         })
     }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_outbox.sql"),
     include_str!("migrations/0003_groups.sql"),
+    include_str!("migrations/0004_attempts.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -721,6 +722,21 @@ impl Store {
         queue_effects(&tx, effects, now_ms())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records that the room (`room = true`) or WhatsApp group of a group is about to be asked
+    /// for; returns whether an earlier attempt was already made.
+    pub fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
+        let column = if room { "room_attempted" } else { "wa_attempted" };
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let before: i64 =
+            tx.query_row(&format!("SELECT {column} FROM groups WHERE id = ?1"), [key.0], |r| {
+                r.get(0)
+            })?;
+        tx.execute(&format!("UPDATE groups SET {column} = 1 WHERE id = ?1"), [key.0])?;
+        tx.commit()?;
+        Ok(before != 0)
     }
 
     /// Native groups whose WhatsApp create call has not been recorded yet.

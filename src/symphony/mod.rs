@@ -387,9 +387,18 @@ impl SymphonyClient {
         let body = json!({"name": name, "description": description, "membersCanInvite": false,
                           "discoverable": false, "public": false, "readOnly": false, "copyProtected": false,
                           "crossPod": false, "viewHistory": true});
+        // Not retried here: a retry after a lost answer would make a second room. The caller
+        // (the outbox) retries and first looks for a room the lost attempt created.
         let detail: model::V3RoomDetail = self
-            .required(Service::Pod, Method::POST, "/pod/v3/room/create", |r| r.json(&body))
-            .await?;
+            .call(Service::Pod, Method::POST, "/pod/v3/room/create", Retry::AuthOnly, |r| {
+                r.json(&body)
+            })
+            .await?
+            .ok_or_else(|| SymphonyError::Decode {
+                endpoint: "/pod/v3/room/create".into(),
+                reason: "empty response".into(),
+                body: String::new(),
+            })?;
         Ok(detail.into())
     }
 
@@ -464,6 +473,29 @@ impl SymphonyClient {
             .required(Service::Pod, Method::POST, "/pod/v1/im/create", |r| r.json(users))
             .await?;
         Ok(StreamId::new(r.id))
+    }
+
+    /// `POST /pod/v1/streams/list`: the active rooms the bot is in, as (stream, name).
+    pub async fn my_rooms(&self) -> Result<Vec<(StreamId, String)>, SymphonyError> {
+        let mut out = Vec::new();
+        let limit = 100usize;
+        loop {
+            let query = [("skip", out.len().to_string()), ("limit", limit.to_string())];
+            let body = json!({"streamTypes": [{"type": "ROOM"}], "includeInactiveStreams": false});
+            let page: Vec<model::StreamAttributes> = self
+                .call(Service::Pod, Method::POST, "/pod/v1/streams/list", Retry::Standard, |r| {
+                    r.query(&query).json(&body)
+                })
+                .await?
+                .unwrap_or_default();
+            let n = page.len();
+            out.extend(page.into_iter().map(|s| {
+                (StreamId::new(s.id), s.room_attributes.and_then(|r| r.name).unwrap_or_default())
+            }));
+            if n < limit {
+                return Ok(out);
+            }
+        }
     }
 
     /// `GET /pod/v1/streams/{sid}/attachments`

@@ -103,6 +103,21 @@ pub(crate) struct StreamRef {
     pub id: String,
 }
 
+/// `StreamAttributes` (stream list), reduced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StreamAttributes {
+    pub id: String,
+    #[serde(default)]
+    pub room_attributes: Option<RoomNameOnly>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct RoomNameOnly {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// `StreamAttachmentItem`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -148,6 +148,18 @@ impl WhatsAppClient {
         path: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<T, WhatsAppError> {
+        self.call_with(method, path, true, build).await
+    }
+
+    /// [`Self::call`]; `retries = false` makes one attempt (for calls that create something:
+    /// their caller retries after looking for what a lost attempt created).
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        retries: bool,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, WhatsAppError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
         let endpoint = format!("{method} /{}", path.trim_start_matches('/'));
         let mut attempt = 0u32;
@@ -185,9 +197,11 @@ impl WhatsAppClient {
                 }
             };
             attempt += 1;
-            let Some(wait) =
-                self.retry.next_wait(attempt, outcome.is_retryable(), outcome.retry_after())
-            else {
+            let Some(wait) = self.retry.next_wait(
+                attempt,
+                retries && outcome.is_retryable(),
+                outcome.retry_after(),
+            ) else {
                 return Err(outcome);
             };
             tracing::warn!(error = %outcome, ?wait, attempt, "WhatsApp call failed; retrying");
@@ -231,7 +245,9 @@ impl WhatsAppClient {
         let mode = if approval_required { "approval_required" } else { "auto_approve" };
         let body = json!({"messaging_product": "whatsapp", "subject": subject, "description": description, "join_approval_mode": mode});
         let r: model::RequestIdResponse = self
-            .call(Method::POST, &format!("{}/groups", self.phone_number_id), |r| r.json(&body))
+            .call_with(Method::POST, &format!("{}/groups", self.phone_number_id), false, |r| {
+                r.json(&body)
+            })
             .await?;
         Ok(r.request_id)
     }

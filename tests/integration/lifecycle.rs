@@ -608,3 +608,56 @@ async fn the_bots_own_business_number_is_never_a_contact() {
     assert!(!pod.streams().iter().any(|s| s["name"] == "Self"));
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_to_create_calls_never_make_a_second_room_or_group() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let http = reqwest::Client::new();
+    // Both create calls are carried out, but their answers are lost (503 afterwards).
+    let pod_fault = http
+        .post(format!("{}/_sandbox/faults", pod.url()))
+        .json(&serde_json::json!({"method": "POST", "path": "^/pod/v3/room/create$", "status": 503, "after": true, "count": 1}))
+        .send()
+        .await
+        .expect("fault");
+    assert!(pod_fault.status().is_success());
+    let sim_fault = http
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(&serde_json::json!({"method": "POST", "path": "/groups$", "status": 503, "after": true, "count": 1}))
+        .send()
+        .await
+        .expect("fault");
+    assert!(sim_fault.status().is_success());
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Once\" +{JANE}</messageML>"))
+        .expect("post");
+    let room = room_named(&pod, "Once").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    inbox_has(&sim, JANE, "group_invite_link").await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("is ready")).await;
+    assert_eq!(
+        (pod.stats().faults_served, sim.stats().faults_served),
+        (1, 1),
+        "both answers were lost"
+    );
+    assert_eq!(pod.streams().iter().filter(|s| s["name"] == "Once").count(), 1, "one room");
+    assert_eq!(
+        sim.groups().iter().filter(|g| g["subject"] == "Once").count(),
+        1,
+        "one WhatsApp group"
+    );
+    assert_eq!(sim.inbox(JANE).len(), 1, "one invitation");
+    let members = pod
+        .streams()
+        .into_iter()
+        .find(|s| s["streamId"] == sid.as_str())
+        .map(|s| s["members"].clone());
+    assert_eq!(
+        members,
+        Some(serde_json::json!([{"userId": BOT, "owner": true}, {"userId": ALICE, "owner": true}]))
+    );
+    bot.stop().await;
+}

@@ -41,6 +41,7 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         .route("/pod/v1/room/{id}/membership/{action}", post(membership_change))
         .route("/pod/v1/im/create", post(im_create))
         .route("/pod/v2/streams/{id}/info", get(stream_info))
+        .route("/pod/v1/streams/list", post(streams_list))
         .route("/pod/v1/streams/{id}/attachments", get(stream_attachments))
         .route("/agent/v1/info", get(agent_info))
         .route("/agent/v4/stream/{id}/message/create", post(message_create))
@@ -71,6 +72,13 @@ pub(crate) async fn inject_faults(
         if let Some(fault) = fault {
             if let Some(hang) = fault.hang {
                 tokio::time::sleep(hang).await;
+            }
+            if fault.after {
+                let _done = next.run(request).await;
+                return error(
+                    fault.status.max(500),
+                    "injected fault after the call was carried out",
+                );
             }
             if fault.status >= 100 {
                 let mut response = error(fault.status, format!("injected fault {}", fault.status));
@@ -497,6 +505,68 @@ async fn stream_info(
             json!({"members": s.members.iter().map(|m| m.user).collect::<Vec<_>>()});
     }
     Json(v).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct StreamFilter {
+    #[serde(default)]
+    stream_types: Vec<StreamTypeBody>,
+    #[serde(default)]
+    include_inactive_streams: bool,
+}
+
+#[derive(Deserialize)]
+struct StreamTypeBody {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// `POST /pod/v1/streams/list`: the caller's streams (`StreamAttributes`), oldest first.
+async fn streams_list(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = caller!(shared, headers, false);
+    let filter: StreamFilter = if body.is_empty() {
+        StreamFilter::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(f) => f,
+            Err(_) => return error(400, "invalid StreamFilter body"),
+        }
+    };
+    let skip: usize = q.get("skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(50).min(1000);
+    let st = shared.lock();
+    let mut streams: Vec<&super::state::Stream> = st
+        .streams
+        .values()
+        .filter(|s| s.member(user).is_some())
+        .filter(|s| filter.include_inactive_streams || s.active)
+        .filter(|s| {
+            filter.stream_types.is_empty()
+                || filter.stream_types.iter().any(|t| t.kind == s.kind.as_str())
+        })
+        .collect();
+    streams.sort_by_key(|s| s.created_at);
+    let items: Vec<Value> = streams
+        .into_iter()
+        .skip(skip)
+        .take(limit)
+        .map(|s| {
+            let mut v = json!({"id": s.id, "crossPod": false, "active": s.active, "streamType": {"type": s.kind.as_str()}});
+            if s.kind == super::state::StreamKind::Room {
+                v["roomAttributes"] = json!({"name": s.name});
+            } else {
+                v["streamAttributes"] = json!({"members": s.members.iter().map(|m| m.user).collect::<Vec<_>>()});
+            }
+            v
+        })
+        .collect();
+    Json(items).into_response()
 }
 
 async fn stream_attachments(

@@ -289,6 +289,7 @@ impl MockPod {
             code: None,
             retry_after,
             hang: None,
+            after: false,
             remaining: count,
         });
         Ok(())
@@ -304,6 +305,7 @@ impl MockPod {
             code: None,
             retry_after: None,
             hang: Some(hang),
+            after: false,
             remaining: count,
         });
         Ok(())

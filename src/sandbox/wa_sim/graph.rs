@@ -78,9 +78,21 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
         }
         fault
     };
+    let expected = format!("Bearer {}", shared.lock().cfg.access_token);
+    let authorized = request.headers().get("authorization").and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
     if let Some(f) = fault {
         if let Some(h) = f.hang {
             tokio::time::sleep(h).await;
+        }
+        if f.after && authorized {
+            let _done = next.run(request).await;
+            let status = f.status.max(500);
+            return graph_error(
+                status,
+                f.code.unwrap_or(1),
+                "injected fault after the call was carried out",
+            );
         }
         if f.status >= 100 {
             let default_code = if f.status == 429 { 130429 } else { 1 };
@@ -93,10 +105,7 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
             return r;
         }
     }
-    let expected = format!("Bearer {}", shared.lock().cfg.access_token);
-    let given =
-        request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if given != expected {
+    if !authorized {
         return graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token");
     }
     next.run(request).await
