@@ -73,14 +73,166 @@ pub struct InboundRow {
     pub payload: serde_json::Value,
 }
 
-/// The SQLite store. Cheap to clone; one connection behind a mutex (WAL mode), which is plenty
-/// for one bot instance. Calls are short, so async callers may call them directly.
+/// What the bot keeps: the inbound queue, the outbox, the groups. SQLite ([`SqliteStore`]) is
+/// the embedded default; a PostgreSQL store for several bot instances implements the same trait
+/// (claiming outbox work with `FOR UPDATE SKIP LOCKED`, DESIGN.md §7).
+pub trait StateStore: Send + Sync {
+    /// Persists an inbound event. Returns `false` (and stores nothing) when an event with the
+    /// same source and key was already received: a redelivery.
+    fn enqueue_inbound(
+        &self,
+        source: Source,
+        dedupe_key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
+    /// The oldest unprocessed events, in arrival order.
+    fn pending_inbound(&self, limit: usize) -> Result<Vec<InboundRow>, StoreError>;
+    /// Marks an inbound event processed: it will not be handed out again.
+    fn mark_processed(&self, id: i64) -> Result<(), StoreError>;
+    /// Whether an event with this key was ever received (processed or not).
+    fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError>;
+    /// How many events were received from a source (tests and metrics).
+    fn count_inbound(&self, source: Source) -> Result<u64, StoreError>;
+    /// Marks an inbound event processed and queues its side effects, in one transaction: either
+    /// both happen or neither does. `effects` are `(order key, effect)` pairs.
+    fn complete_inbound(
+        &self,
+        inbound_id: i64,
+        effects: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError>;
+    /// Effects due now, oldest first, at most one per order key (the first not yet done), so
+    /// that effects of one key run in order.
+    fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// The earliest time (ms since the epoch) an undone effect becomes due, if any.
+    fn next_outbox_due(&self) -> Result<Option<i64>, StoreError>;
+    fn outbox_done(&self, id: i64) -> Result<(), StoreError>;
+    /// Marks an effect done and queues what follows from it, in one transaction.
+    fn outbox_done_with(
+        &self,
+        id: i64,
+        follow_ups: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError>;
+    /// Records a failed attempt and when to try again.
+    fn outbox_retry(
+        &self,
+        id: i64,
+        after: std::time::Duration,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// Gives up on an effect for good and queues its report, in one transaction.
+    fn outbox_failed_with(
+        &self,
+        id: i64,
+        error: &str,
+        reports: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError>;
+    /// Gives up on an effect for good (the failure is reported elsewhere).
+    fn outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError>;
+    /// (pending, failed) effects: the outbox depth and what was given up on.
+    fn outbox_counts(&self) -> Result<(u64, u64), StoreError>;
+    /// Records a new group with its advisors (the creator an owner) and invited contacts.
+    fn create_group(
+        &self,
+        name: &str,
+        kind: GroupKind,
+        creator: UserId,
+        advisors: &[UserId],
+        contacts: &[E164],
+    ) -> Result<GroupKey, StoreError>;
+    fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError>;
+    fn group_by_stream(&self, stream: &StreamId) -> Result<Option<GroupRecord>, StoreError>;
+    fn group_by_wa(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError>;
+    fn group_by_request(&self, request_id: &str) -> Result<Option<GroupRecord>, StoreError>;
+    /// The Symphony room of a group is known.
+    fn set_group_stream(&self, key: GroupKey, stream: &StreamId) -> Result<(), StoreError>;
+    /// The WhatsApp create call was made: wait for its `group_create` webhook.
+    fn set_group_request(&self, key: GroupKey, request_id: &str) -> Result<(), StoreError>;
+    /// The WhatsApp group exists: its id and invite link are known.
+    fn set_group_created(
+        &self,
+        key: GroupKey,
+        group: &GroupId,
+        invite_link: Option<&str>,
+    ) -> Result<(), StoreError>;
+    fn set_group_state(&self, key: GroupKey, state: GroupState) -> Result<(), StoreError>;
+    fn rename_group(&self, key: GroupKey, name: &str) -> Result<(), StoreError>;
+    /// Advisors and their owner flags, as last recorded.
+    fn advisors(&self, key: GroupKey) -> Result<Vec<(UserId, bool)>, StoreError>;
+    /// Records an advisor's presence and owner flag; `None` removes them.
+    fn set_advisor(
+        &self,
+        key: GroupKey,
+        user: UserId,
+        owner: Option<bool>,
+    ) -> Result<(), StoreError>;
+    /// Contacts with their state and bar flag.
+    fn contacts(&self, key: GroupKey) -> Result<Vec<ContactRecord>, StoreError>;
+    /// Sets (or adds) a contact's state. Removing bars them, in the same transaction.
+    fn set_contact_state(
+        &self,
+        key: GroupKey,
+        phone: &E164,
+        state: ContactState,
+    ) -> Result<(), StoreError>;
+    /// Keeps a contact's business-scoped user id once a webhook showed it.
+    fn set_contact_bsuid(&self, key: GroupKey, phone: &E164, bsuid: &str)
+    -> Result<(), StoreError>;
+    /// Groups still waiting for their `group_create` webhook, created longer than `age` ago.
+    fn groups_awaiting_webhook(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Queues effects not caused by an inbound event (the reconciler's).
+    fn queue_effects(&self, effects: &[(String, serde_json::Value)]) -> Result<(), StoreError>;
+    /// Records that the room (`room = true`) or WhatsApp group of a group is about to be asked
+    /// for; returns whether an earlier attempt was already made.
+    fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError>;
+    /// Native groups whose WhatsApp create call has not been recorded yet.
+    fn groups_awaiting_request(&self) -> Result<u64, StoreError>;
+    fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError>;
+}
+
+/// A shared handle on the store (cheap to clone).
 #[derive(Clone)]
-pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+pub struct Store(Arc<dyn StateStore>);
+
+impl Store {
+    /// Opens (creating if needed) the SQLite store file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self(Arc::new(SqliteStore::open(path)?)))
+    }
+
+    /// A private in-memory SQLite store (tests, dry runs).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Ok(Self(Arc::new(SqliteStore::open_in_memory()?)))
+    }
+
+    /// Any other implementation.
+    pub fn from_backend(backend: Arc<dyn StateStore>) -> Self {
+        Self(backend)
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn StateStore;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// The SQLite store. Cheap to clone; one connection behind a mutex (WAL mode), which is plenty
+/// for one bot instance. Calls are short, so async callers may call them directly.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
@@ -90,7 +242,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the store file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
@@ -142,9 +294,18 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
-    /// Persists an inbound event. Returns `false` (and stores nothing) when an event with the
-    /// same source and key was already received: a redelivery.
-    pub fn enqueue_inbound(
+    fn group_where(
+        &self,
+        clause: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE {clause} = ?1");
+        Ok(self.conn()?.query_row(&sql, [value], group_row).optional()?)
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn enqueue_inbound(
         &self,
         source: Source,
         dedupe_key: &str,
@@ -159,8 +320,7 @@ impl Store {
         Ok(inserted == 1)
     }
 
-    /// The oldest unprocessed events, in arrival order.
-    pub fn pending_inbound(&self, limit: usize) -> Result<Vec<InboundRow>, StoreError> {
+    fn pending_inbound(&self, limit: usize) -> Result<Vec<InboundRow>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, source, dedupe_key, payload FROM inbound_events
@@ -191,8 +351,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Marks an inbound event processed: it will not be handed out again.
-    pub fn mark_processed(&self, id: i64) -> Result<(), StoreError> {
+    fn mark_processed(&self, id: i64) -> Result<(), StoreError> {
         self.conn()?.execute(
             "UPDATE inbound_events SET processed_at = ?2 WHERE id = ?1 AND processed_at IS NULL",
             params![id, now_ms()],
@@ -200,8 +359,7 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an event with this key was ever received (processed or not).
-    pub fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError> {
+    fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError> {
         let found = self
             .conn()?
             .query_row(
@@ -213,8 +371,7 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// How many events were received from a source (tests and metrics).
-    pub fn count_inbound(&self, source: Source) -> Result<u64, StoreError> {
+    fn count_inbound(&self, source: Source) -> Result<u64, StoreError> {
         let n: i64 = self.conn()?.query_row(
             "SELECT COUNT(*) FROM inbound_events WHERE source = ?1",
             params![source.as_str()],
@@ -222,37 +379,8 @@ impl Store {
         )?;
         Ok(n as u64)
     }
-}
 
-/// Inserts effects into the outbox inside a caller's transaction.
-fn queue_effects(
-    tx: &rusqlite::Transaction<'_>,
-    effects: &[(String, serde_json::Value)],
-    now: i64,
-) -> Result<(), StoreError> {
-    for (key, effect) in effects {
-        tx.execute(
-            "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
-            params![key, serde_json::to_string(effect)?, now],
-        )?;
-    }
-    Ok(())
-}
-
-/// A side effect waiting in the outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub order_key: String,
-    pub effect: serde_json::Value,
-    /// Attempts made so far.
-    pub attempts: u32,
-}
-
-impl Store {
-    /// Marks an inbound event processed and queues its side effects, in one transaction: either
-    /// both happen or neither does. `effects` are `(order key, effect)` pairs.
-    pub fn complete_inbound(
+    fn complete_inbound(
         &self,
         inbound_id: i64,
         effects: &[(String, serde_json::Value)],
@@ -269,9 +397,7 @@ impl Store {
         Ok(())
     }
 
-    /// Effects due now, oldest first, at most one per order key (the first not yet done), so
-    /// that effects of one key run in order.
-    pub fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    fn due_outbox(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT o.id, o.order_key, o.effect, o.attempts FROM outbox o
@@ -301,8 +427,7 @@ impl Store {
         Ok(out)
     }
 
-    /// The earliest time (ms since the epoch) an undone effect becomes due, if any.
-    pub fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
+    fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
         let next: Option<i64> = self.conn()?.query_row(
             "SELECT MIN(next_at) FROM outbox WHERE done_at IS NULL AND failed_at IS NULL",
             [],
@@ -311,12 +436,11 @@ impl Store {
         Ok(next)
     }
 
-    pub fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
+    fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
         self.outbox_done_with(id, &[])
     }
 
-    /// Marks an effect done and queues what follows from it, in one transaction.
-    pub fn outbox_done_with(
+    fn outbox_done_with(
         &self,
         id: i64,
         follow_ups: &[(String, serde_json::Value)],
@@ -333,8 +457,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt and when to try again.
-    pub fn outbox_retry(
+    fn outbox_retry(
         &self,
         id: i64,
         after: std::time::Duration,
@@ -347,8 +470,7 @@ impl Store {
         Ok(())
     }
 
-    /// Gives up on an effect for good and queues its report, in one transaction.
-    pub fn outbox_failed_with(
+    fn outbox_failed_with(
         &self,
         id: i64,
         error: &str,
@@ -366,8 +488,7 @@ impl Store {
         Ok(())
     }
 
-    /// Gives up on an effect for good (the failure is reported elsewhere).
-    pub fn outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
+    fn outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
         self.conn()?.execute(
             "UPDATE outbox SET attempts = attempts + 1, failed_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, now_ms(), error],
@@ -375,8 +496,7 @@ impl Store {
         Ok(())
     }
 
-    /// (pending, failed) effects: the outbox depth and what was given up on.
-    pub fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+    fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
         let (pending, failed): (i64, i64) = self.conn()?.query_row(
             "SELECT COALESCE(SUM(done_at IS NULL AND failed_at IS NULL), 0), COALESCE(SUM(failed_at IS NOT NULL), 0) FROM outbox",
             [],
@@ -384,6 +504,270 @@ impl Store {
         )?;
         Ok((pending as u64, failed as u64))
     }
+
+    fn create_group(
+        &self,
+        name: &str,
+        kind: GroupKind,
+        creator: UserId,
+        advisors: &[UserId],
+        contacts: &[E164],
+    ) -> Result<GroupKey, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO groups (name, kind, state, creator, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, kind_str(kind), GroupState::Creating.as_str(), creator.0, now],
+        )?;
+        let key = GroupKey(tx.last_insert_rowid());
+        tx.execute(
+            "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 1)",
+            params![key.0, creator.0],
+        )?;
+        for a in advisors.iter().filter(|a| **a != creator) {
+            tx.execute(
+                "INSERT OR IGNORE INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 0)",
+                params![key.0, a.0],
+            )?;
+        }
+        for c in contacts {
+            tx.execute(
+                "INSERT OR IGNORE INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, 'invited', ?3)",
+                params![key.0, c.as_str(), now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(key)
+    }
+
+    fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("id", &key.0)
+    }
+
+    fn group_by_stream(&self, stream: &StreamId) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("stream_id", &stream.as_str())
+    }
+
+    fn group_by_wa(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("wa_group_id", &group.as_str())
+    }
+
+    fn group_by_request(&self, request_id: &str) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_where("create_request_id", &request_id)
+    }
+
+    fn set_group_stream(&self, key: GroupKey, stream: &StreamId) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET stream_id = ?2 WHERE id = ?1",
+            params![key.0, stream.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn set_group_request(&self, key: GroupKey, request_id: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET create_request_id = ?2, state = ?3 WHERE id = ?1",
+            params![key.0, request_id, GroupState::AwaitingGroup.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn set_group_created(
+        &self,
+        key: GroupKey,
+        group: &GroupId,
+        invite_link: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET wa_group_id = ?2, invite_link = ?3, state = ?4 WHERE id = ?1",
+            params![key.0, group.as_str(), invite_link, GroupState::Active.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn set_group_state(&self, key: GroupKey, state: GroupState) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE groups SET state = ?2 WHERE id = ?1",
+            params![key.0, state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn rename_group(&self, key: GroupKey, name: &str) -> Result<(), StoreError> {
+        self.conn()?.execute("UPDATE groups SET name = ?2 WHERE id = ?1", params![key.0, name])?;
+        Ok(())
+    }
+
+    fn advisors(&self, key: GroupKey) -> Result<Vec<(UserId, bool)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT user_id, owner FROM group_advisors WHERE group_id = ?1 ORDER BY rowid",
+        )?;
+        let rows =
+            stmt.query_map([key.0], |r| Ok((UserId(r.get(0)?), r.get::<_, i64>(1)? != 0)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_advisor(
+        &self,
+        key: GroupKey,
+        user: UserId,
+        owner: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        match owner {
+            Some(owner) => conn.execute(
+                "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (group_id, user_id) DO UPDATE SET owner = excluded.owner",
+                params![key.0, user.0, owner],
+            )?,
+            None => conn.execute(
+                "DELETE FROM group_advisors WHERE group_id = ?1 AND user_id = ?2",
+                params![key.0, user.0],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn contacts(&self, key: GroupKey) -> Result<Vec<ContactRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.phone, c.state, EXISTS (SELECT 1 FROM bars b WHERE b.group_id = c.group_id AND b.phone = c.phone)
+             FROM group_contacts c WHERE c.group_id = ?1 ORDER BY c.rowid",
+        )?;
+        let rows = stmt.query_map([key.0], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (phone, state, barred) = row?;
+            let (Ok(phone), Some(state)) = (E164::parse(&phone), parse_contact_state(&state))
+            else {
+                tracing::warn!(group = key.0, "skipping an unreadable contact row");
+                continue;
+            };
+            out.push(ContactRecord { phone, state, barred });
+        }
+        Ok(out)
+    }
+
+    fn set_contact_state(
+        &self,
+        key: GroupKey,
+        phone: &E164,
+        state: ContactState,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (group_id, phone) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            params![key.0, phone.as_str(), contact_state_str(state), now],
+        )?;
+        if state == ContactState::Removed {
+            tx.execute(
+                "INSERT OR IGNORE INTO bars (group_id, phone, barred_at) VALUES (?1, ?2, ?3)",
+                params![key.0, phone.as_str(), now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_contact_bsuid(
+        &self,
+        key: GroupKey,
+        phone: &E164,
+        bsuid: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE group_contacts SET bsuid = ?3 WHERE group_id = ?1 AND phone = ?2",
+            params![key.0, phone.as_str(), bsuid],
+        )?;
+        Ok(())
+    }
+
+    fn groups_awaiting_webhook(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<Vec<GroupRecord>, StoreError> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM groups WHERE state = 'awaitingGroup' AND created_at <= ?1 ORDER BY id"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map([now_ms() - age.as_millis() as i64], group_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn queue_effects(&self, effects: &[(String, serde_json::Value)]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        queue_effects(&tx, effects, now_ms())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
+        let column = if room { "room_attempted" } else { "wa_attempted" };
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let before: i64 =
+            tx.query_row(&format!("SELECT {column} FROM groups WHERE id = ?1"), [key.0], |r| {
+                r.get(0)
+            })?;
+        tx.execute(&format!("UPDATE groups SET {column} = 1 WHERE id = ?1"), [key.0])?;
+        tx.commit()?;
+        Ok(before != 0)
+    }
+
+    fn groups_awaiting_request(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn()?.query_row(
+            "SELECT COUNT(*) FROM groups WHERE kind = 'native' AND state = 'creating' AND create_request_id IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError> {
+        let found = self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM bars WHERE group_id = ?1 AND phone = ?2",
+                params![key.0, phone.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+}
+
+/// Inserts effects into the outbox inside a caller's transaction.
+fn queue_effects(
+    tx: &rusqlite::Transaction<'_>,
+    effects: &[(String, serde_json::Value)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for (key, effect) in effects {
+        tx.execute(
+            "INSERT INTO outbox (order_key, effect, next_at, created_at) VALUES (?1, ?2, ?3, ?3)",
+            params![key, serde_json::to_string(effect)?, now],
+        )?;
+    }
+    Ok(())
+}
+
+/// A side effect waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub order_key: String,
+    pub effect: serde_json::Value,
+    /// Attempts made so far.
+    pub attempts: u32,
 }
 
 /// A group's row id in the store.
@@ -498,270 +882,6 @@ fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GroupRecord> {
     })
 }
 
-impl Store {
-    /// Records a new group with its advisors (the creator an owner) and invited contacts.
-    pub fn create_group(
-        &self,
-        name: &str,
-        kind: GroupKind,
-        creator: UserId,
-        advisors: &[UserId],
-        contacts: &[E164],
-    ) -> Result<GroupKey, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO groups (name, kind, state, creator, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, kind_str(kind), GroupState::Creating.as_str(), creator.0, now],
-        )?;
-        let key = GroupKey(tx.last_insert_rowid());
-        tx.execute(
-            "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 1)",
-            params![key.0, creator.0],
-        )?;
-        for a in advisors.iter().filter(|a| **a != creator) {
-            tx.execute(
-                "INSERT OR IGNORE INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, 0)",
-                params![key.0, a.0],
-            )?;
-        }
-        for c in contacts {
-            tx.execute(
-                "INSERT OR IGNORE INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, 'invited', ?3)",
-                params![key.0, c.as_str(), now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(key)
-    }
-
-    fn group_where(
-        &self,
-        clause: &str,
-        value: &dyn rusqlite::ToSql,
-    ) -> Result<Option<GroupRecord>, StoreError> {
-        let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE {clause} = ?1");
-        Ok(self.conn()?.query_row(&sql, [value], group_row).optional()?)
-    }
-
-    pub fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError> {
-        self.group_where("id", &key.0)
-    }
-
-    pub fn group_by_stream(&self, stream: &StreamId) -> Result<Option<GroupRecord>, StoreError> {
-        self.group_where("stream_id", &stream.as_str())
-    }
-
-    pub fn group_by_wa(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError> {
-        self.group_where("wa_group_id", &group.as_str())
-    }
-
-    pub fn group_by_request(&self, request_id: &str) -> Result<Option<GroupRecord>, StoreError> {
-        self.group_where("create_request_id", &request_id)
-    }
-
-    /// The Symphony room of a group is known.
-    pub fn set_group_stream(&self, key: GroupKey, stream: &StreamId) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE groups SET stream_id = ?2 WHERE id = ?1",
-            params![key.0, stream.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// The WhatsApp create call was made: wait for its `group_create` webhook.
-    pub fn set_group_request(&self, key: GroupKey, request_id: &str) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE groups SET create_request_id = ?2, state = ?3 WHERE id = ?1",
-            params![key.0, request_id, GroupState::AwaitingGroup.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// The WhatsApp group exists: its id and invite link are known.
-    pub fn set_group_created(
-        &self,
-        key: GroupKey,
-        group: &GroupId,
-        invite_link: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE groups SET wa_group_id = ?2, invite_link = ?3, state = ?4 WHERE id = ?1",
-            params![key.0, group.as_str(), invite_link, GroupState::Active.as_str()],
-        )?;
-        Ok(())
-    }
-
-    pub fn set_group_state(&self, key: GroupKey, state: GroupState) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE groups SET state = ?2 WHERE id = ?1",
-            params![key.0, state.as_str()],
-        )?;
-        Ok(())
-    }
-
-    pub fn rename_group(&self, key: GroupKey, name: &str) -> Result<(), StoreError> {
-        self.conn()?.execute("UPDATE groups SET name = ?2 WHERE id = ?1", params![key.0, name])?;
-        Ok(())
-    }
-
-    /// Advisors and their owner flags, as last recorded.
-    pub fn advisors(&self, key: GroupKey) -> Result<Vec<(UserId, bool)>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT user_id, owner FROM group_advisors WHERE group_id = ?1 ORDER BY rowid",
-        )?;
-        let rows =
-            stmt.query_map([key.0], |r| Ok((UserId(r.get(0)?), r.get::<_, i64>(1)? != 0)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Records an advisor's presence and owner flag; `None` removes them.
-    pub fn set_advisor(
-        &self,
-        key: GroupKey,
-        user: UserId,
-        owner: Option<bool>,
-    ) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        match owner {
-            Some(owner) => conn.execute(
-                "INSERT INTO group_advisors (group_id, user_id, owner) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (group_id, user_id) DO UPDATE SET owner = excluded.owner",
-                params![key.0, user.0, owner],
-            )?,
-            None => conn.execute(
-                "DELETE FROM group_advisors WHERE group_id = ?1 AND user_id = ?2",
-                params![key.0, user.0],
-            )?,
-        };
-        Ok(())
-    }
-
-    /// Contacts with their state and bar flag.
-    pub fn contacts(&self, key: GroupKey) -> Result<Vec<ContactRecord>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT c.phone, c.state, EXISTS (SELECT 1 FROM bars b WHERE b.group_id = c.group_id AND b.phone = c.phone)
-             FROM group_contacts c WHERE c.group_id = ?1 ORDER BY c.rowid",
-        )?;
-        let rows = stmt.query_map([key.0], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (phone, state, barred) = row?;
-            let (Ok(phone), Some(state)) = (E164::parse(&phone), parse_contact_state(&state))
-            else {
-                tracing::warn!(group = key.0, "skipping an unreadable contact row");
-                continue;
-            };
-            out.push(ContactRecord { phone, state, barred });
-        }
-        Ok(out)
-    }
-
-    /// Sets (or adds) a contact's state. Removing bars them, in the same transaction.
-    pub fn set_contact_state(
-        &self,
-        key: GroupKey,
-        phone: &E164,
-        state: ContactState,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (group_id, phone) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            params![key.0, phone.as_str(), contact_state_str(state), now],
-        )?;
-        if state == ContactState::Removed {
-            tx.execute(
-                "INSERT OR IGNORE INTO bars (group_id, phone, barred_at) VALUES (?1, ?2, ?3)",
-                params![key.0, phone.as_str(), now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Keeps a contact's business-scoped user id once a webhook showed it.
-    pub fn set_contact_bsuid(
-        &self,
-        key: GroupKey,
-        phone: &E164,
-        bsuid: &str,
-    ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE group_contacts SET bsuid = ?3 WHERE group_id = ?1 AND phone = ?2",
-            params![key.0, phone.as_str(), bsuid],
-        )?;
-        Ok(())
-    }
-
-    /// Groups still waiting for their `group_create` webhook, created longer than `age` ago.
-    pub fn groups_awaiting_webhook(
-        &self,
-        age: std::time::Duration,
-    ) -> Result<Vec<GroupRecord>, StoreError> {
-        let conn = self.conn()?;
-        let sql = format!(
-            "SELECT {GROUP_COLUMNS} FROM groups WHERE state = 'awaitingGroup' AND created_at <= ?1 ORDER BY id"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([now_ms() - age.as_millis() as i64], group_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Queues effects not caused by an inbound event (the reconciler's).
-    pub fn queue_effects(&self, effects: &[(String, serde_json::Value)]) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        queue_effects(&tx, effects, now_ms())?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records that the room (`room = true`) or WhatsApp group of a group is about to be asked
-    /// for; returns whether an earlier attempt was already made.
-    pub fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
-        let column = if room { "room_attempted" } else { "wa_attempted" };
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let before: i64 =
-            tx.query_row(&format!("SELECT {column} FROM groups WHERE id = ?1"), [key.0], |r| {
-                r.get(0)
-            })?;
-        tx.execute(&format!("UPDATE groups SET {column} = 1 WHERE id = ?1"), [key.0])?;
-        tx.commit()?;
-        Ok(before != 0)
-    }
-
-    /// Native groups whose WhatsApp create call has not been recorded yet.
-    pub fn groups_awaiting_request(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn()?.query_row(
-            "SELECT COUNT(*) FROM groups WHERE kind = 'native' AND state = 'creating' AND create_request_id IS NULL",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
-    pub fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError> {
-        let found = self
-            .conn()?
-            .query_row(
-                "SELECT 1 FROM bars WHERE group_id = ?1 AND phone = ?2",
-                params![key.0, phone.as_str()],
-                |_| Ok(()),
-            )
-            .optional()?;
-        Ok(found.is_some())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,7 +889,7 @@ mod tests {
 
     #[test]
     fn duplicate_inbound_events_are_stored_once_and_processed_once() {
-        let store = Store::open_in_memory().expect("store");
+        let store = SqliteStore::open_in_memory().expect("store");
         assert!(store.enqueue_inbound(Source::WhatsApp, "k1", &json!({"a": 1})).expect("insert"));
         assert!(!store.enqueue_inbound(Source::WhatsApp, "k1", &json!({"a": 2})).expect("dup"));
         assert!(
@@ -785,7 +905,7 @@ mod tests {
 
     #[test]
     fn effects_are_queued_with_the_processed_mark_and_run_in_order_per_key() {
-        let store = Store::open_in_memory().expect("store");
+        let store = SqliteStore::open_in_memory().expect("store");
         assert!(store.enqueue_inbound(Source::Symphony, "e1", &json!(1)).expect("insert"));
         let id = store.pending_inbound(1).expect("pending")[0].id;
         let effects = vec![
@@ -831,7 +951,7 @@ mod tests {
 
     #[test]
     fn groups_contacts_and_the_bar_list() {
-        let store = Store::open_in_memory().expect("store");
+        let store = SqliteStore::open_in_memory().expect("store");
         let n = |s: &str| E164::parse(s).expect("valid");
         let (jane, john) = (n("+447911123456"), n("+447911123457"));
         let key = store
@@ -899,14 +1019,14 @@ mod tests {
     fn a_newer_schema_is_refused_and_a_reopen_keeps_data() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("nested/dir/bot.db");
-        let store = Store::open(&path).expect("open creates dirs");
+        let store = SqliteStore::open(&path).expect("open creates dirs");
         store.enqueue_inbound(Source::Symphony, "e1", &json!(1)).expect("insert");
         drop(store);
-        let again = Store::open(&path).expect("reopen");
+        let again = SqliteStore::open(&path).expect("reopen");
         assert_eq!(again.count_inbound(Source::Symphony).expect("count"), 1);
         again.conn().expect("conn").pragma_update(None, "user_version", 99).expect("bump");
         drop(again);
-        let err = Store::open(&path).expect_err("newer schema");
+        let err = SqliteStore::open(&path).expect_err("newer schema");
         assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
     }
 
@@ -916,7 +1036,7 @@ mod tests {
         let path = dir.path().join("bot.db");
         std::fs::write(&path, b"this is not a sqlite database at all, not even close......")
             .expect("write");
-        let err = Store::open(&path).expect_err("corrupt");
+        let err = SqliteStore::open(&path).expect_err("corrupt");
         assert!(err.to_string().contains("bot.db"), "{err}");
     }
 }
