@@ -279,6 +279,12 @@ async fn owners_manage_the_group_by_command_or_natively_with_one_notice_each() {
         t.starts_with("Nothing was added") && t.contains("can never join")
     })
     .await;
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa invite +{JANE}</messageML>"))
+        .expect("post");
+    wait_for_message(&pod, &sid, BOT, |t| {
+        t.starts_with("No invitation was sent") && t.contains("can never join")
+    })
+    .await;
 
     // John leaves on WhatsApp: the room is told.
     let left = reqwest::Client::new()
@@ -659,5 +665,31 @@ async fn lost_answers_to_create_calls_never_make_a_second_room_or_group() {
         members,
         Some(serde_json::json!([{"userId": BOT, "owner": true}, {"userId": ALICE, "owner": true}]))
     );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_native_groups_turned_off_only_standard_groups_are_made() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = crate::support::start_bot_with_whatsapp_config(
+        &pod,
+        &sim,
+        dir.path(),
+        "\"*\"",
+        wa_groups_bot::app::BotTimings::default(),
+        "features: {nativeGroups: false}\n",
+    )
+    .await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Plain\" +{JANE}</messageML>"))
+        .expect("post");
+    let reply = wait_for_message(&pod, &im, BOT, |t| t.starts_with("Creating Plain")).await;
+    assert!(reply.text.contains("native WhatsApp groups are turned off here"), "{}", reply.text);
+    let room = room_named(&pod, "Plain").await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("standard WhatsApp group")).await;
+    assert!(sim.groups().is_empty());
     bot.stop().await;
 }

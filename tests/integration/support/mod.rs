@@ -221,6 +221,18 @@ pub async fn start_bot_with_whatsapp_timed(
     advisors: &str,
     timings: wa_groups_bot::app::BotTimings,
 ) -> Bot {
+    start_bot_with_whatsapp_config(pod, sim, dir, advisors, timings, "").await
+}
+
+/// [`start_bot_with_whatsapp_timed`] with more configuration (`extra` YAML appended).
+pub async fn start_bot_with_whatsapp_config(
+    pod: &MockPod,
+    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    dir: &std::path::Path,
+    advisors: &str,
+    timings: wa_groups_bot::app::BotTimings,
+    extra: &str,
+) -> Bot {
     let yaml = format!(
         "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
@@ -229,7 +241,7 @@ pub async fn start_bot_with_whatsapp_timed(
          whatsapp: {{apiBaseUrl: \"{sim}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
            accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:0\", verifyToken: {WA_VERIFY}}}}}\n\
          entitlements: {{advisors: [{advisors}]}}\n\
-         store: {{path: {store}}}\n",
+         store: {{path: {store}}}\n{extra}",
         port = pod.addr().port(),
         key = fixture("keys/bot-pkcs8.pem").display(),
         sim = sim.url(),
