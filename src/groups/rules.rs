@@ -70,6 +70,31 @@ pub enum ContactState {
     Removed,
 }
 
+impl ContactState {
+    pub const ALL: [ContactState; 5] = [
+        ContactState::Invited,
+        ContactState::Requested,
+        ContactState::Joined,
+        ContactState::Left,
+        ContactState::Removed,
+    ];
+
+    /// The lowercase name (`invited`, `joined`, …), as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactState::Invited => "invited",
+            ContactState::Requested => "requested",
+            ContactState::Joined => "joined",
+            ContactState::Left => "left",
+            ContactState::Removed => "removed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
 /// A contact of a group as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRecord {

@@ -399,7 +399,7 @@ impl GroupService {
                 let all: Vec<String> = advisors.iter().map(|(u, _)| u.to_string()).collect();
                 let contacts: Vec<_> = contacts
                     .iter()
-                    .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { contact_state_name(c.state) }}))
+                    .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
                     .collect();
                 let created = chrono_free_date(group.created_at);
                 let kind = match group.kind {
@@ -639,16 +639,6 @@ impl GroupService {
             }
         }
         Ok(effects)
-    }
-}
-
-fn contact_state_name(state: ContactState) -> &'static str {
-    match state {
-        ContactState::Invited => "invited",
-        ContactState::Requested => "requested",
-        ContactState::Joined => "joined",
-        ContactState::Left => "left",
-        ContactState::Removed => "removed",
     }
 }
 

@@ -642,7 +642,7 @@ impl StateStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (phone, state, barred) = row?;
-            let (Ok(phone), Some(state)) = (E164::parse(&phone), parse_contact_state(&state))
+            let (Ok(phone), Some(state)) = (E164::parse(&phone), ContactState::parse(&state))
             else {
                 tracing::warn!(group = key.0, "skipping an unreadable contact row");
                 continue;
@@ -664,7 +664,7 @@ impl StateStore for SqliteStore {
         tx.execute(
             "INSERT INTO group_contacts (group_id, phone, state, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (group_id, phone) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            params![key.0, phone.as_str(), contact_state_str(state), now],
+            params![key.0, phone.as_str(), state.as_str(), now],
         )?;
         if state == ContactState::Removed {
             tx.execute(
@@ -813,28 +813,6 @@ fn kind_str(kind: GroupKind) -> &'static str {
         GroupKind::Native => "native",
         GroupKind::Standard => "standard",
     }
-}
-
-fn contact_state_str(state: ContactState) -> &'static str {
-    match state {
-        ContactState::Invited => "invited",
-        ContactState::Requested => "requested",
-        ContactState::Joined => "joined",
-        ContactState::Left => "left",
-        ContactState::Removed => "removed",
-    }
-}
-
-fn parse_contact_state(raw: &str) -> Option<ContactState> {
-    [
-        ContactState::Invited,
-        ContactState::Requested,
-        ContactState::Joined,
-        ContactState::Left,
-        ContactState::Removed,
-    ]
-    .into_iter()
-    .find(|s| contact_state_str(*s) == raw)
 }
 
 /// A group as stored.
