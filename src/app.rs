@@ -707,9 +707,13 @@ pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Res
          curl -s -XPOST {url}/_sandbox/streams/{im}/messages -H 'content-type: application/json' \\\n    \
          -d '{{\"as\": {}, \"messageML\": \"<messageML>/wa help</messageML>\"}}'\n  \
          curl -s {url}/_sandbox/streams/{im}/messages\n\n\
-         A WhatsApp contact writes to the business (the bot stores the signed webhook and logs it):\n\n  \
-         curl -s -XPOST {sim_url}/_sandbox/wa/phones/447911123456/messages -H 'content-type: application/json' \\\n    \
-         -d '{{\"to\": \"business\", \"text\": \"Hello from WhatsApp\"}}'\n\nCtrl-C stops everything.\n",
+         Alice creates a WhatsApp group with Bob and a contact, who then sees the invitation:\n\n  \
+         curl -s -XPOST {url}/_sandbox/streams/{im}/messages -H 'content-type: application/json' \\\n    \
+         -d '{{\"as\": {}, \"messageML\": \"<messageML>/wa create \\\"Deal team\\\" <mention uid=\\\"10003\\\"/> +447911123456</messageML>\"}}'\n  \
+         curl -s {sim_url}/_sandbox/wa/phones/447911123456/inbox\n\n\
+         The contact taps the link from the invitation (the bot approves only invited contacts):\n\n  \
+         curl -s -XPOST {sim_url}/_sandbox/wa/phones/447911123456/tap -H 'content-type: application/json' -d '{{\"link\": \"<the link>\"}}'\n\n\
+         Ctrl-C stops everything.\n",
         SANDBOX_BOT.1,
         SANDBOX_BOT.0,
         opts.data_dir.display(),
@@ -718,6 +722,7 @@ pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Res
             .map(|(id, _, name)| format!("{name} ({id})"))
             .collect::<Vec<_>>()
             .join(", "),
+        alice.0,
         alice.0,
     );
     bot.wait().await;
