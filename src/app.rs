@@ -18,6 +18,7 @@ use crate::events::WhatsAppEvent;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::UserId;
 use crate::groups::service::{GroupService, GroupSettings, Manage, Requester};
+use crate::relay::{RelayService, WaInbound};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{InboundRow, Source, Store, StoreError};
@@ -187,7 +188,9 @@ impl Bot {
             };
             tracker.spawn(reconciler.run(cancel.clone()));
         }
+        let relay = Arc::new(RelayService { store: store.clone(), templates: templates.clone() });
         let executor = EffectExecutor {
+            relay: relay.clone(),
             store: store.clone(),
             symphony: symphony.clone(),
             whatsapp,
@@ -198,6 +201,7 @@ impl Bot {
         let dispatcher = Dispatcher {
             waiting: Default::default(),
             store: store.clone(),
+            relay,
             templates,
             groups,
             symphony: symphony.clone(),
@@ -330,6 +334,7 @@ struct Dispatcher {
     /// When each event first could not be decided yet ("not yet"): given up after a minute.
     waiting: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
     store: Store,
+    relay: Arc<RelayService>,
     templates: Arc<Templates>,
     groups: Arc<GroupService>,
     /// Live reads only (a room's owners before a management command); actions go through effects.
@@ -456,6 +461,13 @@ impl Dispatcher {
             WhatsAppEvent::ParticipantsRemoved { group_id, initiated_by, removed, .. } => {
                 g.on_participants_removed(group_id, initiated_by.as_deref(), removed)?
             }
+            WhatsAppEvent::Message { .. } => match WaInbound::from_event(&event) {
+                Some(m) => self.relay.from_whatsapp(m)?,
+                None => Vec::new(),
+            },
+            WhatsAppEvent::Status { message_id, status, participant, errors, .. } => {
+                self.relay.on_status(message_id, status, participant.as_ref(), errors, false)?
+            }
             _ => Vec::new(),
         })
     }
@@ -510,7 +522,7 @@ impl Dispatcher {
             Ok(vec![Effect::PostMessage { stream: message.stream.clone(), message_ml: ml }])
         };
         let manage = match commands::parse(&segments, self.bot_user) {
-            Ok(None) => return Ok(Vec::new()),
+            Ok(None) => return Ok(self.relay.from_room(&message)?),
             Ok(Some(Command::Help)) => return reply(self.templates.help()?),
             Ok(Some(Command::CreateForm)) => {
                 return reply(self.templates.usage(

@@ -128,6 +128,7 @@ struct RawWebhook {
 struct RawWaTemplates {
     invitation: Option<RawTemplateRef>,
     notice: Option<RawTemplateRef>,
+    message: Option<RawTemplateRef>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -297,6 +298,9 @@ impl std::fmt::Debug for WebhookConfig {
 pub struct WaTemplatesConfig {
     pub invitation: TemplateRef,
     pub notice: TemplateRef,
+    /// Carries a relayed chat message when the chat's 24-hour window is closed
+    /// (defaults to the notice template).
+    pub message: TemplateRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,7 +597,13 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             wa.templates.invitation,
             "group_invite_link",
         ),
-        notice: template_ref(&mut problems, "notice", wa.templates.notice, "group_update"),
+        notice: template_ref(&mut problems, "notice", wa.templates.notice.clone(), "group_update"),
+        message: template_ref(
+            &mut problems,
+            "message",
+            wa.templates.message.or(wa.templates.notice),
+            "group_update",
+        ),
     };
     let advisors = raw.entitlements.advisors.unwrap_or_else(|| vec!["*".into()]);
     if advisors.iter().any(|a| a.trim().is_empty()) {

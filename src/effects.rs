@@ -89,6 +89,33 @@ pub enum Effect {
     DeleteWaGroup {
         group: GroupId,
     },
+    /// A chat message relayed to WhatsApp (a group, or one contact of a standard group): free
+    /// text while that chat's 24-hour window is open, else the `message` template carrying it.
+    /// Recorded in the message map once sent, so replies and failures find their way back.
+    RelayToWhatsApp {
+        group: i64,
+        to: Recipient,
+        text: String,
+        /// The Symphony message it comes from.
+        symphony_message: Option<String>,
+        author: String,
+        excerpt: String,
+        /// Straight to the template (the free-text attempt failed with a closed window).
+        template_only: bool,
+    },
+    /// A failed-delivery status that came before its message was recorded as sent (the webhook
+    /// outran the send's response): looked at again shortly, through the outbox's retries.
+    CheckStatus {
+        message_id: String,
+        recipient: Option<crate::events::whatsapp::WaUser>,
+        errors: Vec<crate::events::whatsapp::WaError>,
+    },
+    /// A WhatsApp message posted in the room; the post's id is recorded against it.
+    PostRelayed {
+        stream: StreamId,
+        message_ml: String,
+        wa_message: String,
+    },
 }
 
 impl Effect {
@@ -96,6 +123,7 @@ impl Effect {
     pub fn order_key(&self) -> String {
         match self {
             Effect::PostMessage { stream, .. }
+            | Effect::PostRelayed { stream, .. }
             | Effect::AddMember { stream, .. }
             | Effect::PromoteOwner { stream, .. }
             | Effect::RenameRoom { stream, .. }
@@ -105,6 +133,9 @@ impl Effect {
             | Effect::CreateWaGroup { group }
             | Effect::RefreshDescription { group } => format!("group:{group}"),
             Effect::SendWaTemplate { order, .. } => format!("wa:{order}"),
+            Effect::RelayToWhatsApp { to: Recipient::Group(group), .. } => format!("wa:{group}"),
+            Effect::RelayToWhatsApp { to: Recipient::Phone(phone), .. } => format!("wa:{phone}"),
+            Effect::CheckStatus { message_id, .. } => format!("status:{message_id}"),
             Effect::ApproveJoin { group, .. }
             | Effect::RejectJoin { group, .. }
             | Effect::ResetInviteLink { group }
@@ -139,6 +170,8 @@ pub struct EffectExecutor {
     pub whatsapp: Option<WhatsAppClient>,
     /// Decides what follows a created room.
     pub groups: Arc<GroupService>,
+    /// Decides what follows a failed delivery.
+    pub relay: Arc<crate::relay::RelayService>,
     /// Attempts and backoff (the `retry` config).
     pub retry: RetryConfig,
 }
@@ -259,7 +292,17 @@ impl EffectExecutor {
     /// A room message about an effect given up, when there is a room to tell.
     fn failure_report(&self, effect: &Effect, reason: &str) -> Option<Effect> {
         let (what, stream) = match effect {
-            Effect::PostMessage { .. } => return None,
+            Effect::PostMessage { .. } | Effect::PostRelayed { .. } => return None,
+            Effect::CheckStatus { .. } => return None, // not ours after all: nothing to say
+            Effect::RelayToWhatsApp { group, to, author, excerpt, .. } => {
+                let who = match to {
+                    Recipient::Phone(p) => p.as_str().to_owned(),
+                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
+                };
+                let stream =
+                    self.store.group(GroupKey(*group)).ok().flatten().and_then(|g| g.stream);
+                (format!("relay {author}'s message \"{excerpt}\" to {who}"), stream)
+            }
             Effect::CreateRoom { .. } => return None,
             Effect::AddMember { stream, user } => {
                 (format!("add user {user} to the room"), Some(stream.clone()))
@@ -483,6 +526,67 @@ impl EffectExecutor {
             }
             Effect::DeleteWaGroup { group } => {
                 self.whatsapp()?.delete_group(group).await?;
+                Ok(Vec::new())
+            }
+            Effect::RelayToWhatsApp {
+                group,
+                to,
+                text,
+                symphony_message,
+                author,
+                excerpt,
+                template_only,
+            } => {
+                let wa = self.whatsapp()?;
+                let chat = match to {
+                    Recipient::Group(g) => g.as_str().to_owned(),
+                    Recipient::Phone(p) => p.as_str().to_owned(),
+                };
+                let open = !template_only
+                    && self
+                        .store
+                        .last_inbound(&chat)?
+                        .is_some_and(|at| crate::relay::window_open(at, crate::relay::now_ms()));
+                let sent = if open {
+                    match wa.send_text(to, text).await {
+                        Ok(id) => Some((id, "text")),
+                        // Our clock said open, WhatsApp says closed: the template it is.
+                        Err(e) if e.is_window_closed() => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    None
+                };
+                let (id, kind) = match sent {
+                    Some(sent) => sent,
+                    None => {
+                        let t = &self.groups.settings.wa_templates.message;
+                        let param = TemplateParam::Text(crate::relay::template_text(text));
+                        (wa.send_template(to, &t.name, &t.language, &[param]).await?, "template")
+                    }
+                };
+                self.store.record_wa_message(&crate::store::WaMessageRecord {
+                    wa_message_id: id,
+                    group: GroupKey(*group),
+                    inbound: false,
+                    phone: match to {
+                        Recipient::Phone(p) => Some(p.clone()),
+                        Recipient::Group(_) => None,
+                    },
+                    symphony_message_id: symphony_message.clone(),
+                    author: author.clone(),
+                    excerpt: excerpt.clone(),
+                    kind: kind.to_owned(),
+                    body: Some(text.clone()),
+                })?;
+                Ok(Vec::new())
+            }
+            Effect::CheckStatus { message_id, recipient, errors } => {
+                Ok(self.relay.on_status(message_id, "failed", recipient.as_ref(), errors, true)?)
+            }
+            Effect::PostRelayed { stream, message_ml, wa_message } => {
+                let sent = self.symphony.send_message(stream, message_ml, None).await?;
+                self.store.set_wa_message_symphony(wa_message, &sent.message_id)?;
                 Ok(Vec::new())
             }
             Effect::ResetInviteLink { group } => {

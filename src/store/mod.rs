@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_outbox.sql"),
     include_str!("migrations/0003_groups.sql"),
     include_str!("migrations/0004_attempts.sql"),
+    include_str!("migrations/0005_relay.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +191,27 @@ pub trait StateStore: Send + Sync {
     /// Native groups whose WhatsApp create call has not been recorded yet.
     fn groups_awaiting_request(&self) -> Result<u64, StoreError>;
     fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError>;
+
+    // ----- the chat relay -----
+    /// Records a WhatsApp message sent or received (a second record of the same id is ignored).
+    fn record_wa_message(&self, message: &WaMessageRecord) -> Result<(), StoreError>;
+    fn wa_message(&self, wa_message_id: &str) -> Result<Option<WaMessageRecord>, StoreError>;
+    /// The Symphony message that carries a received WhatsApp message, once posted.
+    fn set_wa_message_symphony(
+        &self,
+        wa_message_id: &str,
+        symphony_message_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Marks a sent message as resent through the template; false if it already was.
+    fn claim_template_fallback(&self, wa_message_id: &str) -> Result<bool, StoreError>;
+    /// The group whose room last sent a 1:1 message to this contact.
+    fn last_group_messaging(&self, phone: &E164) -> Result<Option<GroupKey>, StoreError>;
+    /// Groups where this phone is a contact (not removed), most recently changed first.
+    fn groups_of_contact(&self, phone: &E164) -> Result<Vec<GroupKey>, StoreError>;
+    /// A contact wrote in `chat` (a group id or a phone) at `at_ms`.
+    fn open_window(&self, chat: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// When a contact last wrote in `chat`, if ever.
+    fn last_inbound(&self, chat: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// A shared handle on the store (cheap to clone).
@@ -743,6 +765,133 @@ impl StateStore for SqliteStore {
             .optional()?;
         Ok(found.is_some())
     }
+
+    fn record_wa_message(&self, m: &WaMessageRecord) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT OR IGNORE INTO wa_messages (wa_message_id, group_id, direction, phone, symphony_message_id, author, excerpt, kind, body, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                m.wa_message_id,
+                m.group.0,
+                if m.inbound { "in" } else { "out" },
+                m.phone.as_ref().map(E164::as_str),
+                m.symphony_message_id,
+                m.author,
+                m.excerpt,
+                m.kind,
+                m.body,
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn wa_message(&self, wa_message_id: &str) -> Result<Option<WaMessageRecord>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .query_row(
+                "SELECT wa_message_id, group_id, direction, phone, symphony_message_id, author, excerpt, kind, body
+                 FROM wa_messages WHERE wa_message_id = ?1",
+                [wa_message_id],
+                |r| {
+                    Ok(WaMessageRecord {
+                        wa_message_id: r.get(0)?,
+                        group: GroupKey(r.get(1)?),
+                        inbound: r.get::<_, String>(2)? == "in",
+                        phone: r.get::<_, Option<String>>(3)?.and_then(|p| E164::parse(&p).ok()),
+                        symphony_message_id: r.get(4)?,
+                        author: r.get(5)?,
+                        excerpt: r.get(6)?,
+                        kind: r.get(7)?,
+                        body: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    fn set_wa_message_symphony(
+        &self,
+        wa_message_id: &str,
+        symphony_message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE wa_messages SET symphony_message_id = ?2 WHERE wa_message_id = ?1",
+            params![wa_message_id, symphony_message_id],
+        )?;
+        Ok(())
+    }
+
+    fn claim_template_fallback(&self, wa_message_id: &str) -> Result<bool, StoreError> {
+        let changed = self.conn()?.execute(
+            "UPDATE wa_messages SET fallback_sent = 1 WHERE wa_message_id = ?1 AND fallback_sent = 0",
+            [wa_message_id],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn last_group_messaging(&self, phone: &E164) -> Result<Option<GroupKey>, StoreError> {
+        let found = self
+            .conn()?
+            .query_row(
+                "SELECT group_id FROM wa_messages WHERE phone = ?1 AND direction = 'out'
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [phone.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.map(GroupKey))
+    }
+
+    fn groups_of_contact(&self, phone: &E164) -> Result<Vec<GroupKey>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT c.group_id FROM group_contacts c JOIN groups g ON g.id = c.group_id
+             WHERE c.phone = ?1 AND c.state <> 'removed' AND g.state = 'active'
+             ORDER BY c.updated_at DESC, c.group_id DESC",
+        )?;
+        let rows = stmt.query_map([phone.as_str()], |r| r.get(0).map(GroupKey))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn open_window(&self, chat: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO wa_windows (chat, last_inbound_at) VALUES (?1, ?2)
+             ON CONFLICT (chat) DO UPDATE SET last_inbound_at = MAX(last_inbound_at, excluded.last_inbound_at)",
+            params![chat, at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn last_inbound(&self, chat: &str) -> Result<Option<i64>, StoreError> {
+        let found = self
+            .conn()?
+            .query_row("SELECT last_inbound_at FROM wa_windows WHERE chat = ?1", [chat], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(found)
+    }
+}
+
+/// A WhatsApp message the bot relayed (`inbound == false`) or received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaMessageRecord {
+    pub wa_message_id: String,
+    pub group: GroupKey,
+    pub inbound: bool,
+    /// The contact: the recipient of a 1:1 message, the sender of a received one.
+    pub phone: Option<E164>,
+    pub symphony_message_id: Option<String>,
+    /// Who wrote it, as shown to people.
+    pub author: String,
+    /// The start of its text.
+    pub excerpt: String,
+    /// `text`, `template` or `media` (received: WhatsApp's message type).
+    pub kind: String,
+    /// What was sent (outbound), to resend it as a template if the window turns out closed.
+    pub body: Option<String>,
 }
 
 /// Inserts effects into the outbox inside a caller's transaction.

@@ -13,6 +13,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/contact_left", include_str!("../../templates/symphony/contact_left.hbs")),
     ("symphony/contact_removed", include_str!("../../templates/symphony/contact_removed.hbs")),
     ("symphony/contacts_invited", include_str!("../../templates/symphony/contacts_invited.hbs")),
+    ("symphony/delivery_failed", include_str!("../../templates/symphony/delivery_failed.hbs")),
     ("symphony/create_started", include_str!("../../templates/symphony/create_started.hbs")),
     ("symphony/effect_failed", include_str!("../../templates/symphony/effect_failed.hbs")),
     ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
@@ -20,6 +21,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
     ("symphony/info", include_str!("../../templates/symphony/info.hbs")),
     ("symphony/join_rejected", include_str!("../../templates/symphony/join_rejected.hbs")),
+    ("symphony/not_relayed", include_str!("../../templates/symphony/not_relayed.hbs")),
+    ("symphony/relayed", include_str!("../../templates/symphony/relayed.hbs")),
     ("symphony/refused", include_str!("../../templates/symphony/refused.hbs")),
     ("symphony/standard_ready", include_str!("../../templates/symphony/standard_ready.hbs")),
     ("symphony/usage", include_str!("../../templates/symphony/usage.hbs")),
@@ -32,6 +35,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("whatsapp/joined", include_str!("../../templates/whatsapp/joined.hbs")),
     ("whatsapp/owner_demoted", include_str!("../../templates/whatsapp/owner_demoted.hbs")),
     ("whatsapp/owner_promoted", include_str!("../../templates/whatsapp/owner_promoted.hbs")),
+    ("whatsapp/relayed", include_str!("../../templates/whatsapp/relayed.hbs")),
     ("whatsapp/renamed", include_str!("../../templates/whatsapp/renamed.hbs")),
 ];
 

@@ -11,11 +11,11 @@ use crate::support::{
     ALICE, BOB, BOT, start_bot_with_whatsapp, start_pod, start_sim, wait_for, wait_for_message,
 };
 
-const JANE: &str = "447911123456";
-const JOHN: &str = "447911123457";
+pub(crate) const JANE: &str = "447911123456";
+pub(crate) const JOHN: &str = "447911123457";
 const EVE: &str = "447911123499";
 
-async fn room_named(pod: &MockPod, name: &str) -> Value {
+pub(crate) async fn room_named(pod: &MockPod, name: &str) -> Value {
     wait_for("the room", Duration::from_secs(10), || {
         let found = pod.streams().into_iter().find(|s| s["type"] == "ROOM" && s["name"] == name);
         async move { found }
@@ -23,7 +23,7 @@ async fn room_named(pod: &MockPod, name: &str) -> Value {
     .await
 }
 
-async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
+pub(crate) async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
     wait_for("the WhatsApp group", Duration::from_secs(10), || {
         let found = sim.groups().into_iter().find(|g| g["subject"] == subject);
         async move { found }
@@ -31,7 +31,7 @@ async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
     .await
 }
 
-async fn inbox_has(sim: &WhatsAppSim, phone: &str, template: &str) -> Value {
+pub(crate) async fn inbox_has(sim: &WhatsAppSim, phone: &str, template: &str) -> Value {
     wait_for("a template in the inbox", Duration::from_secs(10), || {
         let found = sim.inbox(phone).into_iter().find(|m| m["template"]["name"] == template);
         async move { found }
@@ -166,7 +166,7 @@ async fn an_advisor_who_is_not_entitled_is_refused() {
 }
 
 /// Creates "Desk" with Bob and Jane + John, and lets both contacts in. Returns (room, group id).
-async fn group_with_two_contacts(pod: &MockPod, sim: &WhatsAppSim) -> (String, String) {
+pub(crate) async fn group_with_two_contacts(pod: &MockPod, sim: &WhatsAppSim) -> (String, String) {
     let im = pod.create_im(&[ALICE, BOT]).expect("im");
     pod.post_message(
         &im,
@@ -190,7 +190,7 @@ async fn group_with_two_contacts(pod: &MockPod, sim: &WhatsAppSim) -> (String, S
 }
 
 /// The notices the WhatsApp group received (the notice template's text), in order.
-fn notices(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
+pub(crate) fn notices(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
     sim.group(gid)
         .and_then(|g| g["messages"].as_array().cloned())
         .unwrap_or_default()

@@ -7,6 +7,7 @@ mod bdk_interop;
 mod lifecycle;
 mod mock_pod;
 mod pywa_interop;
+mod relay;
 mod sandbox_cli;
 mod symphony_client;
 mod whatsapp;

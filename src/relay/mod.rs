@@ -1,0 +1,124 @@
+//! The chat relay between a Symphony room and its WhatsApp group or contacts.
+
+pub mod format;
+pub mod service;
+
+pub use service::{RelayService, WaInbound};
+
+/// A WhatsApp text message holds at most this many characters; longer ones are split.
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// Template body parameters are shorter (Meta: 1024 characters, no newlines or tabs).
+pub const MAX_TEMPLATE_PARAM_CHARS: usize = 1024;
+/// How much of a message a quote or a report shows.
+pub const EXCERPT_CHARS: usize = 80;
+/// The customer-service window: free text is allowed this long after a contact wrote.
+pub const WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a chat whose contact last wrote at `last_inbound_ms` is still open at `now_ms`.
+pub fn window_open(last_inbound_ms: i64, now_ms: i64) -> bool {
+    now_ms - last_inbound_ms < WINDOW_MS
+}
+
+/// A one-line excerpt of a text, cut on a character boundary.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max_chars {
+        line
+    } else {
+        let cut: String = line.chars().take(max_chars.saturating_sub(1)).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
+/// A relayed text as a template parameter: Meta refuses newlines, tabs and runs of more than
+/// four spaces there, and caps the length.
+pub fn template_text(text: &str) -> String {
+    let flat =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" · ");
+    let flat = flat.replace('\t', " ");
+    let mut out = String::with_capacity(flat.len());
+    let mut spaces = 0;
+    for c in flat.chars() {
+        spaces = if c == ' ' { spaces + 1 } else { 0 };
+        if spaces <= 1 {
+            out.push(c);
+        }
+    }
+    if out.chars().count() > MAX_TEMPLATE_PARAM_CHARS {
+        let cut: String = out.chars().take(MAX_TEMPLATE_PARAM_CHARS - 1).collect();
+        format!("{cut}…")
+    } else {
+        out
+    }
+}
+
+/// Splits a text into parts of at most `max` characters, at a line or word break when one is
+/// near, so that a long message arrives whole, in order.
+pub fn split_text(text: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.chars().count() > max {
+        let limit = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+        let head = &rest[..limit];
+        let cut = head
+            .rfind('\n')
+            .or_else(|| head.rfind(' '))
+            .filter(|&i| i > limit / 2)
+            .map_or(limit, |i| i + 1);
+        parts.push(rest[..cut].trim_end().to_owned());
+        rest = &rest[cut..];
+    }
+    if !rest.trim().is_empty() || parts.is_empty() {
+        parts.push(rest.to_owned());
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_lasts_24_hours() {
+        assert!(window_open(0, WINDOW_MS - 1));
+        assert!(!window_open(0, WINDOW_MS));
+    }
+
+    #[test]
+    fn template_parameters_have_no_newlines_tabs_or_long_space_runs() {
+        assert_eq!(
+            template_text("*Alice*: hello\n\nworld\tand     more"),
+            "*Alice*: hello · world and more"
+        );
+        let long = "x".repeat(5000);
+        let t = template_text(&long);
+        assert_eq!(t.chars().count(), MAX_TEMPLATE_PARAM_CHARS);
+        assert!(t.ends_with('…'));
+    }
+
+    #[test]
+    fn long_texts_are_split_at_breaks_and_nothing_is_lost() {
+        let text = format!("{} {}", "a".repeat(3000), "b".repeat(3000));
+        let parts = split_text(&text, MAX_TEXT_CHARS);
+        assert_eq!(parts, vec!["a".repeat(3000), "b".repeat(3000)]);
+        let dense = "é".repeat(9000);
+        let parts = split_text(&dense, MAX_TEXT_CHARS);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_TEXT_CHARS));
+        assert_eq!(parts.concat(), dense);
+        assert_eq!(split_text("short", 10), vec!["short"]);
+    }
+
+    #[test]
+    fn excerpts_are_one_line_and_cut() {
+        assert_eq!(excerpt("hello\nworld", 80), "hello world");
+        assert_eq!(excerpt("abcdefghij", 5), "abcd…");
+    }
+}

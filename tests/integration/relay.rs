@@ -1,0 +1,252 @@
+//! The chat relay end to end: room ↔ WhatsApp group with attribution, replies mapped to the
+//! right message, the 24-hour window, failed deliveries reported, standard groups fanned out.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wa_groups_bot::sandbox::mock_pod::MockPod;
+use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
+
+use crate::lifecycle::{JANE, JOHN, group_with_two_contacts, room_named};
+use crate::support::{
+    ALICE, BOT, WA_SECRET, start_bot_with_whatsapp, start_pod, start_sim, wait_for,
+    wait_for_message,
+};
+
+/// Gives a phone its WhatsApp profile name.
+async fn name_phone(sim: &WhatsAppSim, phone: &str, name: &str) {
+    let resp = reqwest::Client::new()
+        .put(format!("{}/_sandbox/wa/phones/{phone}", sim.url()))
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .expect("put phone");
+    assert!(resp.status().is_success());
+}
+
+/// The messages the WhatsApp group received, in order.
+fn group_messages(sim: &WhatsAppSim, gid: &str) -> Vec<Value> {
+    sim.group(gid).and_then(|g| g["messages"].as_array().cloned()).unwrap_or_default()
+}
+
+/// What a message says: its text, or its template's first parameter.
+fn said(m: &Value) -> String {
+    match m["type"].as_str() {
+        Some("template") => m["template"]["params"][0].as_str().unwrap_or_default().to_owned(),
+        _ => m["text"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+async fn wait_group_message(sim: &WhatsAppSim, gid: &str, needle: &str) -> Value {
+    wait_for(&format!("{needle:?} in the WhatsApp group"), Duration::from_secs(10), || {
+        let found = group_messages(sim, gid).into_iter().find(|m| said(m).contains(needle));
+        async move { found }
+    })
+    .await
+}
+
+async fn wait_inbox(sim: &WhatsAppSim, phone: &str, needle: &str) -> Value {
+    wait_for(&format!("{needle:?} in {phone}'s inbox"), Duration::from_secs(10), || {
+        let found = sim.inbox(phone).into_iter().find(|m| said(m).contains(needle));
+        async move { found }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_goes_both_ways_with_attribution_and_replies_point_at_the_right_message() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    name_phone(&sim, JANE, "Jane Doe").await;
+    name_phone(&sim, JOHN, "John Roe").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+
+    // Nobody has written in the group yet: the window is closed, so the advisor's message goes
+    // as the template carrying the text, formatted for WhatsApp and signed.
+    pod.post_message(&sid, ALICE, "<messageML>Hello <b>team</b>, see <i>the deck</i></messageML>")
+        .expect("post");
+    let first = wait_group_message(&sim, &gid, "Hello").await;
+    assert_eq!(first["type"], "template", "{first}");
+    assert_eq!(said(&first), "*Alice Ng*: Hello team, see the deck");
+
+    // Jane writes: the room shows it from the bot, attributed to her name and number, escaped.
+    let jane_id = sim
+        .send_as_phone(JANE, Some(&gid), "Hi all <b>not bold</b> & *ready* ${x}", None)
+        .expect("jane writes");
+    let shown = wait_for_message(&pod, &sid, BOT, |t| t.contains("Jane Doe")).await;
+    assert!(shown.text.contains("+447911123456"), "{}", shown.text);
+    assert!(shown.text.contains("Hi all <b>not bold</b> & *ready* ${x}"), "{}", shown.text);
+
+    // The window is open now: the next advisor message is free text.
+    pod.post_message(&sid, ALICE, "<messageML>Thanks Jane</messageML>").expect("post");
+    let thanks = wait_group_message(&sim, &gid, "Thanks Jane").await;
+    assert_eq!(thanks["type"], "text", "{thanks}");
+    assert_eq!(said(&thanks), "*Alice Ng*: Thanks Jane");
+
+    // John replies to Alice's message, then to Jane's: each reply names the right message.
+    let thanks_id = thanks["id"].as_str().expect("id").to_owned();
+    sim.send_as_phone(JOHN, Some(&gid), "Agreed", Some(&thanks_id)).expect("reply");
+    let reply = wait_for_message(&pod, &sid, BOT, |t| t.contains("Agreed")).await;
+    assert!(reply.text.contains("in reply to Alice Ng: \"Thanks Jane\""), "{}", reply.text);
+    assert!(reply.text.contains("John Roe"), "{}", reply.text);
+    sim.send_as_phone(JOHN, Some(&gid), "Me too", Some(&jane_id)).expect("reply");
+    let reply = wait_for_message(&pod, &sid, BOT, |t| t.contains("Me too")).await;
+    assert!(reply.text.contains("in reply to Jane Doe: \"Hi all"), "{}", reply.text);
+
+    // Commands and the bot's own messages are never relayed.
+    pod.post_message(&sid, ALICE, "<messageML>/wa info</messageML>").expect("post");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("WhatsApp contacts")).await;
+    pod.post_message(&sid, ALICE, "<messageML>after the command</messageML>").expect("post");
+    wait_group_message(&sim, &gid, "after the command").await;
+    let relayed: Vec<String> = group_messages(&sim, &gid)
+        .iter()
+        .filter(|m| m["from"] != JANE && m["from"] != JOHN && said(m).starts_with('*'))
+        .map(said)
+        .collect();
+    assert_eq!(
+        relayed,
+        vec![
+            "*Alice Ng*: Hello team, see the deck",
+            "*Alice Ng*: Thanks Jane",
+            "*Alice Ng*: after the command"
+        ]
+    );
+    bot.stop().await;
+}
+
+/// Sends the bot's webhook receiver a signed `statuses` webhook, as Meta would.
+async fn post_status(bot_hook: &str, status: Value) {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": crate::support::WA_PHONE_ID},
+        "statuses": [status]}}]}]})
+    .to_string();
+    let resp = reqwest::Client::new()
+        .post(bot_hook)
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            wa_groups_bot::webhook::signature(WA_SECRET, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("post webhook");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_window_turns_text_into_the_template_and_failures_are_reported() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let hook = format!("http://{}/whatsapp/webhook", bot.webhook_addr.expect("hook"));
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+
+    // The bot believes the window open (a contact wrote 23 h ago by its clock), WhatsApp says
+    // it has closed: the free text fails with 131047 and goes again as the template, once.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    bot.store.open_window(&gid, now - 23 * 3_600_000).expect("window");
+    pod.post_message(&sid, ALICE, "<messageML>Quarterly numbers are out</messageML>")
+        .expect("post");
+    let resent = wait_group_message(&sim, &gid, "Quarterly numbers").await;
+    assert_eq!(resent["type"], "template", "{resent}");
+    assert_eq!(
+        group_messages(&sim, &gid).iter().filter(|m| said(m).contains("Quarterly")).count(),
+        1
+    );
+
+    // Meta reports a relayed message undeliverable: the room hears which message and why.
+    let wamid = resent["id"].as_str().expect("id").to_owned();
+    post_status(
+        &hook,
+        json!({"id": wamid, "status": "failed", "timestamp": "1700000000", "recipient_id": gid, "recipient_type": "group",
+               "recipient_participant_id": JOHN,
+               "errors": [{"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable"}]}),
+    )
+    .await;
+    let report = wait_for_message(&pod, &sid, BOT, |t| t.contains("Not delivered")).await;
+    assert!(
+        report.text.contains("+447911123457")
+            && report.text.contains("Alice Ng's message \"Quarterly numbers are out\"")
+            && report.text.contains("Message undeliverable (131026)"),
+        "{}",
+        report.text
+    );
+
+    // A send refused outright (after retries) is reported against its message too.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(&json!({"method": "POST", "path": "/messages$", "status": 400, "code": 131009, "count": 10}))
+        .send()
+        .await
+        .expect("fault");
+    assert!(resp.status().is_success());
+    pod.post_message(&sid, ALICE, "<messageML>This one bounces</messageML>").expect("post");
+    let report = wait_for_message(&pod, &sid, BOT, |t| t.contains("This one bounces")).await;
+    assert!(report.text.contains("Could not relay Alice Ng's message"), "{}", report.text);
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_groups_fan_out_and_private_replies_find_their_room() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    name_phone(&sim, JANE, "Jane Doe").await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let create = |name: &str, phones: &str| {
+        pod.post_message(
+            &im,
+            ALICE,
+            &format!("<messageML>/wa create \"{name}\" {phones} --standard</messageML>"),
+        )
+        .expect("post")
+    };
+    create("Rates desk", &format!("+{JANE} +{JOHN}"));
+    let rates = stream_of(&pod, "Rates desk").await;
+    wait_for_message(&pod, &rates, BOT, |t| t.contains("standard WhatsApp group")).await;
+
+    // Each contact gets the message 1:1, with the group's name and the sender.
+    pod.post_message(&rates, ALICE, "<messageML>Morning all</messageML>").expect("post");
+    let to_jane = wait_inbox(&sim, JANE, "Morning all").await;
+    assert_eq!(said(&to_jane), "[Rates desk] *Alice Ng*: Morning all");
+    assert_eq!(to_jane["type"], "template", "no window yet: {to_jane}");
+    wait_inbox(&sim, JOHN, "[Rates desk] *Alice Ng*: Morning all").await;
+    assert!(sim.groups().is_empty(), "a standard group has no WhatsApp group");
+
+    // Jane answers 1:1 without quoting: the room that last wrote to her gets it.
+    sim.send_as_phone(JANE, None, "Morning!", None).expect("write");
+    let got = wait_for_message(&pod, &rates, BOT, |t| t.contains("Morning!")).await;
+    assert!(got.text.contains("Jane Doe") && got.text.contains("privately"), "{}", got.text);
+
+    // A second standard group with Jane writes to her later.
+    create("FX desk", &format!("+{JANE}"));
+    let fx = stream_of(&pod, "FX desk").await;
+    wait_for_message(&pod, &fx, BOT, |t| t.contains("standard WhatsApp group")).await;
+    pod.post_message(&fx, ALICE, "<messageML>EURUSD at 1.09</messageML>").expect("post");
+    let fx_msg = wait_inbox(&sim, JANE, "EURUSD").await;
+    assert_eq!(fx_msg["type"], "text", "Jane wrote within 24 h: {fx_msg}");
+
+    // Replying to the Rates desk message routes there by context; an unquoted one goes to the
+    // room that wrote last (FX desk).
+    let rates_id = to_jane["id"].as_str().expect("id").to_owned();
+    sim.send_as_phone(JANE, None, "About rates: yes", Some(&rates_id)).expect("write");
+    let got = wait_for_message(&pod, &rates, BOT, |t| t.contains("About rates")).await;
+    assert!(got.text.contains("in reply to Alice Ng: \"Morning all\""), "{}", got.text);
+    sim.send_as_phone(JANE, None, "And FX: fine", None).expect("write");
+    wait_for_message(&pod, &fx, BOT, |t| t.contains("And FX: fine")).await;
+    assert!(!pod.messages(&rates).iter().any(|m| m.text.contains("And FX")));
+    assert!(!pod.messages(&fx).iter().any(|m| m.text.contains("About rates")));
+    bot.stop().await;
+}
+
+async fn stream_of(pod: &MockPod, name: &str) -> String {
+    room_named(pod, name).await["streamId"].as_str().expect("sid").to_owned()
+}
