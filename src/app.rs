@@ -484,7 +484,7 @@ impl Dispatcher {
                 g.on_room_renamed(&stream, &new_name)?
             }
             SymphonyEventKind::UserJoinedRoom { stream, user } => {
-                g.on_membership(&stream, user, name, Some(false), bot)?
+                g.on_joined(&stream, user, name, bot)?
             }
             SymphonyEventKind::UserLeftRoom { stream, user } => {
                 g.on_membership(&stream, user, name, None, bot)?

@@ -357,14 +357,38 @@ impl GroupService {
         Ok(vec![self.post(stream, "symphony/refused", json!({"reason": reason}))?])
     }
 
-    /// Sends a WhatsApp notice to the group, rendered from `whatsapp/<template>`.
-    fn notice(
+    /// A notice rendered from `whatsapp/<template>`: to the WhatsApp group of a native group, or
+    /// 1:1 to each current contact of a standard group (prefixed with the group's name).
+    fn announce(
         &self,
-        wa: &GroupId,
+        group: &crate::store::GroupRecord,
         template: &str,
         data: serde_json::Value,
-    ) -> Result<Effect, ServiceError> {
-        Ok(notice_effect(&self.settings, wa, self.templates.render(template, &data)?))
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let text = self.templates.render(template, &data)?;
+        match (group.kind, &group.wa_group) {
+            (_, Some(wa)) => Ok(vec![notice_effect(&self.settings, wa, text)]),
+            (GroupKind::Standard, None) => {
+                let text = format!("[{}] {text}", group.name);
+                let notice = &self.settings.wa_templates.notice;
+                Ok(self
+                    .store
+                    .contacts(group.key)?
+                    .into_iter()
+                    .filter(|c| {
+                        !c.barred && !matches!(c.state, ContactState::Left | ContactState::Removed)
+                    })
+                    .map(|c| Effect::SendWaTemplate {
+                        order: c.phone.as_str().to_owned(),
+                        to: Recipient::Phone(c.phone),
+                        name: notice.name.clone(),
+                        language: notice.language.clone(),
+                        params: vec![TemplateParam::Text(text.clone())],
+                    })
+                    .collect())
+            }
+            (GroupKind::Native, None) => Ok(Vec::new()), // no WhatsApp group yet
+        }
     }
 
     /// A management command typed in a group's room. `owners` is the room's live owner list
@@ -472,15 +496,13 @@ impl GroupService {
                         "symphony/contact_removed",
                         json!({"phone": phone.as_str()}),
                     )?);
-                    if let Some(wa) = &group.wa_group {
-                        effects.push(self.notice(
-                            wa,
-                            "whatsapp/contact_removed",
-                            json!({"phone": phone.as_str()}),
-                        )?);
-                        if was_in {
-                            users.push(phone.wa_id().to_owned());
-                        }
+                    effects.extend(self.announce(
+                        &group,
+                        "whatsapp/contact_removed",
+                        json!({"phone": phone.as_str()}),
+                    )?);
+                    if was_in && group.wa_group.is_some() {
+                        users.push(phone.wa_id().to_owned());
                     }
                 }
                 if let (Some(wa), false) = (&group.wa_group, users.is_empty()) {
@@ -518,13 +540,13 @@ impl GroupService {
                     language: invitation.language.clone(),
                     params: vec![TemplateParam::GroupId(wa.clone())],
                 });
-                if adding {
-                    effects.push(self.notice(
-                        wa,
-                        "whatsapp/contact_added",
-                        json!({"phone": phone.as_str()}),
-                    )?);
-                }
+            }
+            if adding {
+                effects.extend(self.announce(
+                    group,
+                    "whatsapp/contact_added",
+                    json!({"phone": phone.as_str()}),
+                )?);
             }
         }
         if let Some(stream) = &group.stream {
@@ -549,12 +571,29 @@ impl GroupService {
             return Ok(Vec::new()); // no change: nothing to announce
         }
         self.store.rename_group(group.key, name)?;
-        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
-        let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
-        Ok(vec![
-            Effect::UpdateWaSubject { group: wa.clone(), subject },
-            self.notice(wa, "whatsapp/renamed", json!({"name": name}))?,
-        ])
+        let mut effects = Vec::new();
+        if let Some(wa) = &group.wa_group {
+            let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+            effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject });
+        }
+        let renamed = crate::store::GroupRecord { name: name.to_owned(), ..group };
+        effects.extend(self.announce(&renamed, "whatsapp/renamed", json!({"name": name}))?);
+        Ok(effects)
+    }
+
+    /// A user joined the room. Joining says nothing of ownership: an advisor the store knows
+    /// (the creator, added as an owner) keeps their flag.
+    pub fn on_joined(
+        &self,
+        stream: &StreamId,
+        user: UserId,
+        name: Option<&str>,
+        bot: UserId,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        let owner =
+            self.store.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
+        self.on_membership(stream, user, name, Some(owner.unwrap_or(false)), bot)
     }
 
     /// Room membership changed: `member` is `Some(owner)` when the user is (still) in the room.
@@ -576,7 +615,6 @@ impl GroupService {
             return Ok(Vec::new()); // the store already knows: nothing to announce
         }
         self.store.set_advisor(group.key, user, member)?;
-        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
         let advisor = name.map_or_else(|| user.to_string(), str::to_owned);
         let template = match (before, member) {
             (None, Some(_)) => "whatsapp/advisor_added",
@@ -585,8 +623,10 @@ impl GroupService {
             (Some(true), Some(false)) => "whatsapp/owner_demoted",
             _ => return Ok(Vec::new()),
         };
-        let mut effects = vec![self.notice(wa, template, json!({"advisor": advisor}))?];
-        if matches!(template, "whatsapp/advisor_added" | "whatsapp/advisor_removed") {
+        let mut effects = self.announce(&group, template, json!({"advisor": advisor}))?;
+        if group.wa_group.is_some()
+            && matches!(template, "whatsapp/advisor_added" | "whatsapp/advisor_removed")
+        {
             effects.push(Effect::RefreshDescription { group: group.key.0 });
         }
         Ok(effects)
@@ -599,11 +639,11 @@ impl GroupService {
             return Ok(Vec::new());
         }
         self.store.set_group_state(group.key, GroupState::Closed)?;
-        let Some(wa) = &group.wa_group else { return Ok(Vec::new()) };
-        Ok(vec![
-            self.notice(wa, "whatsapp/closed", json!({"name": group.name}))?,
-            Effect::DeleteWaGroup { group: wa.clone() },
-        ])
+        let mut effects = self.announce(&group, "whatsapp/closed", json!({"name": group.name}))?;
+        if let Some(wa) = &group.wa_group {
+            effects.push(Effect::DeleteWaGroup { group: wa.clone() });
+        }
+        Ok(effects)
     }
 
     /// Contacts left (or were removed) on WhatsApp.

@@ -244,6 +244,31 @@ async fn standard_groups_fan_out_and_private_replies_find_their_room() {
     wait_for_message(&pod, &fx, BOT, |t| t.contains("And FX: fine")).await;
     assert!(!pod.messages(&rates).iter().any(|m| m.text.contains("And FX")));
     assert!(!pod.messages(&fx).iter().any(|m| m.text.contains("About rates")));
+
+    // Changes are announced 1:1 to each contact of a standard group, prefixed with its name;
+    // the creation itself announced nothing.
+    pod.post_message(&rates, ALICE, "<messageML>/wa rename \"Rates EU\"</messageML>")
+        .expect("post");
+    let renamed = wait_inbox(&sim, JOHN, "now called \"Rates EU\"").await;
+    assert_eq!(renamed["type"], "template");
+    assert!(said(&renamed).starts_with("[Rates EU] "), "{renamed}");
+    wait_inbox(&sim, JANE, "now called \"Rates EU\"").await;
+    pod.post_message(&rates, ALICE, &format!("<messageML>/wa remove +{JOHN}</messageML>"))
+        .expect("post");
+    wait_inbox(&sim, JANE, "+447911123457").await;
+    let john_notices: Vec<String> = sim.inbox(JOHN).iter().map(said).collect();
+    assert!(
+        !john_notices.iter().any(|n| n.contains("owner") || n.contains("+447911123457")),
+        "{john_notices:?}"
+    );
+    // John is out: he no longer gets the chat, and what he writes stays out of the room.
+    pod.post_message(&rates, ALICE, "<messageML>Only for Jane now</messageML>").expect("post");
+    wait_inbox(&sim, JANE, "Only for Jane now").await;
+    sim.send_as_phone(JOHN, None, "Let me back in", None).expect("write");
+    sim.send_as_phone(JANE, None, "Got it", Some(&rates_id)).expect("write");
+    wait_for_message(&pod, &rates, BOT, |t| t.contains("Got it")).await;
+    assert!(!sim.inbox(JOHN).iter().any(|m| said(m).contains("Only for Jane")));
+    assert!(!pod.messages(&rates).iter().any(|m| m.text.contains("Let me back in")));
     bot.stop().await;
 }
 
