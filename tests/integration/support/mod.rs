@@ -236,7 +236,7 @@ pub async fn start_bot_with_whatsapp_config(
     let yaml = format!(
         "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
-         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         {retry}\
          datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
          whatsapp: {{apiBaseUrl: \"{sim}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
            accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:0\", verifyToken: {WA_VERIFY}}}}}\n\
@@ -246,6 +246,12 @@ pub async fn start_bot_with_whatsapp_config(
         key = fixture("keys/bot-pkcs8.pem").display(),
         sim = sim.url(),
         store = dir.join("bot.db").display(),
+        // `extra` may bring its own retry policy.
+        retry = if extra.lines().any(|l| l.starts_with("retry:")) {
+            ""
+        } else {
+            "retry: {maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}\n"
+        },
     );
     let file = dir.join("bot-config.yaml");
     std::fs::write(&file, yaml).expect("write config");
