@@ -16,6 +16,7 @@
 //! - [`events`]: the transport-neutral event vocabulary both transports produce.
 //! - [`commands`]: `/wa …` parsing and replies.
 //! - [`groups`]: validated id newtypes and group rules.
+//! - [`relay`]: the chat relay; its text conversions between PresentationML and WhatsApp text.
 //! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
 //! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
@@ -29,6 +30,7 @@ pub mod effects;
 pub mod events;
 pub mod groups;
 pub mod keys;
+pub mod relay;
 pub mod sandbox;
 pub mod store;
 pub mod symphony;
