@@ -26,17 +26,6 @@ pub fn window_open(last_inbound_ms: i64, now_ms: i64) -> bool {
     now_ms - last_inbound_ms < WINDOW_MS
 }
 
-/// A one-line excerpt of a text, cut on a character boundary.
-pub fn excerpt(text: &str, max_chars: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= max_chars {
-        line
-    } else {
-        let cut: String = line.chars().take(max_chars.saturating_sub(1)).collect();
-        format!("{}…", cut.trim_end())
-    }
-}
-
 /// A relayed text as a template parameter: Meta refuses newlines, tabs and runs of more than
 /// four spaces there, and caps the length.
 pub fn template_text(text: &str) -> String {
@@ -114,11 +103,5 @@ mod tests {
         assert!(parts.iter().all(|p| p.chars().count() <= MAX_TEXT_CHARS));
         assert_eq!(parts.concat(), dense);
         assert_eq!(split_text("short", 10), vec!["short"]);
-    }
-
-    #[test]
-    fn excerpts_are_one_line_and_cut() {
-        assert_eq!(excerpt("hello\nworld", 80), "hello world");
-        assert_eq!(excerpt("abcdefghij", 5), "abcd…");
     }
 }

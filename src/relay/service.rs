@@ -16,7 +16,8 @@ use crate::store::{GroupRecord, GroupState, Store, WaMessageRecord};
 use crate::templates::Templates;
 use crate::whatsapp::Recipient;
 
-use super::{EXCERPT_CHARS, MAX_TEXT_CHARS, excerpt, now_ms, split_text};
+use super::format::quote_snippet as excerpt;
+use super::{EXCERPT_CHARS, MAX_TEXT_CHARS, now_ms, split_text};
 
 /// 131047: the customer-service window is closed (free text refused).
 const WINDOW_CLOSED: i64 = 131_047;

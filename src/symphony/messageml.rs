@@ -12,7 +12,7 @@ pub use crate::templates::escape_message_ml as escape;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable PresentationML: {0}")]
-pub struct MessageMlError(String);
+pub struct MessageMlError(pub(crate) String);
 
 /// A message reduced to what the bot reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct ParsedMessage {
 
 /// The user id a mention entity points at. `value` is a string in real payloads and a number
 /// in the documentation's samples: both are accepted.
-fn mention_user(entity: &Value) -> Option<UserId> {
+pub(crate) fn mention_user(entity: &Value) -> Option<UserId> {
     let kind = entity.get("type").and_then(Value::as_str)?;
     if kind != "com.symphony.user.mention" {
         return None;
@@ -44,14 +44,19 @@ fn mention_user(entity: &Value) -> Option<UserId> {
     })
 }
 
+/// The EntityJSON `data` of a message (absent or blank: no entities).
+pub(crate) fn entities(data: Option<&str>) -> Result<Value, MessageMlError> {
+    match data {
+        Some(d) if !d.trim().is_empty() => {
+            serde_json::from_str(d).map_err(|e| MessageMlError(format!("data is not JSON: {e}")))
+        }
+        _ => Ok(Value::Null),
+    }
+}
+
 /// Parses a PresentationML message and its EntityJSON `data`.
 pub fn parse(presentation_ml: &str, data: Option<&str>) -> Result<ParsedMessage, MessageMlError> {
-    let entities: Value = match data {
-        Some(d) if !d.trim().is_empty() => {
-            serde_json::from_str(d).map_err(|e| MessageMlError(format!("data is not JSON: {e}")))?
-        }
-        _ => Value::Null,
-    };
+    let entities = entities(data)?;
     let mut reader = Reader::from_str(presentation_ml);
     reader.config_mut().trim_text(false);
     let mut segments: Vec<Segment> = Vec::new();

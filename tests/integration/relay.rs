@@ -69,7 +69,7 @@ async fn chat_goes_both_ways_with_attribution_and_replies_point_at_the_right_mes
         .expect("post");
     let first = wait_group_message(&sim, &gid, "Hello").await;
     assert_eq!(first["type"], "template", "{first}");
-    assert_eq!(said(&first), "*Alice Ng*: Hello team, see the deck");
+    assert_eq!(said(&first), "*Alice Ng*: Hello *team*, see _the deck_");
 
     // Jane writes: the room shows it from the bot, attributed to her name and number, escaped.
     let jane_id = sim
@@ -77,7 +77,8 @@ async fn chat_goes_both_ways_with_attribution_and_replies_point_at_the_right_mes
         .expect("jane writes");
     let shown = wait_for_message(&pod, &sid, BOT, |t| t.contains("Jane Doe")).await;
     assert!(shown.text.contains("+447911123456"), "{}", shown.text);
-    assert!(shown.text.contains("Hi all <b>not bold</b> & *ready* ${x}"), "{}", shown.text);
+    assert!(shown.text.contains("Hi all <b>not bold</b> & ready ${x}"), "{}", shown.text);
+    assert!(shown.presentation_ml.contains("<b>ready</b>"), "{}", shown.presentation_ml);
 
     // The window is open now: the next advisor message is free text.
     pod.post_message(&sid, ALICE, "<messageML>Thanks Jane</messageML>").expect("post");
@@ -108,7 +109,7 @@ async fn chat_goes_both_ways_with_attribution_and_replies_point_at_the_right_mes
     assert_eq!(
         relayed,
         vec![
-            "*Alice Ng*: Hello team, see the deck",
+            "*Alice Ng*: Hello *team*, see _the deck_",
             "*Alice Ng*: Thanks Jane",
             "*Alice Ng*: after the command"
         ]
