@@ -10,7 +10,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 use serde_json::Value;
 
-use crate::symphony::messageml::{self, MessageMlError};
+use crate::symphony::messageml::{self, MessageMlError, named_entity};
 use crate::templates::escape_message_ml;
 
 // ---------------------------------------------------------------------------------------------
@@ -71,20 +71,6 @@ impl Element {
 
 fn unreadable(e: impl std::fmt::Display) -> MessageMlError {
     MessageMlError(e.to_string())
-}
-
-/// XML's five entities plus `&nbsp;`, which the agent lets through although XML does not define
-/// it (finos/symphony-bdk-java#544).
-fn named_entity(name: &str) -> Option<&'static str> {
-    match name {
-        "amp" => Some("&"),
-        "lt" => Some("<"),
-        "gt" => Some(">"),
-        "quot" => Some("\""),
-        "apos" => Some("'"),
-        "nbsp" => Some(" "),
-        _ => None,
-    }
 }
 
 fn parse_tree(presentation_ml: &str) -> Result<Element, MessageMlError> {

@@ -54,6 +54,20 @@ pub(crate) fn entities(data: Option<&str>) -> Result<Value, MessageMlError> {
     }
 }
 
+/// XML's five entities plus `&nbsp;`, which the agent lets through although XML does not define
+/// it (finos/symphony-bdk-java#544).
+pub(crate) fn named_entity(name: &str) -> Option<&'static str> {
+    match name {
+        "amp" => Some("&"),
+        "lt" => Some("<"),
+        "gt" => Some(">"),
+        "quot" => Some("\""),
+        "apos" => Some("'"),
+        "nbsp" => Some(" "),
+        _ => None,
+    }
+}
+
 /// Parses a PresentationML message and its EntityJSON `data`.
 pub fn parse(presentation_ml: &str, data: Option<&str>) -> Result<ParsedMessage, MessageMlError> {
     let entities = entities(data)?;
@@ -138,10 +152,14 @@ pub fn parse(presentation_ml: &str, data: Option<&str>) -> Result<ParsedMessage,
                 }
             }
             Event::GeneralRef(r) => {
-                let name = r.decode().map_err(|e| MessageMlError(e.to_string()))?;
-                let reference = format!("&{name};");
-                let text = quick_xml::escape::unescape(&reference)
-                    .map_err(|e| MessageMlError(e.to_string()))?;
+                let text = match r.resolve_char_ref().map_err(|e| MessageMlError(e.to_string()))? {
+                    Some(c) => c.to_string(),
+                    None => {
+                        let name = r.decode().map_err(|e| MessageMlError(e.to_string()))?;
+                        // An entity XML does not know is kept as written: never lose a message.
+                        named_entity(&name).map_or_else(|| format!("&{name};"), str::to_owned)
+                    }
+                };
                 match &mut in_mention {
                     Some((_, _, shown)) => shown.push_str(&text),
                     None => push_text(&mut segments, &text),
@@ -194,6 +212,16 @@ mod tests {
         let m = parse(pml, Some(data)).expect("parse");
         assert_eq!(m.text, "Hi @Alice & co\nbye");
         assert_eq!(m.mentions, vec![UserId(7078106103901)]);
+    }
+
+    #[test]
+    fn nbsp_and_unknown_entities_do_not_lose_the_message() {
+        let parsed = parse(
+            "<div data-format=\"PresentationML\" data-version=\"2.0\">/wa&nbsp;help &amp; &#233; &foo;</div>",
+            None,
+        )
+        .expect("parses");
+        assert_eq!(parsed.text, "/wa help & é &foo;");
     }
 
     #[test]
