@@ -5,6 +5,7 @@ mod support;
 
 mod bdk_interop;
 mod lifecycle;
+mod media;
 mod mock_pod;
 mod pywa_interop;
 mod sandbox_cli;
