@@ -487,6 +487,33 @@ async fn a_document_reaches_a_group_with_its_file_name() {
     }
     // Group messages and group ids are still told apart from media ids.
     assert!(c.group_info(&GroupId(group.0.clone())).await.is_ok());
+
+    // Jane posts a photo in the group: John sees it, the bot is told with the group id.
+    let photo = binary(1_500);
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/phones/{JANE}/messages", sim.url()))
+        .json(&json!({"to": group.as_str(), "media": {"type": "image", "mimeType": "image/jpeg",
+            "caption": "whiteboard", "dataBase64": STANDARD.encode(&photo)}}))
+        .send()
+        .await
+        .expect("write");
+    let wamid = r.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let media_id = rx
+        .wait_event("Jane's photo", |e| match e {
+            WhatsAppEvent::Message {
+                id, group_id: Some(g), media_id: Some(m), mime_type, ..
+            } if *id == wamid && *g == group && mime_type.as_deref() == Some("image/jpeg") => {
+                Some(m.clone())
+            }
+            _ => None,
+        })
+        .await;
+    let seen = sim.inbox(JOHN).into_iter().find(|m| m["id"] == wamid.as_str()).expect("John");
+    assert_eq!(
+        (seen["type"].as_str(), seen["media"]["id"].as_str()),
+        (Some("image"), Some(media_id.as_str()))
+    );
+    assert!(c.download_media(&media_id).await.expect("download").0 == photo);
 }
 
 #[tokio::test]
