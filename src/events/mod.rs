@@ -7,7 +7,7 @@ pub mod whatsapp;
 
 use serde::{Deserialize, Serialize};
 
-pub use symphony::{ReceivedMessage, SymphonyEvent, SymphonyEventKind};
+pub use symphony::{MessageAttachment, ReceivedMessage, SymphonyEvent, SymphonyEventKind};
 pub use whatsapp::WhatsAppEvent;
 
 /// Any event the bot reacts to.

@@ -89,4 +89,17 @@ pub struct ReceivedMessage {
     pub presentation_ml: String,
     /// The raw EntityJSON `data`, if any.
     pub data: Option<String>,
+    /// Files attached to the message (`V4Message.attachments`), downloadable by id.
+    #[serde(default)]
+    pub attachments: Vec<MessageAttachment>,
+}
+
+/// One `V4AttachmentInfo` of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageAttachment {
+    /// The file id (`fileId` of the download call).
+    pub id: String,
+    pub name: String,
+    /// Bytes.
+    pub size: Option<u64>,
 }

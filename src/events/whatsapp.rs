@@ -105,6 +105,12 @@ pub enum WhatsAppEvent {
         /// Media id for media messages (downloaded later through the API).
         media_id: Option<String>,
         caption: Option<String>,
+        /// The media's MIME type, e.g. `image/jpeg`.
+        #[serde(default)]
+        mime_type: Option<String>,
+        /// A document's file name.
+        #[serde(default)]
+        filename: Option<String>,
         errors: Vec<WaError>,
     },
     /// `messages` / `statuses`: what happened to a message the business sent.

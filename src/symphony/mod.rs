@@ -44,6 +44,9 @@ pub enum SymphonyError {
     Network { method: String, endpoint: String, reason: String },
     #[error("{endpoint}: unexpected response ({reason}); body: {body}")]
     Decode { endpoint: String, reason: String, body: String },
+    /// Refused before calling: the request cannot be right.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl SymphonyError {
@@ -256,6 +259,26 @@ impl SymphonyClient {
         retry: Retry,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Option<T>, SymphonyError> {
+        let Some(body) = self.call_raw(service, method, path, retry, build).await? else {
+            return Ok(None);
+        };
+        let mut de = serde_json::Deserializer::from_str(&body);
+        serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| SymphonyError::Decode {
+            endpoint: path.into(),
+            reason: e.to_string(),
+            body: clip(&body),
+        })
+    }
+
+    /// [`Self::call`] without the decoding: the body of a success, `None` when it is empty.
+    async fn call_raw(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        retry: Retry,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Option<String>, SymphonyError> {
         let base = match service {
             Service::Pod => &self.inner.cfg.pod_url,
             Service::Agent => &self.inner.cfg.agent_url,
@@ -282,17 +305,7 @@ impl SymphonyClient {
                         endpoint: path.into(),
                         reason: e.to_string(),
                     })?;
-                    if body.trim().is_empty() {
-                        return Ok(None);
-                    }
-                    let mut de = serde_json::Deserializer::from_str(&body);
-                    return serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| {
-                        SymphonyError::Decode {
-                            endpoint: path.into(),
-                            reason: e.to_string(),
-                            body: clip(&body),
-                        }
-                    });
+                    return Ok((!body.trim().is_empty()).then_some(body));
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -510,6 +523,27 @@ impl SymphonyClient {
             .unwrap_or_default())
     }
 
+    /// `GET /agent/v1/stream/{sid}/attachment?fileId=&messageId=`: the file's bytes (the agent
+    /// answers them base64-encoded).
+    pub async fn download_attachment(
+        &self,
+        sid: &StreamId,
+        message_id: &str,
+        file_id: &str,
+    ) -> Result<Vec<u8>, SymphonyError> {
+        let path = format!("/agent/v1/stream/{sid}/attachment");
+        let query = [("fileId", file_id), ("messageId", message_id)];
+        let body = self
+            .call_raw(Service::Agent, Method::GET, &path, Retry::Standard, |r| r.query(&query))
+            .await?
+            .unwrap_or_default();
+        decode_attachment(&body).ok_or_else(|| SymphonyError::Decode {
+            endpoint: path,
+            reason: "the attachment body is not base64".into(),
+            body: clip(&body),
+        })
+    }
+
     // ----- messages -----
 
     /// `POST /agent/v4/stream/{sid}/message/create` (multipart): sends MessageML.
@@ -519,6 +553,21 @@ impl SymphonyClient {
         message_ml: &str,
         data: Option<&Value>,
     ) -> Result<SentMessage, SymphonyError> {
+        self.send_message_with_attachments(sid, message_ml, data, &[]).await
+    }
+
+    /// [`Self::send_message`] with files, one `attachment` part each (name and content type
+    /// as given).
+    pub async fn send_message_with_attachments(
+        &self,
+        sid: &StreamId,
+        message_ml: &str,
+        data: Option<&Value>,
+        attachments: &[Attachment],
+    ) -> Result<SentMessage, SymphonyError> {
+        for a in attachments {
+            a.check()?;
+        }
         let path = format!("/agent/v4/stream/{sid}/message/create");
         let data = data.map(Value::to_string);
         self.required(Service::Agent, Method::POST, &path, |r| {
@@ -526,10 +575,70 @@ impl SymphonyClient {
             if let Some(d) = &data {
                 form = form.text("data", d.clone());
             }
+            for a in attachments {
+                form = form.part("attachment", a.part());
+            }
             r.multipart(form)
         })
         .await
     }
+}
+
+/// A file to send with a message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The file name people see.
+    pub name: String,
+    /// A MIME type, e.g. `image/png`.
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The content may be confidential and large: only its size is shown.
+        f.debug_struct("Attachment")
+            .field("name", &self.name)
+            .field("content_type", &self.content_type)
+            .field("size", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Attachment {
+    fn check(&self) -> Result<(), SymphonyError> {
+        if self.name.trim().is_empty() {
+            return Err(SymphonyError::Invalid("an attachment needs a file name".into()));
+        }
+        if reqwest::multipart::Part::bytes(Vec::new()).mime_str(&self.content_type).is_err() {
+            return Err(SymphonyError::Invalid(format!(
+                "attachment {:?}: {:?} is not a MIME type",
+                self.name, self.content_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// The multipart part (made afresh for each attempt; the bytes are shared, not copied).
+    fn part(&self) -> reqwest::multipart::Part {
+        let make = || {
+            reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::from(self.bytes.clone()),
+                self.bytes.len() as u64,
+            )
+            .file_name(self.name.clone())
+        };
+        // `check` validated the type, so the fallback is never taken.
+        make().mime_str(&self.content_type).unwrap_or_else(|_| make())
+    }
+}
+
+/// The agent's attachment body: base64 (padded or not, possibly wrapped or JSON-quoted).
+fn decode_attachment(body: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let compact: String = body.trim().trim_matches('"').split_ascii_whitespace().collect();
+    STANDARD.decode(&compact).or_else(|_| STANDARD_NO_PAD.decode(&compact)).ok()
 }
 
 fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
@@ -581,5 +690,13 @@ mod tests {
         assert!(http(400, Some(Duration::from_secs(1))).is_retryable(), "agent-mapped 429");
         assert!(!http(400, None).is_retryable());
         assert!(!http(403, None).is_retryable());
+    }
+
+    #[test]
+    fn attachment_bodies_are_base64_in_any_common_wrapping() {
+        assert_eq!(decode_attachment("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(decode_attachment("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(decode_attachment("\"aGVs\nbG8=\"\n"), Some(b"hello".to_vec()));
+        assert_eq!(decode_attachment("<html>oops</html>"), None);
     }
 }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::events::{ReceivedMessage, SymphonyEvent, SymphonyEventKind};
+use crate::events::{MessageAttachment, ReceivedMessage, SymphonyEvent, SymphonyEventKind};
 use crate::groups::{StreamId, UserId};
 
 use super::messageml;
@@ -282,6 +282,19 @@ fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> 
         mentions: parsed.map(|p| p.mentions).unwrap_or_default(),
         presentation_ml,
         data,
+        attachments: m
+            .get("attachments")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some(MessageAttachment {
+                    id: a.get("id")?.as_str()?.to_owned(),
+                    name: a.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    size: a.get("size").and_then(Value::as_u64),
+                })
+            })
+            .collect(),
     })
 }
 
@@ -314,6 +327,26 @@ mod tests {
             matches!(&events[2].kind, SymphonyEventKind::RoomUpdated { name: Some(n), .. } if n == "Desk EMEA (FX)")
         );
         assert!(matches!(events[3].kind, SymphonyEventKind::InstantMessageCreated { .. }));
+    }
+
+    #[test]
+    fn a_message_with_files_lists_its_attachments() {
+        let raw = serde_json::json!({"id": "e1", "type": "MESSAGESENT", "payload": {"messageSent": {"message": {
+            "messageId": "m1", "message": "<div data-format=\"PresentationML\" data-version=\"2.0\">see</div>",
+            "user": {"userId": 7}, "stream": {"streamId": "s1", "streamType": "ROOM"},
+            "attachments": [{"id": "internal_1%2Fa", "name": "a.pdf", "size": 12, "images": []},
+                            {"name": "no id"}]}}}});
+        let SymphonyEventKind::MessageSent(m) = map_event(&raw).expect("mapped").kind else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            m.attachments,
+            vec![MessageAttachment {
+                id: "internal_1%2Fa".into(),
+                name: "a.pdf".into(),
+                size: Some(12)
+            }]
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ fn message(m: &Value, contacts: &[Value]) -> Option<WhatsAppEvent> {
         text: if kind == "text" { body.and_then(|b| s(b, "body")) } else { None },
         media_id: body.and_then(|b| s(b, "id")),
         caption: body.and_then(|b| s(b, "caption")),
+        mime_type: body.and_then(|b| s(b, "mime_type")),
+        filename: body.and_then(|b| s(b, "filename")),
         kind,
         errors: errors(m),
     })
@@ -420,6 +422,21 @@ mod tests {
         assert_eq!(
             (group_id, timestamp, text.as_deref()),
             (None, Some(1750270200), Some("Hi, got the invite"))
+        );
+        let WhatsAppEvent::Message { kind, text, media_id, caption, mime_type, filename, .. } =
+            one("group_document_message.json")
+        else {
+            panic!()
+        };
+        assert_eq!((kind.as_str(), text), ("document", None));
+        assert_eq!(
+            (media_id.as_deref(), caption.as_deref(), mime_type.as_deref(), filename.as_deref()),
+            (
+                Some("1003383421387256"),
+                Some("Signed copy"),
+                Some("application/pdf"),
+                Some("receipt.pdf")
+            )
         );
         let WhatsAppEvent::Status { status, errors, recipient_type, .. } =
             one("status_failed.json")

@@ -2,6 +2,7 @@
 //! token). Graph errors decode into [`WhatsAppError::Graph`], which tells throttling and server
 //! trouble (retried with capped backoff honouring `Retry-After`) from permanent refusals.
 
+pub mod media;
 pub mod model;
 
 use std::time::Duration;
@@ -14,8 +15,10 @@ use serde_json::{Value, json};
 use crate::config::{RetryConfig, WhatsAppConfig};
 use crate::groups::GroupId;
 
+pub use media::MediaKind;
 pub use model::{
-    GroupInfo, GroupPage, GroupSummary, JoinRequest, JoinRequestOutcome, Recipient, TemplateParam,
+    GroupInfo, GroupPage, GroupSummary, JoinRequest, JoinRequestOutcome, MediaInfo, Recipient,
+    TemplateParam,
 };
 
 /// Longest group subject / description the API accepts.
@@ -36,6 +39,20 @@ pub enum WhatsAppError {
     /// Refused before calling: the request breaks a documented limit.
     #[error("{0}")]
     Invalid(String),
+    /// Refused before calling (or before downloading): the file is larger than WhatsApp takes.
+    #[error(
+        "{} is {size} bytes: WhatsApp takes at most {} ({limit} bytes)",
+        .kind.map_or("the file".to_owned(), |k| format!("this {k} file")),
+        media::human_size(*.limit)
+    )]
+    MediaTooLarge { kind: Option<MediaKind>, size: u64, limit: u64 },
+    /// Refused before calling: WhatsApp does not take this type (as this kind).
+    #[error(
+        "WhatsApp does not take {mime:?} files{}: it takes {}",
+        .kind.map(|k| format!(" as {k}")).unwrap_or_default(),
+        .kind.map_or(media::UPLOAD_MIME_TYPES, |k| k.mime_types()).join(", ")
+    )]
+    MediaTypeUnsupported { kind: Option<MediaKind>, mime: String },
 }
 
 /// A Graph API error answer.
@@ -68,7 +85,10 @@ impl WhatsAppError {
                     || THROTTLING_CODES.contains(&g.code)
                     || TRANSIENT_CODES.contains(&g.code)
             }
-            WhatsAppError::Decode { .. } | WhatsAppError::Invalid(_) => false,
+            WhatsAppError::Decode { .. }
+            | WhatsAppError::Invalid(_)
+            | WhatsAppError::MediaTooLarge { .. }
+            | WhatsAppError::MediaTypeUnsupported { .. } => false,
         }
     }
 
@@ -162,49 +182,57 @@ impl WhatsAppClient {
     ) -> Result<T, WhatsAppError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
         let endpoint = format!("{method} /{}", path.trim_start_matches('/'));
-        let mut attempt = 0u32;
-        loop {
+        self.with_retries(retries, || async {
             let req =
                 self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
-            let outcome = match build(req).send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(crate::symphony::parse_retry_after);
-                    let body = resp.text().await.unwrap_or_default();
-                    if (200..300).contains(&status) {
-                        let mut de =
-                            serde_json::Deserializer::from_str(if body.trim().is_empty() {
-                                "{}"
-                            } else {
-                                &body
-                            });
-                        return serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                            WhatsAppError::Decode {
-                                endpoint,
-                                reason: e.to_string(),
-                                body: body.chars().take(500).collect(),
-                            }
-                        });
-                    }
-                    graph_error(&endpoint, status, &body, retry_after)
-                }
-                Err(e) => {
-                    WhatsAppError::Network { endpoint: endpoint.clone(), reason: e.to_string() }
-                }
+            let resp = build(req).send().await.map_err(|e| WhatsAppError::Network {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+            let status = resp.status().as_u16();
+            let retry_after = header_retry_after(&resp);
+            let body = resp.text().await.unwrap_or_default();
+            if !(200..300).contains(&status) {
+                return Err(graph_error(&endpoint, status, &body, retry_after));
+            }
+            let mut de = serde_json::Deserializer::from_str(if body.trim().is_empty() {
+                "{}"
+            } else {
+                &body
+            });
+            serde_path_to_error::deserialize(&mut de).map_err(|e| WhatsAppError::Decode {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+                body: body.chars().take(500).collect(),
+            })
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry policy gives up.
+    async fn with_retries<T, Fut>(
+        &self,
+        retries: bool,
+        attempt: impl Fn() -> Fut,
+    ) -> Result<T, WhatsAppError>
+    where
+        Fut: Future<Output = Result<T, WhatsAppError>>,
+    {
+        let mut attempts = 0u32;
+        loop {
+            let outcome = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
             };
-            attempt += 1;
+            attempts += 1;
             let Some(wait) = self.retry.next_wait(
-                attempt,
+                attempts,
                 retries && outcome.is_retryable(),
                 outcome.retry_after(),
             ) else {
                 return Err(outcome);
             };
-            tracing::warn!(error = %outcome, ?wait, attempt, "WhatsApp call failed; retrying");
+            tracing::warn!(error = %outcome, ?wait, attempt = attempts, "WhatsApp call failed; retrying");
             tokio::time::sleep(wait).await;
         }
     }
@@ -462,6 +490,226 @@ impl WhatsAppClient {
         }
         self.send(to, json!({"type": "template", "template": template})).await
     }
+
+    // ----- media -----
+
+    /// `POST /<PHONE_NUMBER_ID>/media` (multipart `file`, `type`, `messaging_product`): the
+    /// media id to send the file by. Types and sizes the endpoint refuses are refused here
+    /// first.
+    pub async fn upload_media(
+        &self,
+        bytes: impl Into<bytes::Bytes>,
+        mime: &str,
+        filename: &str,
+    ) -> Result<String, WhatsAppError> {
+        let bytes: bytes::Bytes = bytes.into();
+        let mime = media::essence(mime);
+        let size = bytes.len() as u64;
+        if size == 0 {
+            return Err(WhatsAppError::Invalid("an empty file cannot be uploaded".into()));
+        }
+        let limit = media::upload_limit(&mime)
+            .ok_or(WhatsAppError::MediaTypeUnsupported { kind: None, mime: mime.clone() })?;
+        if size > limit {
+            return Err(WhatsAppError::MediaTooLarge {
+                kind: MediaKind::for_mime(&mime),
+                size,
+                limit,
+            });
+        }
+        let filename = if filename.trim().is_empty() { "file" } else { filename.trim() };
+        let r: model::MediaUploadResponse = self
+            .call(Method::POST, &format!("{}/media", self.phone_number_id), |r| {
+                let file = reqwest::multipart::Part::stream_with_length(
+                    reqwest::Body::from(bytes.clone()),
+                    size,
+                )
+                .file_name(filename.to_owned());
+                // `essence` made a well-formed type; a part without one is still a valid upload.
+                let file = match file.mime_str(&mime) {
+                    Ok(part) => part,
+                    Err(_) => reqwest::multipart::Part::stream_with_length(
+                        reqwest::Body::from(bytes.clone()),
+                        size,
+                    )
+                    .file_name(filename.to_owned()),
+                };
+                r.multipart(
+                    reqwest::multipart::Form::new()
+                        .text("messaging_product", "whatsapp")
+                        .text("type", mime.clone())
+                        .part("file", file),
+                )
+            })
+            .await?;
+        r.id().ok_or_else(|| WhatsAppError::Decode {
+            endpoint: "POST /media".into(),
+            reason: "no media id".into(),
+            body: String::new(),
+        })
+    }
+
+    /// `GET /<MEDIA_ID>`: where to download the file (for about 5 minutes), its type, size and
+    /// hash.
+    pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, WhatsAppError> {
+        media::check_media_id(media_id)?;
+        let raw: Value = self.call(Method::GET, media_id, |r| r).await?;
+        MediaInfo::from_json(&raw).ok_or_else(|| WhatsAppError::Decode {
+            endpoint: format!("GET /{media_id}"),
+            reason: "no url or mime_type".into(),
+            body: raw.to_string().chars().take(500).collect(),
+        })
+    }
+
+    /// A media file's bytes and MIME type: [`Self::media_info`], then the URL fetched with the
+    /// Bearer token. Files over [`media::MAX_DOWNLOAD_BYTES`] are refused, before the download
+    /// when the size is announced; a file that does not match its `sha256` is an error.
+    pub async fn download_media(&self, media_id: &str) -> Result<(Vec<u8>, String), WhatsAppError> {
+        let info = self.media_info(media_id).await?;
+        let limit = media::MAX_DOWNLOAD_BYTES;
+        let too_large = |size| WhatsAppError::MediaTooLarge {
+            kind: MediaKind::for_mime(&info.mime_type),
+            size,
+            limit,
+        };
+        if let Some(size) = info.file_size.filter(|s| *s > limit) {
+            return Err(too_large(size));
+        }
+        let endpoint = "GET <media url>".to_owned();
+        let bytes = self
+            .with_retries(true, || async {
+                let mut resp = self
+                    .http
+                    .get(&info.url)
+                    .bearer_auth(self.token.expose_secret())
+                    .send()
+                    .await
+                    .map_err(|e| WhatsAppError::Network {
+                        endpoint: endpoint.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let status = resp.status().as_u16();
+                if !(200..300).contains(&status) {
+                    let retry_after = header_retry_after(&resp);
+                    let body = resp.text().await.unwrap_or_default();
+                    return Err(graph_error(&endpoint, status, &body, retry_after));
+                }
+                if let Some(size) = resp.content_length().filter(|s| *s > limit) {
+                    return Err(too_large(size));
+                }
+                let mut out = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| WhatsAppError::Network {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })? {
+                    out.extend_from_slice(&chunk);
+                    if out.len() as u64 > limit {
+                        return Err(too_large(out.len() as u64));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        if !info.matches(&bytes) {
+            return Err(WhatsAppError::Decode {
+                endpoint,
+                reason: format!(
+                    "the downloaded file ({} bytes) does not match its sha256",
+                    bytes.len()
+                ),
+                body: String::new(),
+            });
+        }
+        Ok((bytes, info.mime_type))
+    }
+
+    /// `DELETE /<MEDIA_ID>`
+    pub async fn delete_media(&self, media_id: &str) -> Result<(), WhatsAppError> {
+        media::check_media_id(media_id)?;
+        let _: Value = self.call(Method::DELETE, media_id, |r| r).await?;
+        Ok(())
+    }
+
+    /// A media message by media id (inside the customer-service window). A caption goes with
+    /// images, videos and documents; a file name with documents. Returns the `wamid`.
+    pub async fn send_media(
+        &self,
+        to: &Recipient,
+        kind: MediaKind,
+        media_id: &str,
+        caption: Option<&str>,
+        filename: Option<&str>,
+    ) -> Result<String, WhatsAppError> {
+        media::check_media_id(media_id)?;
+        let caption = caption.filter(|c| !c.trim().is_empty());
+        let filename = filename.filter(|f| !f.trim().is_empty());
+        let mut object = json!({"id": media_id});
+        if let Some(c) = caption {
+            if !kind.takes_caption() {
+                return Err(WhatsAppError::Invalid(format!("a {kind} message has no caption")));
+            }
+            if chars(c) > media::MAX_CAPTION_CHARS {
+                return Err(WhatsAppError::Invalid(format!(
+                    "a caption has at most {} characters",
+                    media::MAX_CAPTION_CHARS
+                )));
+            }
+            object["caption"] = json!(c);
+        }
+        if let Some(f) = filename {
+            if kind != MediaKind::Document {
+                return Err(WhatsAppError::Invalid(format!(
+                    "only a document has a file name, not a {kind}"
+                )));
+            }
+            object["filename"] = json!(f);
+        }
+        self.send(to, json!({"type": kind.as_str(), kind.as_str(): object})).await
+    }
+
+    /// Checks a file against `kind`'s rules, uploads it and sends it: the whole way of a file
+    /// to WhatsApp. Nothing is called when the file breaks a rule. Returns the `wamid`.
+    pub async fn send_file(
+        &self,
+        to: &Recipient,
+        kind: MediaKind,
+        file: &OutgoingFile,
+        caption: Option<&str>,
+    ) -> Result<String, WhatsAppError> {
+        media::check(kind, &file.mime, file.bytes.len() as u64)?;
+        if caption.is_some_and(|c| !c.trim().is_empty()) && !kind.takes_caption() {
+            return Err(WhatsAppError::Invalid(format!("a {kind} message has no caption")));
+        }
+        let id = self.upload_media(file.bytes.clone(), &file.mime, &file.filename).await?;
+        let filename = (kind == MediaKind::Document).then_some(file.filename.as_str());
+        self.send_media(to, kind, &id, caption, filename).await
+    }
+}
+
+/// A file on its way to WhatsApp.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutgoingFile {
+    pub filename: String,
+    pub mime: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl std::fmt::Debug for OutgoingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The content may be confidential and large: only its size is shown.
+        f.debug_struct("OutgoingFile")
+            .field("filename", &self.filename)
+            .field("mime", &self.mime)
+            .field("size", &self.bytes.len())
+            .finish()
+    }
+}
+
+fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::symphony::parse_retry_after)
 }
 
 fn graph_error(

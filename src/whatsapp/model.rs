@@ -47,6 +47,59 @@ pub(crate) struct SentId {
     pub id: String,
 }
 
+/// `{"id": …}` from a media upload (a string in the docs; a number is taken too).
+#[derive(Deserialize)]
+pub(crate) struct MediaUploadResponse {
+    #[serde(default)]
+    id: Value,
+}
+
+impl MediaUploadResponse {
+    pub(crate) fn id(&self) -> Option<String> {
+        string(Some(&self.id)).filter(|s| !s.is_empty())
+    }
+}
+
+/// `GET /<MEDIA_ID>`: where and what a media file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaInfo {
+    pub id: String,
+    /// Valid for about 5 minutes, and only with the access token.
+    pub url: String,
+    pub mime_type: String,
+    /// As Meta gives it (hex or base64).
+    pub sha256: Option<String>,
+    pub file_size: Option<u64>,
+}
+
+impl MediaInfo {
+    pub(crate) fn from_json(v: &Value) -> Option<Self> {
+        Some(MediaInfo {
+            id: string(v.get("id")).unwrap_or_default(),
+            url: string(v.get("url"))?,
+            mime_type: string(v.get("mime_type"))?,
+            sha256: string(v.get("sha256")),
+            file_size: lenient_i64(v.get("file_size")).and_then(|n| u64::try_from(n).ok()),
+        })
+    }
+
+    /// Whether `bytes` are the file: its `sha256` (hex or base64) when it has a readable one.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let Some(given) = self.sha256.as_deref().map(str::trim) else { return true };
+        let expected = if given.len() == 64 {
+            hex::decode(given).ok()
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(given).ok().filter(|d| d.len() == 32)
+        };
+        match expected {
+            Some(digest) => digest == sha2::Sha256::digest(bytes).as_slice(),
+            None => true,
+        }
+    }
+}
+
 fn lenient_i64(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Number(n) => n.as_i64(),

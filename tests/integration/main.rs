@@ -6,6 +6,7 @@ mod support;
 mod bdk_interop;
 mod burst;
 mod lifecycle;
+mod media;
 mod mock_pod;
 mod pywa_interop;
 mod relay;

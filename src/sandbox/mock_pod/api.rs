@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::presentation;
+use super::state::StoredAttachment;
 use crate::groups::model::to_url_safe_id;
 
 /// A spec-shaped error: `{"code": <status>, "message": "..."}`.
@@ -44,6 +45,7 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         .route("/pod/v1/streams/list", post(streams_list))
         .route("/pod/v1/streams/{id}/attachments", get(stream_attachments))
         .route("/agent/v1/info", get(agent_info))
+        .route("/agent/v1/stream/{id}/attachment", get(attachment_download))
         .route("/agent/v4/stream/{id}/message/create", post(message_create))
         .route("/agent/v4/stream/{id}/message", get(message_list))
         .route("/agent/v5/datafeeds", get(feeds_list).post(feeds_create))
@@ -586,9 +588,8 @@ async fn stream_attachments(
         .flat_map(|m| {
             m.attachments.iter().map(move |a| {
                 json!({"messageId": m.message_id, "ingestionDate": m.timestamp, "userId": m.user,
-                       "fileId": a["id"], "name": a["name"], "size": a["size"],
-                       "content-type": a.get("contentType").cloned().unwrap_or(json!("application/octet-stream")),
-                       "previews": []})
+                       "fileId": a.id, "name": a.name, "size": a.bytes.len(),
+                       "content-type": a.content_type, "previews": []})
             })
         })
         .collect();
@@ -605,6 +606,35 @@ async fn agent_info(State(shared): State<Shared>, headers: HeaderMap) -> Respons
         "commitId": "mock",
     }))
     .into_response()
+}
+
+/// `GET /agent/v1/stream/{sid}/attachment?fileId=&messageId=`: the file, base64-encoded. The
+/// spec knows 400, 401, 403 and 500 here: a stream the caller is not in is 403, an unknown
+/// message or file 400.
+async fn attachment_download(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let user = caller!(shared, headers, true);
+    let id = to_url_safe_id(&id);
+    let (Some(file_id), Some(message_id)) = (q.get("fileId"), q.get("messageId")) else {
+        return error(400, "fileId and messageId are required");
+    };
+    let st = shared.lock();
+    let Some(s) = st.streams.get(&id).filter(|s| s.member(user).is_some()) else {
+        return error(403, "The user is not a member of the stream");
+    };
+    let message_id = to_url_safe_id(message_id);
+    let Some(m) = s.messages.iter().find(|m| m.message_id == message_id) else {
+        return error(400, "The message does not exist in this stream");
+    };
+    let Some(a) = m.attachments.iter().find(|a| a.id == *file_id) else {
+        return error(400, "The message has no attachment with this fileId");
+    };
+    let body = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &a.bytes);
+    ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
 }
 
 async fn message_create(
@@ -634,12 +664,11 @@ async fn message_create(
         match name.as_str() {
             "message" => message = Some(String::from_utf8_lossy(&bytes).into_owned()),
             "data" => data = Some(String::from_utf8_lossy(&bytes).into_owned()),
-            "attachment" => attachments.push(json!({
-                "id": format!("internal_{}", super::state::random_id(12)),
-                "name": file_name.unwrap_or_else(|| "attachment".into()),
-                "size": bytes.len(),
-                "contentType": content_type.unwrap_or_else(|| "application/octet-stream".into()),
-            })),
+            "attachment" => attachments.push(StoredAttachment::new(
+                file_name.unwrap_or_else(|| "attachment".into()),
+                content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                bytes,
+            )),
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::presentation;
-use super::state::{PodState, Stream};
+use super::state::{PodState, StoredAttachment, Stream};
 use crate::groups::model::to_url_safe_id;
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
@@ -34,6 +34,7 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         .route("/_sandbox/streams", get(list_streams))
         .route("/_sandbox/streams/{sid}", get(one_stream))
         .route("/_sandbox/streams/{sid}/messages", get(list_messages).post(post_message))
+        .route("/_sandbox/streams/{sid}/attachments/{file_id}", get(attachment_bytes))
         .route("/_sandbox/streams/{sid}/actions", post(act))
         .route("/_sandbox/forms", post(submit_form))
         .route("/_sandbox/faults", post(add_fault))
@@ -139,6 +140,36 @@ struct MessageBody {
     as_user: i64,
     #[serde(rename = "messageML")]
     message_ml: String,
+    #[serde(default)]
+    attachments: Vec<AttachmentBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentBody {
+    name: String,
+    content_type: String,
+    data_base64: String,
+}
+
+impl AttachmentBody {
+    fn decode(self) -> Result<StoredAttachment, String> {
+        if self.name.trim().is_empty() {
+            return Err("an attachment needs a name".into());
+        }
+        if self.content_type.trim().is_empty() {
+            return Err(format!("attachment {:?}: contentType is required", self.name));
+        }
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &self.data_base64)
+                .map_err(|e| format!("attachment {:?}: dataBase64 is not base64: {e}", self.name))?;
+        Ok(StoredAttachment::new(self.name, self.content_type, bytes.into()))
+    }
+}
+
+/// `{"name","fileId","size","contentType"}`, as the control API shows an attachment.
+pub(crate) fn attachment_json(a: &StoredAttachment) -> Value {
+    json!({"name": a.name, "fileId": a.id, "size": a.bytes.len(), "contentType": a.content_type})
 }
 
 async fn post_message(
@@ -148,6 +179,10 @@ async fn post_message(
 ) -> Response {
     let b: MessageBody = parse_or_return!(&body);
     let sid = to_url_safe_id(&sid);
+    let attachments = match b.attachments.into_iter().map(AttachmentBody::decode).collect() {
+        Ok(a) => a,
+        Err(e) => return bad(e),
+    };
     let result = {
         let mut st = shared.lock();
         if !st.streams.contains_key(&sid) {
@@ -157,7 +192,7 @@ async fn post_message(
             st.users.iter().map(|(id, u)| (*id, u.display_name.clone())).collect();
         match presentation::render(&b.message_ml, None, &presentation::names(&names)) {
             Ok(rendered) => st
-                .post(b.as_user, &sid, rendered, Vec::new())
+                .post(b.as_user, &sid, rendered, attachments)
                 .map_err(|e| (StatusCode::FORBIDDEN, e)),
             Err(e) => Err((StatusCode::BAD_REQUEST, e)),
         }
@@ -182,10 +217,33 @@ async fn list_messages(State(shared): State<Shared>, Path(sid): Path<String>) ->
                 "messageId": m.message_id, "timestamp": m.timestamp,
                 "user": {"userId": m.user, "displayName": st.display_name(m.user).unwrap_or_default()},
                 "message": m.presentation_ml, "text": m.text, "data": m.data,
+                "attachments": m.attachments.iter().map(attachment_json).collect::<Vec<_>>(),
             })
         })
         .collect();
     Json(messages).into_response()
+}
+
+/// The raw bytes of an attachment, with its content type.
+async fn attachment_bytes(
+    State(shared): State<Shared>,
+    Path((sid, file_id)): Path<(String, String)>,
+) -> Response {
+    let st = shared.lock();
+    let Some(s) = st.streams.get(&to_url_safe_id(&sid)) else {
+        return fail(StatusCode::NOT_FOUND, "no such stream");
+    };
+    // Ids hold an encoded `/` (`%2F`): accept them with it encoded once or decoded.
+    let found = s
+        .messages
+        .iter()
+        .flat_map(|m| &m.attachments)
+        .find(|a| a.id == file_id || a.id.replace("%2F", "/") == file_id);
+    match found {
+        Some(a) => ([(axum::http::header::CONTENT_TYPE, a.content_type.clone())], a.bytes.clone())
+            .into_response(),
+        None => fail(StatusCode::NOT_FOUND, "no attachment with that fileId in this stream"),
+    }
 }
 
 #[derive(Deserialize)]

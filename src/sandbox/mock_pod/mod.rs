@@ -140,6 +140,16 @@ pub struct PostedMessage {
     pub user: i64,
     pub text: String,
     pub presentation_ml: String,
+    pub attachments: Vec<PostedAttachment>,
+}
+
+/// A file attached to a posted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedAttachment {
+    pub file_id: String,
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
 }
 
 /// A running mock pod.
@@ -244,7 +254,7 @@ impl MockPod {
         Ok(id)
     }
 
-    /// The messages of a stream, oldest first: (sender, plain text, PresentationML).
+    /// The messages of a stream, oldest first: sender, plain text, PresentationML, attachments.
     pub fn messages(&self, stream: &str) -> Vec<PostedMessage> {
         let st = self.shared.lock();
         st.streams
@@ -257,6 +267,16 @@ impl MockPod {
                         user: m.user,
                         text: m.text.clone(),
                         presentation_ml: m.presentation_ml.clone(),
+                        attachments: m
+                            .attachments
+                            .iter()
+                            .map(|a| PostedAttachment {
+                                file_id: a.id.clone(),
+                                name: a.name.clone(),
+                                content_type: a.content_type.clone(),
+                                bytes: a.bytes.to_vec(),
+                            })
+                            .collect(),
                     })
                     .collect()
             })
@@ -332,9 +352,13 @@ impl MockPod {
     }
 }
 
+/// Largest request body: messages carry attachments (the control API's base64 ones too).
+const MAX_BODY_BYTES: usize = 140 * 1024 * 1024;
+
 /// The whole HTTP surface: product API + control API.
 pub(crate) fn router(shared: Shared) -> axum::Router {
     api::router(shared.clone())
         .merge(control::router(shared.clone()))
         .layer(axum::middleware::from_fn_with_state(shared, api::inject_faults))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

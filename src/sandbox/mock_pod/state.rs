@@ -60,7 +60,28 @@ pub(crate) struct StoredMessage {
     pub presentation_ml: String,
     pub data: String,
     pub text: String,
-    pub attachments: Vec<Value>,
+    pub attachments: Vec<StoredAttachment>,
+}
+
+/// A file attached to a message, with its bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredAttachment {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl StoredAttachment {
+    /// A new attachment with an id shaped like a real pod's (`internal_<pod>%2F<key>`).
+    pub(crate) fn new(name: String, content_type: String, bytes: bytes::Bytes) -> Self {
+        Self { id: format!("internal_14362%2F{}", random_id(24)), name, content_type, bytes }
+    }
+
+    /// `V4AttachmentInfo`, as messages and datafeed events carry it.
+    pub(crate) fn v4_info(&self) -> Value {
+        json!({"id": self.id, "name": self.name, "size": self.bytes.len(), "images": []})
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -462,7 +483,7 @@ impl PodState {
         sender: i64,
         id: &str,
         rendered: super::presentation::Rendered,
-        attachments: Vec<Value>,
+        attachments: Vec<StoredAttachment>,
     ) -> Result<Value, String> {
         let s = self.streams.get(id).ok_or("no such stream")?;
         if s.member(sender).is_none() {
@@ -499,7 +520,9 @@ impl PodState {
     pub(crate) fn v4_message(&self, stream: &str, m: &StoredMessage) -> Value {
         json!({
             "messageId": m.message_id, "timestamp": m.timestamp, "message": m.presentation_ml,
-            "data": m.data, "attachments": m.attachments, "user": self.v4_user(m.user),
+            "data": m.data,
+            "attachments": m.attachments.iter().map(StoredAttachment::v4_info).collect::<Vec<_>>(),
+            "user": self.v4_user(m.user),
             "stream": {"streamId": stream, "streamType": self.streams.get(stream).map_or("ROOM", |s| s.kind.as_str())},
             "externalRecipients": false, "userAgent": "wa-groups-bot-mock-pod",
             "originalFormat": "com.symphony.messageml.v2",

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::graph::{request_to_join, window_from_now};
-use super::state::{Delivered, SimState, now_secs, wamid};
+use super::state::{Delivered, Media, MediaRef, SimState, now_secs, wamid};
+use crate::whatsapp::media::{self, MediaKind};
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -35,9 +36,12 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         .route("/_sandbox/wa/phones/{phone}/leave", post(leave))
         .route("/_sandbox/wa/groups", get(groups))
         .route("/_sandbox/wa/groups/{id}", get(group))
+        .route("/_sandbox/wa/media/{id}", get(media_bytes))
         .route("/_sandbox/wa/faults", post(faults))
         .route("/_sandbox/wa/webhooks/faults", post(webhook_faults))
         .route("/_sandbox/wa/stats", get(stats))
+        // A phone's file arrives base64-encoded in JSON.
+        .layer(axum::extract::DefaultBodyLimit::max(140 * 1024 * 1024))
         .with_state(shared)
 }
 
@@ -196,22 +200,122 @@ async fn cancel(State(shared): State<Shared>, Path(phone): Path<String>, body: B
     Json(json!({"ok": true})).into_response()
 }
 
-/// A phone writes to the business (`to = "business"`) or to a group it is in.
+/// A file a phone sends.
+pub(crate) struct PhoneMedia {
+    pub kind: MediaKind,
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub caption: Option<String>,
+    pub bytes: Bytes,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MediaBody {
+    #[serde(rename = "type")]
+    kind: String,
+    mime_type: String,
+    filename: Option<String>,
+    data_base64: String,
+    caption: Option<String>,
+}
+
+impl MediaBody {
+    fn decode(self) -> Result<PhoneMedia, String> {
+        let kind = MediaKind::parse(&self.kind).ok_or_else(|| {
+            format!(
+                "media.type must be image, document, audio, video or sticker, not {:?}",
+                self.kind
+            )
+        })?;
+        if self.mime_type.trim().is_empty() {
+            return Err("media.mimeType is required".into());
+        }
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            self.data_base64.trim(),
+        )
+        .map_err(|e| format!("media.dataBase64 is not base64: {e}"))?;
+        if bytes.is_empty() {
+            return Err("media.dataBase64 is empty".into());
+        }
+        let caption = self.caption.filter(|c| !c.trim().is_empty());
+        if caption.is_some() && !kind.takes_caption() {
+            return Err(format!("a {kind} has no caption"));
+        }
+        if self.filename.is_some() && kind != MediaKind::Document {
+            return Err(format!("only a document has a file name, not a {kind}"));
+        }
+        // A document always has a name on WhatsApp.
+        let filename = match kind {
+            MediaKind::Document => Some(self.filename.unwrap_or_else(|| "document".into())),
+            _ => None,
+        };
+        Ok(PhoneMedia {
+            kind,
+            mime_type: media::essence(&self.mime_type),
+            filename,
+            caption,
+            bytes: bytes.into(),
+        })
+    }
+}
+
+/// A phone writes to the business (`to = "business"`) or to a group it is in: text, or a file
+/// (stored like an upload, announced by the webhook with its media object).
 pub(crate) fn phone_message(
     shared: &Shared,
     phone: &str,
     to: &str,
     text: &str,
     context: Option<&str>,
+    file: Option<PhoneMedia>,
 ) -> Result<String, String> {
-    if text.trim().is_empty() {
+    if file.is_none() && text.trim().is_empty() {
         return Err("text is empty".into());
     }
+    if file.is_some() && !text.is_empty() {
+        return Err("give text or media, not both (a media message has a caption)".into());
+    }
     let mut st = shared.lock();
+    if to != "business" {
+        let member = st
+            .groups
+            .get(to)
+            .filter(|g| g.active)
+            .map(|g| g.participants.iter().any(|p| p == phone));
+        match member {
+            None => return Err("no such group".into()),
+            Some(false) => return Err("this phone is not a participant of that group".into()),
+            Some(true) => {}
+        }
+    }
     let id = wamid();
     let name = st.profile_name(phone);
     let mut message = json!({"from": phone, "from_user_id": SimState::bsuid(phone), "id": id,
         "timestamp": now_secs().to_string(), "type": "text", "text": {"body": text}});
+    let mut media_ref = None;
+    if let Some(f) = file {
+        let kind = f.kind.as_str();
+        let stored = Media::new(f.mime_type, f.filename.clone(), f.bytes);
+        // The media object exactly as Meta's webhooks carry it for this kind.
+        let mut object = json!({"mime_type": stored.mime_type, "sha256": stored.sha256_base64(), "id": stored.id});
+        if let Some(c) = &f.caption {
+            object["caption"] = json!(c);
+        }
+        if let Some(n) = &f.filename {
+            object["filename"] = json!(n);
+        }
+        match f.kind {
+            MediaKind::Audio => object["voice"] = json!(false),
+            MediaKind::Sticker => object["animated"] = json!(false),
+            _ => {}
+        }
+        message = json!({"from": phone, "from_user_id": SimState::bsuid(phone), "id": id,
+            "timestamp": now_secs().to_string(), "type": kind, kind: object});
+        media_ref = Some((f.kind, MediaRef::of(&stored, f.caption, None)));
+        st.media.insert(stored.id.clone(), stored);
+    }
     if let Some(c) = context {
         message["context"] = json!({"from": st.cfg.business_phone, "id": c});
     }
@@ -229,11 +333,14 @@ pub(crate) fn phone_message(
             id: id.clone(),
             from: phone.to_owned(),
             group_id: Some(to.to_owned()),
-            kind: "text".into(),
-            text: text.to_owned(),
+            kind: media_ref.as_ref().map_or("text", |(k, _)| k.as_str()).to_owned(),
+            text: media_ref
+                .as_ref()
+                .map_or(text.to_owned(), |(_, m)| m.caption.clone().unwrap_or_default()),
             template: None,
             context_id: context.map(str::to_owned),
             timestamp: now_secs(),
+            media: media_ref.map(|(_, m)| m),
         });
         let others: Vec<String> = g.participants.iter().filter(|p| *p != phone).cloned().collect();
         let copy = g.messages.last().cloned();
@@ -257,14 +364,20 @@ pub(crate) fn phone_message(
 #[serde(rename_all = "camelCase")]
 struct WriteBody {
     to: String,
+    #[serde(default)]
     text: String,
     context_id: Option<String>,
+    media: Option<MediaBody>,
 }
 
 async fn write(State(shared): State<Shared>, Path(phone): Path<String>, body: Bytes) -> Response {
     let phone = try_or!(phone_id(&phone));
     let b: WriteBody = try_or!(parse(&body).map_err(bad));
-    match phone_message(&shared, &phone, &b.to, &b.text, b.context_id.as_deref()) {
+    let file = match b.media.map(MediaBody::decode).transpose() {
+        Ok(f) => f,
+        Err(e) => return bad(e),
+    };
+    match phone_message(&shared, &phone, &b.to, &b.text, b.context_id.as_deref(), file) {
         Ok(id) => Json(json!({"id": id})).into_response(),
         Err(e) => bad(e),
     }
@@ -309,6 +422,15 @@ async fn group(State(shared): State<Shared>, Path(id): Path<String>) -> Response
     match shared.lock().groups.get(&id) {
         Some(g) => Json(g.to_json()).into_response(),
         None => fail(StatusCode::NOT_FOUND, "no such group"),
+    }
+}
+
+/// The raw bytes of a stored media file (uploaded or sent by a phone), with its type.
+async fn media_bytes(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    match shared.lock().media.get(&id) {
+        Some(m) => ([(axum::http::header::CONTENT_TYPE, m.mime_type.clone())], m.bytes.clone())
+            .into_response(),
+        None => fail(StatusCode::NOT_FOUND, "no media with that id"),
     }
 }
 

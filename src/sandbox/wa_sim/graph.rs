@@ -16,7 +16,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::state::{Delivered, Group, JoinRequest, SimState, WINDOW, now_secs, random, wamid};
+use super::state::{
+    Delivered, Group, JoinRequest, MEDIA_URL_TTL, Media, MediaRef, SimState, WINDOW, now_secs,
+    random, wamid,
+};
+use crate::whatsapp::media::{self, MediaKind};
 
 /// A Graph error: `{"error":{"message","type","code","error_subcode"?,"fbtrace_id"}}`.
 pub(crate) fn graph_error(status: u16, code: i64, message: &str) -> Response {
@@ -38,10 +42,34 @@ fn invalid(message: &str) -> Response {
     graph_error(400, 100, &format!("Invalid parameter: {message}"))
 }
 
+/// A Graph error with an `error_subcode` (e.g. 100/33 for an object that does not exist).
+fn graph_error_sub(status: u16, code: i64, subcode: i64, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({"error": {"message": message, "type": "GraphMethodException", "code": code,
+                                "error_subcode": subcode, "fbtrace_id": random(9)}});
+    (status, Json(body)).into_response()
+}
+
+/// What Graph answers for an id that names nothing (here: digits that are no media id).
+fn no_such_object(method: &str, id: &str) -> Response {
+    graph_error_sub(
+        400,
+        100,
+        33,
+        &format!(
+            "Unsupported {method} request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."
+        ),
+    )
+}
+
+/// Largest Graph request: a 100 MB document upload and its multipart framing.
+const MAX_BODY_BYTES: usize = 110 * 1024 * 1024;
+
 pub(crate) fn router(shared: Shared) -> axum::Router {
     axum::Router::new()
         .route("/{ver}/{id}", get(group_info).post(group_update).delete(group_delete))
         .route("/{ver}/{id}/groups", post(group_create).get(group_list))
+        .route("/{ver}/{id}/media", post(media_upload))
         .route("/{ver}/{id}/messages", post(send_message))
         .route("/{ver}/{id}/invite_link", get(link_get).post(link_reset))
         .route(
@@ -50,6 +78,8 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         )
         .route("/{ver}/{id}/participants", axum::routing::delete(participants_remove))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/whatsapp_business/attachments/", get(media_download))
         .with_state(shared)
 }
 
@@ -262,8 +292,15 @@ async fn group_info(
     State(shared): State<Shared>,
     Path((_, id)): Path<(String, String)>,
     Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
     let mut st = shared.lock();
+    if let Some(m) = st.media.get(&id).cloned() {
+        return media_info(&mut st, &m, &q, &headers);
+    }
+    if id.chars().all(|c| c.is_ascii_digit()) && id != st.cfg.phone_number_id {
+        return no_such_object("get", &id);
+    }
     if id == st.cfg.phone_number_id {
         // The business phone number itself.
         let digits = st.cfg.business_phone.clone();
@@ -352,8 +389,20 @@ async fn group_update(
 async fn group_delete(
     State(shared): State<Shared>,
     Path((_, id)): Path<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let mut st = shared.lock();
+    if st.media.contains_key(&id) {
+        if let Err(r) = owned_by_business(&st, &q) {
+            return r;
+        }
+        st.media.remove(&id);
+        st.media_urls.retain(|_, (mid, _)| *mid != id);
+        return Json(json!({"success": true})).into_response();
+    }
+    if id.chars().all(|c| c.is_ascii_digit()) {
+        return no_such_object("delete", &id);
+    }
     let g = match group_mut(&mut st, &id) {
         Ok(g) => g,
         Err(r) => return r,
@@ -598,6 +647,162 @@ async fn participants_remove(
     operation(&request_id)
 }
 
+// ----- media -----
+
+/// The optional `phone_number_id` of media calls must name this business.
+fn owned_by_business(
+    st: &SimState,
+    q: &std::collections::HashMap<String, String>,
+) -> Result<(), Response> {
+    match q.get("phone_number_id") {
+        Some(p) if *p != st.cfg.phone_number_id => {
+            Err(invalid("phone_number_id: the media does not belong to this phone number"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `GET /<MEDIA_ID>`: a download URL valid for 5 minutes, and what the file is.
+fn media_info(
+    st: &mut SimState,
+    m: &Media,
+    q: &std::collections::HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    if let Err(r) = owned_by_business(st, q) {
+        return r;
+    }
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let hash = random(24);
+    let expires = now_secs() + MEDIA_URL_TTL.as_secs() as i64;
+    if let Some(until) = Instant::now().checked_add(MEDIA_URL_TTL) {
+        st.media_urls.insert(hash.clone(), (m.id.clone(), until));
+    }
+    st.media_urls.retain(|_, (_, until)| *until > Instant::now());
+    let url = format!(
+        "http://{host}/whatsapp_business/attachments/?mid={}&ext={expires}&hash={hash}",
+        m.id
+    );
+    Json(json!({"messaging_product": "whatsapp", "url": url, "mime_type": m.mime_type,
+                "sha256": m.sha256_hex(), "file_size": m.bytes.len().to_string(), "id": m.id}))
+    .into_response()
+}
+
+/// `POST /<PHONE_NUMBER_ID>/media`: multipart `messaging_product`, `file` (with its type) and
+/// `type`. Types outside Meta's list and files over their kind's limit are refused.
+async fn media_upload(
+    State(shared): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    mut multipart: axum::extract::Multipart,
+) -> Response {
+    let mut product = None;
+    let mut declared = None;
+    let mut file = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return invalid(&format!("the body is not valid multipart: {e}")),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let filename = field.file_name().map(str::to_owned);
+        let part_type = field.content_type().map(str::to_owned);
+        let bytes = match field.bytes().await {
+            Ok(b) => b,
+            Err(e) => return invalid(&format!("the body is not valid multipart: {e}")),
+        };
+        match name.as_str() {
+            "messaging_product" => product = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "type" => declared = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            "file" => file = Some((filename, part_type, bytes)),
+            _ => {}
+        }
+    }
+    if product.as_deref() != Some("whatsapp") {
+        return invalid("messaging_product must be \"whatsapp\"");
+    }
+    let Some((filename, part_type, bytes)) = file else {
+        return invalid("file is required");
+    };
+    // Meta goes by the file part's type; `type` stands in when the part has none.
+    let mime = media::essence(part_type.as_deref().or(declared.as_deref()).unwrap_or_default());
+    let Some(limit) = media::upload_limit(&mime) else {
+        return graph_error_plain(
+            400,
+            100,
+            &format!(
+                "(#100) Param file must be a file with one of the following types: {}. Received file of type '{mime}'.",
+                media::UPLOAD_MIME_TYPES.join(", ")
+            ),
+        );
+    };
+    if bytes.is_empty() {
+        return invalid("file is empty");
+    }
+    if bytes.len() as u64 > limit {
+        return graph_error(
+            400,
+            131053,
+            &format!(
+                "Media upload error: a {mime} file may have at most {} ({limit} bytes); this one has {} bytes",
+                media::human_size(limit),
+                bytes.len()
+            ),
+        );
+    }
+    let mut st = shared.lock();
+    if id != st.cfg.phone_number_id {
+        return graph_error(400, 100, "Unsupported post request: unknown phone number id");
+    }
+    let m = Media::new(mime, filename, bytes);
+    let media_id = m.id.clone();
+    st.media.insert(media_id.clone(), m);
+    Json(json!({"id": media_id})).into_response()
+}
+
+/// A Graph error whose message is given whole.
+fn graph_error_plain(status: u16, code: i64, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({"error": {"message": message, "type": "OAuthException", "code": code,
+                                "fbtrace_id": random(9)}});
+    (status, Json(body)).into_response()
+}
+
+/// `GET <url from GET /<MEDIA_ID>>`: the file itself, with the Bearer token, while the URL is
+/// valid.
+async fn media_download(
+    State(shared): State<Shared>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut st = shared.lock();
+    st.stats.api_calls += 1;
+    if let Some(f) = st.faults.take("GET", "/whatsapp_business/attachments/") {
+        st.stats.faults_served += 1;
+        if f.status >= 100 {
+            return graph_error(f.status, f.code.unwrap_or(1), "injected fault");
+        }
+    }
+    let expected = format!("Bearer {}", st.cfg.access_token);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token");
+    }
+    let hash = q.get("hash").map(String::as_str).unwrap_or_default();
+    let valid = st
+        .media_urls
+        .get(hash)
+        .filter(|(mid, until)| Some(mid) == q.get("mid") && *until > Instant::now())
+        .map(|(mid, _)| mid.clone());
+    let Some(m) = valid.and_then(|mid| st.media.get(&mid)) else {
+        return graph_error(
+            404,
+            100,
+            "The media URL is invalid or expired: retrieve a new one with GET /<MEDIA_ID>",
+        );
+    };
+    ([(axum::http::header::CONTENT_TYPE, m.mime_type.clone())], m.bytes.clone()).into_response()
+}
+
 // ----- messages -----
 
 /// Renders a template as the phone would see it: name, language and body parameters (a
@@ -671,6 +876,9 @@ async fn send_message(
     }
     let recipient_type = body.get("recipient_type").and_then(Value::as_str).unwrap_or("individual");
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("text").to_owned();
+    let mut media_ref = None;
+    // A media file that does not fit its kind is accepted, then fails (131053) by webhook.
+    let mut media_failure = None;
     let (template, text) = match kind.as_str() {
         "text" => match body.get("text").and_then(|t| t.get("body")).and_then(Value::as_str) {
             Some(b) if !b.trim().is_empty() => (None, b.to_owned()),
@@ -681,7 +889,18 @@ async fn send_message(
             Some(Err(r)) => return r,
             None => return invalid("template is required"),
         },
-        other => return graph_error(400, 131051, &format!("Unsupported message type {other}")),
+        name => match MediaKind::parse(name) {
+            Some(k) => match media_object(&st, k, body.get(name)) {
+                Ok((r, failure)) => {
+                    let caption = r.caption.clone().unwrap_or_default();
+                    media_ref = Some(r);
+                    media_failure = failure;
+                    (None, caption)
+                }
+                Err(r) => return r,
+            },
+            None => return graph_error(400, 131051, &format!("Unsupported message type {name}")),
+        },
     };
     let id = wamid();
     let business = st.cfg.business_phone.clone();
@@ -694,6 +913,7 @@ async fn send_message(
         template,
         context_id: None,
         timestamp: now_secs(),
+        media: media_ref,
     };
     let mut statuses = Vec::new();
     let status = |s: &str,
@@ -715,6 +935,12 @@ async fn send_message(
         json!([{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message",
         "error_data": {"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}])
     };
+    let media_failed = |details: &str| {
+        json!([{"code": 131053, "title": "Media upload error", "message": "Media upload error",
+        "error_data": {"details": details}}])
+    };
+    // Free-form messages (text and media) need an open window; templates do not.
+    let free_form = kind != "template";
     match recipient_type {
         "group" => {
             let g = match st.groups.get(&to).filter(|g| g.active) {
@@ -733,8 +959,10 @@ async fn send_message(
             if g.participants.is_empty() {
                 return graph_error(400, 131020, "Cannot send messages to single member groups");
             }
-            if kind == "text" && !g.window_open() {
+            if free_form && !g.window_open() {
                 statuses.push(status("failed", &to, "group", None, Some(window_closed())));
+            } else if let Some(details) = &media_failure {
+                statuses.push(status("failed", &to, "group", None, Some(media_failed(details))));
             } else {
                 let msg = Delivered { group_id: Some(to.clone()), ..delivered };
                 if let Some(gm) = st.groups.get_mut(&to) {
@@ -753,8 +981,16 @@ async fn send_message(
             }
             let open =
                 st.phones.get(&to).and_then(|p| p.window_until).is_some_and(|t| t > Instant::now());
-            if kind == "text" && !open {
+            if free_form && !open {
                 statuses.push(status("failed", &to, "individual", None, Some(window_closed())));
+            } else if let Some(details) = &media_failure {
+                statuses.push(status(
+                    "failed",
+                    &to,
+                    "individual",
+                    None,
+                    Some(media_failed(details)),
+                ));
             } else {
                 st.phone(&to).inbox.push(delivered);
                 statuses.push(status("sent", &to, "individual", None, None));
@@ -772,6 +1008,57 @@ async fn send_message(
         shared.emit("messages", v);
     }
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]})).into_response()
+}
+
+/// Reads the `image`/`document`/… object of a media message: sent by `id` (the simulator
+/// fetches no `link`), a caption only where the kind takes one, a file name only on documents.
+/// Also says why delivery will fail when the file does not fit the kind (type or size).
+fn media_object(
+    st: &SimState,
+    kind: MediaKind,
+    object: Option<&Value>,
+) -> Result<(MediaRef, Option<String>), Response> {
+    let name = kind.as_str();
+    let object = object.ok_or_else(|| invalid(&format!("{name} is required")))?;
+    if object.get("link").is_some() && object.get("id").is_none() {
+        return Err(invalid(&format!(
+            "{name}.link: the simulator sends media by id only (upload it first)"
+        )));
+    }
+    let id = object
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(&format!("{name}.id is required")))?;
+    let m = st
+        .media
+        .get(id)
+        .ok_or_else(|| invalid(&format!("{name}.id: {id} is not a media id of this business")))?;
+    let caption = object.get("caption").and_then(Value::as_str).map(str::to_owned);
+    if caption.is_some() && !kind.takes_caption() {
+        return Err(invalid(&format!("{name}.caption: a {name} message has no caption")));
+    }
+    if caption.as_ref().is_some_and(|c| c.chars().count() > media::MAX_CAPTION_CHARS) {
+        return Err(invalid(&format!(
+            "{name}.caption has at most {} characters",
+            media::MAX_CAPTION_CHARS
+        )));
+    }
+    let filename = object.get("filename").and_then(Value::as_str).map(str::to_owned);
+    if filename.is_some() && kind != MediaKind::Document {
+        return Err(invalid(&format!("{name}.filename: only a document has a file name")));
+    }
+    let failure = if !kind.accepts(&m.mime_type) {
+        Some(format!("A {name} cannot be a {} file", m.mime_type))
+    } else if m.bytes.len() as u64 > kind.max_bytes() {
+        Some(format!(
+            "A {name} may have at most {}; this file has {} bytes",
+            media::human_size(kind.max_bytes()),
+            m.bytes.len()
+        ))
+    } else {
+        None
+    };
+    Ok((MediaRef::of(m, caption, filename), failure))
 }
 
 /// Opens (or refreshes) a 24-hour window.

@@ -187,7 +187,7 @@ impl WhatsAppSim {
         text: &str,
         context: Option<&str>,
     ) -> Result<String, WaSimError> {
-        control::phone_message(&self.shared, phone, to.unwrap_or("business"), text, context)
+        control::phone_message(&self.shared, phone, to.unwrap_or("business"), text, context, None)
             .map_err(WaSimError::Request)
     }
 

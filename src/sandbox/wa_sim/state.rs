@@ -14,6 +14,9 @@ use super::WhatsAppSimConfig;
 /// A customer-service window lasts 24 hours from the contact's last message.
 pub(crate) const WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// A media download URL works for 5 minutes.
+pub(crate) const MEDIA_URL_TTL: Duration = Duration::from_secs(5 * 60);
+
 pub(crate) fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -49,6 +52,8 @@ pub(crate) struct Delivered {
     pub template: Option<Value>,
     pub context_id: Option<String>,
     pub timestamp: i64,
+    /// The file of a media message.
+    pub media: Option<MediaRef>,
 }
 
 impl Delivered {
@@ -62,6 +67,79 @@ impl Delivered {
         }
         if let Some(c) = &self.context_id {
             v["contextId"] = json!(c);
+        }
+        if let Some(m) = &self.media {
+            v["media"] = m.to_json();
+        }
+        v
+    }
+}
+
+/// A stored media file: uploaded by the business or sent by a phone.
+#[derive(Debug, Clone)]
+pub(crate) struct Media {
+    pub id: String,
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub bytes: bytes::Bytes,
+}
+
+impl Media {
+    /// A new file under a fresh Graph-like id (digits).
+    pub(crate) fn new(mime_type: String, filename: Option<String>, bytes: bytes::Bytes) -> Self {
+        let mut rng = rand::thread_rng();
+        let id = format!(
+            "{}{}",
+            rng.next_u32() % 9 + 1,
+            (0..15).map(|_| char::from(b'0' + (rng.next_u32() % 10) as u8)).collect::<String>()
+        );
+        Self { id, mime_type, filename, bytes }
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&self.bytes).to_vec()
+    }
+
+    /// As `GET /<MEDIA_ID>` gives it: hex.
+    pub(crate) fn sha256_hex(&self) -> String {
+        hex::encode(self.digest())
+    }
+
+    /// As webhooks give it: base64.
+    pub(crate) fn sha256_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.digest())
+    }
+}
+
+/// The file of a delivered media message, as the control API shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct MediaRef {
+    pub id: String,
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub caption: Option<String>,
+    pub size: usize,
+}
+
+impl MediaRef {
+    pub(crate) fn of(media: &Media, caption: Option<String>, filename: Option<String>) -> Self {
+        MediaRef {
+            id: media.id.clone(),
+            mime_type: media.mime_type.clone(),
+            filename: filename.or_else(|| media.filename.clone()),
+            caption,
+            size: media.bytes.len(),
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        let mut v = json!({"id": self.id, "mimeType": self.mime_type, "size": self.size});
+        if let Some(f) = &self.filename {
+            v["filename"] = json!(f);
+        }
+        if let Some(c) = &self.caption {
+            v["caption"] = json!(c);
         }
         v
     }
@@ -110,6 +188,7 @@ impl Group {
             "messages": self.messages.iter().map(|m| {
                 let mut v = json!({"id": m.id, "from": m.from, "type": m.kind, "text": m.text});
                 if let Some(t) = &m.template { v["template"] = t.clone(); }
+                if let Some(media) = &m.media { v["media"] = media.to_json(); }
                 v
             }).collect::<Vec<_>>(),
         })
@@ -150,6 +229,10 @@ pub(crate) struct SimState {
     pub groups: HashMap<String, Group>,
     pub group_order: Vec<String>,
     pub phones: HashMap<String, Phone>,
+    /// Media files by id.
+    pub media: HashMap<String, Media>,
+    /// Download URLs handed out: `hash` → (media id, valid until).
+    pub media_urls: HashMap<String, (String, Instant)>,
     pub faults: crate::sandbox::faults::Faults,
     pub delivery_faults: DeliveryFaults,
     pub stats: SimStats,
@@ -162,6 +245,8 @@ impl SimState {
             groups: HashMap::new(),
             group_order: Vec::new(),
             phones: HashMap::new(),
+            media: HashMap::new(),
+            media_urls: HashMap::new(),
             faults: Default::default(),
             delivery_faults: DeliveryFaults::default(),
             stats: SimStats::default(),
