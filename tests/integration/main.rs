@@ -4,6 +4,7 @@
 mod support;
 
 mod bdk_interop;
+mod create_form;
 mod lifecycle;
 mod mock_pod;
 mod pywa_interop;
