@@ -496,8 +496,42 @@ impl Dispatcher {
                 g.on_membership(&stream, user, name, Some(false), bot)?
             }
             SymphonyEventKind::RoomDeactivated { stream } => g.on_room_deactivated(&stream)?,
+            SymphonyEventKind::ElementsAction {
+                stream, form_id, values, initiator_email, ..
+            } => {
+                self.on_form_submitted(event.initiator, initiator_email, stream, &form_id, &values)?
+            }
             _ => Vec::new(),
         })
+    }
+
+    /// A submission of the create form runs the command's create, as its submitter, answering
+    /// in the stream of the form; values that cannot be used bring the form back with every
+    /// problem and what was typed. Other forms are not the bot's.
+    fn on_form_submitted(
+        &self,
+        initiator: Option<UserId>,
+        email: Option<String>,
+        stream: crate::groups::StreamId,
+        form_id: &str,
+        values: &serde_json::Value,
+    ) -> Result<Vec<Effect>, Undecided> {
+        if !commands::form::is_create_submission(form_id, values) {
+            return Ok(Vec::new());
+        }
+        let user = initiator
+            .ok_or_else(|| Undecided::Drop("a form submission without its submitter".into()))?;
+        tracing::info!(%user, form_id, "create form submitted");
+        let who = Requester { user, email, stream };
+        match commands::form::parse_create_form(values) {
+            Ok(r) => Ok(self.groups.create(&who, &r.name, &r.advisors, &r.contacts, r.standard)?),
+            Err(invalid) => {
+                let form = &invalid.submitted;
+                let message_ml =
+                    commands::form::render_create_form(&self.templates, form, &invalid.problems)?;
+                Ok(vec![Effect::PostMessage { stream: who.stream, message_ml }])
+            }
+        }
     }
 
     async fn on_message(
@@ -525,10 +559,8 @@ impl Dispatcher {
             Ok(None) => return Ok(self.relay.from_room(&message)?),
             Ok(Some(Command::Help)) => return reply(self.templates.help()?),
             Ok(Some(Command::CreateForm)) => {
-                return reply(self.templates.usage(
-                    "The create form is not available yet; give the name and the members.",
-                    commands::usage("create").unwrap_or("/wa help"),
-                )?);
+                let form = commands::form::CreateForm::default();
+                return reply(commands::form::render_create_form(&self.templates, &form, &[])?);
             }
             Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
                 return Ok(self.groups.create(&who, &name, &advisors, &contacts, standard)?);

@@ -272,18 +272,33 @@ fn no_args(command: &'static str, args: &[Token]) -> Result<(), ParseError> {
 }
 
 fn valid_name(command: &'static str, raw: &str) -> Result<String, ParseError> {
+    checked_name(raw).map_err(|problem| bad(command, problem))
+}
+
+/// A group name, trimmed, or why it is refused: the rule of every command and of the create
+/// form.
+pub(super) fn checked_name(raw: &str) -> Result<String, String> {
     let name = raw.trim();
     let chars = name.chars().count();
     if chars == 0 {
-        return Err(bad(command, "the name is empty"));
+        return Err("the name is empty".into());
     }
     if chars > MAX_NAME_CHARS {
-        return Err(bad(
-            command,
-            format!("the name has {chars} characters; at most {MAX_NAME_CHARS} are allowed"),
+        return Err(format!(
+            "the name has {chars} characters; at most {MAX_NAME_CHARS} are allowed"
         ));
     }
     Ok(name.to_owned())
+}
+
+/// How a WhatsApp number is written, for error messages.
+pub(super) const NUMBER_HINT: &str = "E.164, e.g. +447911123456";
+
+/// Adds `number` to `numbers` unless it is there already (duplicates folded, order kept).
+pub(super) fn push_number(numbers: &mut Vec<E164>, number: E164) {
+    if !numbers.contains(&number) {
+        numbers.push(number);
+    }
 }
 
 /// Mentions and phone numbers, duplicates folded, order kept.
@@ -299,11 +314,7 @@ fn people(command: &'static str, args: &[Token]) -> Result<(Vec<UserId>, Vec<E16
                 }
             }
             Token::Word(w) | Token::Quoted(w) => match E164::parse(w) {
-                Ok(n) => {
-                    if !contacts.contains(&n) {
-                        contacts.push(n);
-                    }
-                }
+                Ok(n) => push_number(&mut contacts, n),
                 Err(_) => bad_numbers.push(w.clone()),
             },
         }
@@ -312,7 +323,7 @@ fn people(command: &'static str, args: &[Token]) -> Result<(Vec<UserId>, Vec<E16
         let list = bad_numbers.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ");
         return Err(bad(
             command,
-            format!("not a valid WhatsApp number (E.164, e.g. +447911123456) or @mention: {list}"),
+            format!("not a valid WhatsApp number ({NUMBER_HINT}) or @mention: {list}"),
         ));
     }
     Ok((advisors, contacts))

@@ -56,12 +56,15 @@ pub enum SymphonyEventKind {
         stream: StreamId,
         user: UserId,
     },
-    /// An Elements form submitted (`SYMPHONYELEMENTSACTION`).
+    /// An Elements form submitted (`SYMPHONYELEMENTSACTION`); the submitter is the initiator.
     ElementsAction {
         stream: StreamId,
         form_message_id: String,
         form_id: String,
         values: serde_json::Value,
+        /// The submitter's email, when the datafeed gives it (entitlement lists may name emails).
+        #[serde(default)]
+        initiator_email: Option<String>,
     },
     /// Any other event type: acknowledged and ignored.
     Other {

@@ -33,7 +33,7 @@ impl std::fmt::Display for StandardReason {
                 "more than {MAX_NATIVE_CONTACTS} WhatsApp contacts ({n}): created as a standard group"
             ),
             StandardReason::Requested => {
-                f.write_str("--standard was given: created as a standard group")
+                f.write_str("not native, as asked: created as a standard group")
             }
             StandardReason::NativeGroupsDisabled => f.write_str(
                 "native WhatsApp groups are turned off here: created as a standard group",

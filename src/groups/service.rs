@@ -123,7 +123,7 @@ impl GroupService {
                 let (_, reason) =
                     rules::group_kind(contacts.len(), false, self.settings.features.native_groups);
                 let reason =
-                    reason.map(|r| r.to_string()).unwrap_or_else(|| "--standard was given".into());
+                    reason.map(|r| r.to_string()).unwrap_or_else(|| "not native, as asked".into());
                 self.store.set_group_state(key, GroupState::Active)?;
                 effects.push(self.post(
                     stream,

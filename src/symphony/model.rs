@@ -246,6 +246,8 @@ pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
                     form_message_id: form_message_id.to_owned(),
                     form_id: a.get("formId").and_then(Value::as_str).unwrap_or_default().to_owned(),
                     values: a.get("formValues").cloned().unwrap_or(Value::Null),
+                    initiator_email: str_at(raw, &["initiator", "user", "email"])
+                        .map(str::to_owned),
                 },
                 _ => other(),
             }
@@ -346,6 +348,33 @@ mod tests {
                 name: "a.pdf".into(),
                 size: Some(12)
             }]
+        );
+    }
+
+    #[test]
+    fn an_elements_submission_maps_with_its_submitter() {
+        // The shape of the developer docs' checkbox example (symphony-elements/checkbox.md).
+        let raw = serde_json::json!({
+            "id": "3dtVXF", "messageId": "amKuCXE9wjfEFX7qQPzanX___oyR5rbWbQ",
+            "timestamp": 1595280017705_i64, "type": "SYMPHONYELEMENTSACTION",
+            "initiator": {"user": {"userId": 344147139494862_i64, "displayName": "Reed Feldman",
+                                   "email": "reed.feldman@symphony.com"}},
+            "payload": {"symphonyElementsAction": {
+                "stream": {"streamId": "IEj12WoWsfTkiqOBkATdUn___pFXhN9OdA", "streamType": "IM"},
+                "formMessageId": "BFawdKkxmV0ZQmSuIzgfTX___oyR5yO2bQ", "formId": "form_id",
+                "formValues": {"action": "example-button", "id1": "value01"}}}
+        });
+        let e = map_event(&raw).expect("mapped");
+        assert_eq!(e.initiator, Some(UserId(344147139494862)));
+        assert_eq!(
+            e.kind,
+            SymphonyEventKind::ElementsAction {
+                stream: StreamId::new("IEj12WoWsfTkiqOBkATdUn___pFXhN9OdA"),
+                form_message_id: "BFawdKkxmV0ZQmSuIzgfTX___oyR5yO2bQ".into(),
+                form_id: "form_id".into(),
+                values: serde_json::json!({"action": "example-button", "id1": "value01"}),
+                initiator_email: Some("reed.feldman@symphony.com".into()),
+            }
         );
     }
 

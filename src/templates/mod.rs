@@ -13,6 +13,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/contact_left", include_str!("../../templates/symphony/contact_left.hbs")),
     ("symphony/contact_removed", include_str!("../../templates/symphony/contact_removed.hbs")),
     ("symphony/contacts_invited", include_str!("../../templates/symphony/contacts_invited.hbs")),
+    ("symphony/create_form", include_str!("../../templates/symphony/create_form.hbs")),
     ("symphony/delivery_failed", include_str!("../../templates/symphony/delivery_failed.hbs")),
     ("symphony/create_started", include_str!("../../templates/symphony/create_started.hbs")),
     ("symphony/effect_failed", include_str!("../../templates/symphony/effect_failed.hbs")),

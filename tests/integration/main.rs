@@ -5,6 +5,7 @@ mod support;
 
 mod bdk_interop;
 mod burst;
+mod create_form;
 mod lifecycle;
 mod media;
 mod mock_pod;

@@ -441,3 +441,96 @@ async fn a_feed_nobody_reads_expires() {
     );
     assert_eq!(s.read(&feed, "").await.0, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_form_the_bot_sends_is_rendered_and_its_submission_reaches_the_bot() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let feed = s.create_feed().await;
+    let (_, im) = control(&pod.url(), "/_sandbox/ims", json!({"members": [ALICE, BOT]})).await;
+    let sid = im["streamId"].as_str().expect("sid").to_owned();
+    let send = |message_ml: String| {
+        s.req(reqwest::Method::POST, &format!("/agent/v4/stream/{sid}/message/create"))
+            .multipart(reqwest::multipart::Form::new().text("message", message_ml))
+            .send()
+    };
+
+    // A form without an action button is refused as the agent refuses it.
+    let r = send("<messageML><form id=\"f\"><text-field name=\"x\"/></form></messageML>".into())
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("at least one action button")),
+        "{body}"
+    );
+
+    let form = format!(
+        "<messageML><form id=\"order\"><text-field name=\"item\" label=\"Item\">Bonds</text-field>\
+         <person-selector name=\"who\" value=\"[{BOB}]\"/><textarea name=\"note\"/>\
+         <checkbox name=\"urgent\" value=\"yes\" checked=\"true\">Urgent</checkbox>\
+         <checkbox name=\"signed\" value=\"yes\">Signed</checkbox>\
+         <button name=\"send\" type=\"action\">Send</button></form></messageML>"
+    );
+    let r = send(form).await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    let sent: Value = r.json().await.expect("json");
+    let message_id = sent["messageId"].as_str().expect("id").to_owned();
+    let pml = sent["message"].as_str().expect("PresentationML");
+    assert!(pml.contains("<form id=\"order\"><div class=\"textfield-group\""), "{pml}");
+    assert!(
+        pml.contains(&format!(
+            "<div class=\"person-selector\" data-name=\"who\" data-value=\"[{BOB}]\"></div>"
+        )),
+        "{pml}"
+    );
+
+    // Submissions the client could not make are refused, and nothing is sent.
+    let url = pod.url();
+    let submit = |body: Value| control(&url, "/_sandbox/forms", body);
+    let refusals = [
+        (json!({"as": ALICE, "messageId": "nope", "formId": "order"}), StatusCode::NOT_FOUND),
+        (json!({"as": ALICE, "messageId": message_id, "formId": "other"}), StatusCode::NOT_FOUND),
+        (
+            json!({"as": ALICE, "messageId": message_id, "formId": "order", "values": {"x": "1"}}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"as": BOB, "messageId": message_id, "formId": "order"}), StatusCode::FORBIDDEN),
+    ];
+    for (body, status) in refusals {
+        let (got, answer) = submit(body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+
+    // Alice fills the note, unchecks "urgent", checks "signed" and sends.
+    let (status, answer) = submit(json!({"as": ALICE, "messageId": message_id, "formId": "order",
+        "values": {"note": "asap", "urgent": false, "signed": true}}))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let mut ack = String::new();
+    let mut action = None;
+    for _ in 0..20 {
+        let (_, batch) = s.read(&feed, &ack).await;
+        ack = batch["ackId"].as_str().expect("ackId").to_owned();
+        let events = batch["events"].as_array().cloned().unwrap_or_default();
+        action = events.into_iter().find(|e| e["type"] == "SYMPHONYELEMENTSACTION");
+        if action.is_some() {
+            break;
+        }
+    }
+    let action = action.expect("the submission reaches the bot's feed");
+    assert_eq!(action["initiator"]["user"]["userId"], ALICE);
+    let payload = &action["payload"]["symphonyElementsAction"];
+    assert_eq!(payload["stream"]["streamId"], sid.as_str());
+    assert_eq!(payload["stream"]["streamType"], "IM");
+    assert_eq!(payload["formMessageId"], message_id.as_str());
+    assert_eq!(payload["formId"], "order");
+    // The docs' shape: the button's name, text as typed (defaults when untouched), people as
+    // numbers, an unchecked box left out.
+    assert_eq!(
+        payload["formValues"],
+        json!({"action": "send", "item": "Bonds", "who": [BOB], "note": "asap", "signed": "yes"})
+    );
+}

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::presentation;
+use super::presentation::{self, FieldKind, FormSpec};
 use super::state::{PodState, StoredAttachment, Stream};
 use crate::groups::model::to_url_safe_id;
 
@@ -311,28 +311,125 @@ struct FormBody {
     values: serde_json::Map<String, Value>,
 }
 
+/// What the client sends when a person fills `form` with `given` and presses a button: fields
+/// not named keep their default (the text typed in advance, the preselected people, the box as
+/// it was), `null` clears one, `action` names the button (by default the first). The shape is
+/// the developer docs' (`symphony-elements/available-elements/`): text as strings, people as
+/// arrays of user ids, a checked box as its value and an unchecked one left out. What the
+/// client would not send (an unknown field or user, a required field left empty, a text too
+/// long) is refused.
+fn form_values(
+    form: &FormSpec,
+    given: &serde_json::Map<String, Value>,
+    known_user: &dyn Fn(i64) -> bool,
+) -> Result<serde_json::Map<String, Value>, String> {
+    let id = &form.id;
+    if let Some(unknown) =
+        given.keys().find(|k| *k != "action" && !form.fields.iter().any(|f| &f.name == *k))
+    {
+        return Err(format!("the form {id:?} has no field named {unknown:?}"));
+    }
+    let action = match given.get("action") {
+        None | Some(Value::Null) => form.actions.first().cloned().unwrap_or_default(),
+        Some(Value::String(a)) if form.actions.contains(a) => a.clone(),
+        Some(other) => return Err(format!("the form {id:?} has no action button {other}")),
+    };
+    let mut values = serde_json::Map::new();
+    values.insert("action".into(), json!(action));
+    for field in &form.fields {
+        let name = &field.name;
+        let refused = |v: &Value| Err(format!("the field {name:?} cannot take {v}"));
+        let value = match (&field.kind, given.get(name)) {
+            (FieldKind::Text { initial, .. }, None) => Some(json!(initial)),
+            (FieldKind::Text { .. }, Some(Value::Null)) => Some(json!("")),
+            (FieldKind::Text { max_units, .. }, Some(Value::String(s))) => {
+                if let Some(max) = max_units.filter(|m| s.encode_utf16().count() > *m) {
+                    return Err(format!("the field {name:?} holds at most {max} characters"));
+                }
+                Some(json!(s))
+            }
+            (FieldKind::People { initial }, None) => Some(json!(initial)),
+            (FieldKind::People { .. }, Some(Value::Null)) => Some(json!([])),
+            (FieldKind::People { .. }, Some(Value::Array(ids))) => {
+                let mut users = Vec::new();
+                for v in ids {
+                    match v.as_i64() {
+                        Some(user) if known_user(user) => users.push(user),
+                        Some(user) => return Err(format!("no user {user} to pick in {name:?}")),
+                        None => return refused(v),
+                    }
+                }
+                Some(json!(users))
+            }
+            (FieldKind::Checkbox { value, checked }, None) => checked.then(|| json!(value)),
+            (FieldKind::Checkbox { value, .. }, Some(Value::Bool(true))) => Some(json!(value)),
+            (FieldKind::Checkbox { value, .. }, Some(Value::String(s))) if s == value => {
+                Some(json!(value))
+            }
+            (FieldKind::Checkbox { .. }, Some(Value::Bool(false) | Value::Null)) => None,
+            (_, Some(other)) => return refused(other),
+        };
+        let empty = match &value {
+            None => true,
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(_) => false,
+        };
+        if field.required && empty {
+            return Err(format!(
+                "the field {name:?} is required: the client does not send the form without it"
+            ));
+        }
+        // Several inputs of one name send an array (developer docs, form.md).
+        match (value, values.get_mut(name)) {
+            (None, _) => {}
+            (Some(v), None) => {
+                values.insert(name.clone(), v);
+            }
+            (Some(v), Some(Value::Array(list)))
+                if !matches!(field.kind, FieldKind::People { .. }) =>
+            {
+                list.push(v)
+            }
+            (Some(v), Some(previous)) => *previous = json!([previous.take(), v]),
+        }
+    }
+    Ok(values)
+}
+
 async fn submit_form(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
     let b: FormBody = parse_or_return!(&body);
-    {
+    let message_id = to_url_safe_id(&b.message_id);
+    let values = {
         let mut st = shared.lock();
-        let found = st
-            .streams
-            .values()
-            .find(|s| s.messages.iter().any(|m| m.message_id == b.message_id))
-            .map(|s| s.id.clone());
-        let Some(sid) = found else {
+        let found = st.streams.values().find_map(|s| {
+            let m = s.messages.iter().find(|m| m.message_id == message_id)?;
+            Some((s.id.clone(), m.user, m.forms.clone()))
+        });
+        let Some((sid, author, forms)) = found else {
             return fail(StatusCode::NOT_FOUND, "no message with that messageId");
         };
         if st.streams.get(&sid).is_some_and(|s| s.member(b.as_user).is_none()) {
             return fail(StatusCode::FORBIDDEN, "the user is not a member of the form's stream");
         }
-        let stream = st.stream_payload(&sid);
-        let payload = json!({"stream": stream, "formMessageId": b.message_id, "formId": b.form_id, "formValues": b.values});
-        // Elements actions go to the bot(s) of the stream only, like the real pod.
-        st.emit(&sid, b.as_user, "SYMPHONYELEMENTSACTION", payload, None, &[]);
-    }
+        let Some(form) = forms.iter().find(|f| f.id == b.form_id) else {
+            return fail(
+                StatusCode::NOT_FOUND,
+                format!("the message has no form with id {:?}", b.form_id),
+            );
+        };
+        let values = match form_values(form, &b.values, &|id| st.users.contains_key(&id)) {
+            Ok(values) => values,
+            Err(e) => return bad(e),
+        };
+        let payload = json!({"stream": st.stream_payload(&sid), "formMessageId": message_id,
+                             "formId": form.id, "formValues": values});
+        // The submission goes to whoever sent the form (its bot), nobody else.
+        st.emit_to(&[author], b.as_user, "SYMPHONYELEMENTSACTION", payload, None);
+        values
+    };
     shared.notify();
-    Json(json!({"ok": true})).into_response()
+    Json(json!({"ok": true, "formValues": values})).into_response()
 }
 
 async fn add_fault(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
@@ -363,4 +460,74 @@ async fn expire_datafeeds(State(shared): State<Shared>) -> Response {
 
 async fn stats(State(shared): State<Shared>) -> Response {
     Json(shared.lock().stats.clone()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form() -> FormSpec {
+        let rendered = presentation::render(
+            "<messageML><form id=\"f\">\
+             <text-field name=\"name\">Desk</text-field><text-field name=\"code\" required=\"true\"/>\
+             <person-selector name=\"who\" value=\"[7]\"/><textarea name=\"notes\"/>\
+             <checkbox name=\"native\" value=\"on\" checked=\"true\">Native</checkbox>\
+             <checkbox name=\"urgent\" value=\"yes\">Urgent</checkbox>\
+             <button name=\"create\">Create</button><button name=\"cancel\">Cancel</button>\
+             </form></messageML>",
+            None,
+            &|_| None,
+        )
+        .expect("valid");
+        rendered.forms.into_iter().next().expect("a form")
+    }
+
+    fn given(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    fn known(id: i64) -> bool {
+        [7, 8].contains(&id)
+    }
+
+    #[test]
+    fn untouched_fields_send_their_defaults_as_the_client_does() {
+        let sent = form_values(&form(), &given(json!({"code": "A1"})), &known).expect("sent");
+        assert_eq!(
+            Value::Object(sent),
+            json!({"action": "create", "name": "Desk", "code": "A1", "who": [7], "notes": "",
+                   "native": "on"})
+        );
+        let sent = form_values(
+            &form(),
+            &given(json!({"action": "cancel", "name": null, "code": "B", "who": [8, 7],
+                          "native": false, "urgent": true})),
+            &known,
+        )
+        .expect("sent");
+        assert_eq!(
+            Value::Object(sent),
+            json!({"action": "cancel", "name": "", "code": "B", "who": [8, 7], "notes": "",
+                   "urgent": "yes"})
+        );
+    }
+
+    #[test]
+    fn what_the_client_would_not_send_is_refused() {
+        let cases = [
+            (json!({"code": "A", "nope": "x"}), "no field named \"nope\""),
+            (json!({"code": "A", "action": "delete"}), "no action button"),
+            (json!({}), "\"code\" is required"),
+            (json!({"code": "  "}), "\"code\" is required"),
+            (json!({"code": "A", "who": [9]}), "no user 9"),
+            (json!({"code": "A", "who": ["7"]}), "\"who\" cannot take \"7\""),
+            (json!({"code": "A", "urgent": "no"}), "\"urgent\" cannot take \"no\""),
+            (json!({"code": "A", "name": 5}), "\"name\" cannot take 5"),
+            (json!({"code": "x".repeat(129)}), "at most 128 characters"),
+        ];
+        for (values, expected) in cases {
+            let err = form_values(&form(), &given(values.clone()), &known).expect_err("refused");
+            assert!(err.contains(expected), "{values}: {err}");
+        }
+    }
 }

@@ -61,6 +61,8 @@ pub(crate) struct StoredMessage {
     pub data: String,
     pub text: String,
     pub attachments: Vec<StoredAttachment>,
+    /// Its Elements forms, for submissions through the control API.
+    pub forms: Vec<super::presentation::FormSpec>,
 }
 
 /// A file attached to a message, with its bytes.
@@ -227,6 +229,18 @@ impl PodState {
                 recipients.push(*e);
             }
         }
+        self.emit_to(&recipients, initiator, kind, payload, message_id);
+    }
+
+    /// Queues a V4 event for every feed of `recipients` only.
+    pub(crate) fn emit_to(
+        &mut self,
+        recipients: &[i64],
+        initiator: i64,
+        kind: &str,
+        payload: Value,
+        message_id: Option<&str>,
+    ) {
         let key = payload_key(kind);
         let mut event = json!({
             "id": random_id(9),
@@ -501,6 +515,7 @@ impl PodState {
             data: rendered.data.to_string(),
             text: rendered.text,
             attachments,
+            forms: rendered.forms,
         };
         let v4 = self.v4_message(id, &stored);
         if let Some(s) = self.streams.get_mut(id) {
