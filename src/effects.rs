@@ -110,6 +110,27 @@ pub enum Effect {
         recipient: Option<crate::events::whatsapp::WaUser>,
         errors: Vec<crate::events::whatsapp::WaError>,
     },
+    /// A file of a room message sent to WhatsApp as media (downloaded from the agent, uploaded,
+    /// sent with the author as caption); outside the window, a notice says a file was shared.
+    RelayFileToWhatsApp {
+        group: i64,
+        to: Recipient,
+        stream: StreamId,
+        message_id: String,
+        file_id: String,
+        name: String,
+        author: String,
+    },
+    /// A WhatsApp media message posted in the room with its file attached.
+    PostRelayedFile {
+        stream: StreamId,
+        message_ml: String,
+        wa_message: String,
+        media_id: String,
+        /// `image`, `document`, … (names the file when WhatsApp gives no file name).
+        kind: String,
+        filename: Option<String>,
+    },
     /// A WhatsApp message posted in the room; the post's id is recorded against it.
     PostRelayed {
         stream: StreamId,
@@ -124,6 +145,7 @@ impl Effect {
         match self {
             Effect::PostMessage { stream, .. }
             | Effect::PostRelayed { stream, .. }
+            | Effect::PostRelayedFile { stream, .. }
             | Effect::AddMember { stream, .. }
             | Effect::PromoteOwner { stream, .. }
             | Effect::RenameRoom { stream, .. }
@@ -133,8 +155,14 @@ impl Effect {
             | Effect::CreateWaGroup { group }
             | Effect::RefreshDescription { group } => format!("group:{group}"),
             Effect::SendWaTemplate { order, .. } => format!("wa:{order}"),
-            Effect::RelayToWhatsApp { to: Recipient::Group(group), .. } => format!("wa:{group}"),
-            Effect::RelayToWhatsApp { to: Recipient::Phone(phone), .. } => format!("wa:{phone}"),
+            Effect::RelayToWhatsApp { to: Recipient::Group(group), .. }
+            | Effect::RelayFileToWhatsApp { to: Recipient::Group(group), .. } => {
+                format!("wa:{group}")
+            }
+            Effect::RelayToWhatsApp { to: Recipient::Phone(phone), .. }
+            | Effect::RelayFileToWhatsApp { to: Recipient::Phone(phone), .. } => {
+                format!("wa:{phone}")
+            }
             Effect::CheckStatus { message_id, .. } => format!("status:{message_id}"),
             Effect::ApproveJoin { group, .. }
             | Effect::RejectJoin { group, .. }
@@ -195,6 +223,12 @@ impl From<crate::whatsapp::WhatsAppError> for Failure {
 impl From<crate::groups::service::ServiceError> for Failure {
     fn from(e: crate::groups::service::ServiceError) -> Self {
         Failure { retryable: true, retry_after: None, message: e.to_string() }
+    }
+}
+
+impl From<crate::templates::TemplateError> for Failure {
+    fn from(e: crate::templates::TemplateError) -> Self {
+        permanent(e.to_string())
     }
 }
 
@@ -293,6 +327,14 @@ impl EffectExecutor {
     fn failure_report(&self, effect: &Effect, reason: &str) -> Option<Effect> {
         let (what, stream) = match effect {
             Effect::PostMessage { .. } | Effect::PostRelayed { .. } => return None,
+            Effect::PostRelayedFile { .. } => return None, // performed without the file instead
+            Effect::RelayFileToWhatsApp { to, stream, name, author, .. } => {
+                let who = match to {
+                    Recipient::Phone(p) => p.as_str().to_owned(),
+                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
+                };
+                (format!("send {author}'s file \"{name}\" to {who}"), Some(stream.clone()))
+            }
             Effect::CheckStatus { .. } => return None, // not ours after all: nothing to say
             Effect::RelayToWhatsApp { group, to, author, excerpt, .. } => {
                 let who = match to {
@@ -381,6 +423,75 @@ impl EffectExecutor {
             names.push(shown.unwrap_or_else(|| user.to_string()));
         }
         Ok(self.groups.description(&names)?)
+    }
+
+    /// A Symphony file to WhatsApp as media, or, outside the window (WhatsApp takes no free
+    /// media then), a notice through the template that a file was shared, and the room told.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_file(
+        &self,
+        group: GroupKey,
+        to: &Recipient,
+        stream: &StreamId,
+        message_id: &str,
+        file_id: &str,
+        name: &str,
+        author: &str,
+    ) -> Result<Vec<Effect>, Failure> {
+        let wa = self.whatsapp()?;
+        let chat = match to {
+            Recipient::Group(g) => g.as_str().to_owned(),
+            Recipient::Phone(p) => p.as_str().to_owned(),
+        };
+        let open = self
+            .store
+            .last_inbound(&chat)?
+            .is_some_and(|at| crate::relay::window_open(at, crate::relay::now_ms()));
+        let record = |id: String, kind: &str| {
+            self.store.record_wa_message(&crate::store::WaMessageRecord {
+                wa_message_id: id,
+                group,
+                inbound: false,
+                phone: match to {
+                    Recipient::Phone(p) => Some(p.clone()),
+                    Recipient::Group(_) => None,
+                },
+                symphony_message_id: Some(message_id.to_owned()),
+                author: author.to_owned(),
+                excerpt: name.to_owned(),
+                kind: kind.to_owned(),
+                body: None,
+            })
+        };
+        if !open {
+            let t = &self.groups.settings.wa_templates.message;
+            let text = self.groups.templates.render(
+                "whatsapp/file_shared",
+                &serde_json::json!({"sender": author, "name": name}),
+            )?;
+            let param = TemplateParam::Text(crate::relay::template_text(&text));
+            let id = wa.send_template(to, &t.name, &t.language, &[param]).await?;
+            record(id, "template")?;
+            let reason = format!(
+                "{name} was not sent: WhatsApp takes files only within 24 hours of a contact's last message, so a notice that you shared it was sent instead."
+            );
+            let message_ml = self
+                .groups
+                .templates
+                .render("symphony/not_relayed", &serde_json::json!({"reason": reason}))?;
+            return Ok(vec![Effect::PostMessage { stream: stream.clone(), message_ml }]);
+        }
+        let bytes = self.symphony.download_attachment(stream, message_id, file_id).await?;
+        let mime = mime_guess::from_path(name).first_or_octet_stream().essence_str().to_owned();
+        let kind = crate::whatsapp::media::MediaKind::for_mime(&mime)
+            .ok_or_else(|| permanent(format!("WhatsApp does not take {mime} files")))?;
+        let file =
+            crate::whatsapp::OutgoingFile { filename: name.to_owned(), mime, bytes: bytes.into() };
+        let caption = format!("*{author}*");
+        let caption = kind.takes_caption().then_some(caption.as_str());
+        let id = wa.send_file(to, kind, &file, caption).await?;
+        record(id, "media")?;
+        Ok(Vec::new())
     }
 
     fn whatsapp(&self) -> Result<&WhatsAppClient, Failure> {
@@ -583,6 +694,59 @@ impl EffectExecutor {
             }
             Effect::CheckStatus { message_id, recipient, errors } => {
                 Ok(self.relay.on_status(message_id, "failed", recipient.as_ref(), errors, true)?)
+            }
+            Effect::RelayFileToWhatsApp {
+                group,
+                to,
+                stream,
+                message_id,
+                file_id,
+                name,
+                author,
+            } => {
+                self.relay_file(GroupKey(*group), to, stream, message_id, file_id, name, author)
+                    .await
+            }
+            Effect::PostRelayedFile {
+                stream,
+                message_ml,
+                wa_message,
+                media_id,
+                kind,
+                filename,
+            } => {
+                let file = match self.whatsapp()?.download_media(media_id).await {
+                    Ok((bytes, mime)) => Some(crate::symphony::Attachment {
+                        name: crate::relay::file_name(filename.as_deref(), kind, &mime),
+                        content_type: mime,
+                        bytes: bytes.into(),
+                    }),
+                    Err(e) if e.is_retryable() => return Err(e.into()),
+                    Err(e) => {
+                        // The message still reaches the room, saying why its file does not.
+                        tracing::warn!(error = %e, "a WhatsApp file could not be fetched");
+                        None
+                    }
+                };
+                let sent = match &file {
+                    Some(f) => {
+                        self.symphony
+                            .send_message_with_attachments(
+                                stream,
+                                message_ml,
+                                None,
+                                std::slice::from_ref(f),
+                            )
+                            .await?
+                    }
+                    None => {
+                        let note = "<p><i>(the file could not be fetched from WhatsApp)</i></p></messageML>";
+                        let ml = message_ml.replacen("</messageML>", note, 1);
+                        self.symphony.send_message(stream, &ml, None).await?
+                    }
+                };
+                self.store.set_wa_message_symphony(wa_message, &sent.message_id)?;
+                Ok(Vec::new())
             }
             Effect::PostRelayed { stream, message_ml, wa_message } => {
                 let sent = self.symphony.send_message(stream, message_ml, None).await?;

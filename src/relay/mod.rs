@@ -26,6 +26,20 @@ pub fn window_open(last_inbound_ms: i64, now_ms: i64) -> bool {
     now_ms - last_inbound_ms < WINDOW_MS
 }
 
+/// The name a WhatsApp file gets in Symphony: its own, else `whatsapp-<kind>.<extension>`.
+pub fn file_name(filename: Option<&str>, kind: &str, mime: &str) -> String {
+    match filename.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_owned(),
+        None => {
+            let ext = mime_guess::get_mime_extensions_str(mime)
+                .and_then(|exts| exts.first())
+                .copied()
+                .unwrap_or("bin");
+            format!("whatsapp-{kind}.{ext}")
+        }
+    }
+}
+
 /// A relayed text as a template parameter: Meta refuses newlines, tabs and runs of more than
 /// four spaces there, and caps the length.
 pub fn template_text(text: &str) -> String {

@@ -39,6 +39,8 @@ pub struct WaInbound<'a> {
     pub kind: &'a str,
     pub text: Option<&'a str>,
     pub caption: Option<&'a str>,
+    pub media_id: Option<&'a str>,
+    pub filename: Option<&'a str>,
 }
 
 impl<'a> WaInbound<'a> {
@@ -55,6 +57,8 @@ impl<'a> WaInbound<'a> {
                 kind,
                 text,
                 caption,
+                media_id,
+                filename,
                 ..
             } => Some(Self {
                 id,
@@ -66,6 +70,8 @@ impl<'a> WaInbound<'a> {
                 kind,
                 text: text.as_deref(),
                 caption: caption.as_deref(),
+                media_id: media_id.as_deref(),
+                filename: filename.as_deref(),
             }),
             _ => None,
         }
@@ -93,7 +99,7 @@ impl RelayService {
         };
         let text = super::format::to_whatsapp(&message.presentation_ml, message.data.as_deref())
             .unwrap_or_else(|_| message.text.clone());
-        if text.trim().is_empty() {
+        if text.trim().is_empty() && message.attachments.is_empty() {
             return Ok(Vec::new());
         }
         let author = message.sender_name.clone().unwrap_or_else(|| message.sender.to_string());
@@ -142,6 +148,20 @@ impl RelayService {
         let quoted = excerpt(&text, EXCERPT_CHARS);
         let mut effects = Vec::new();
         for to in recipients {
+            for file in &message.attachments {
+                effects.push(Effect::RelayFileToWhatsApp {
+                    group: group.key.0,
+                    to: to.clone(),
+                    stream: message.stream.clone(),
+                    message_id: message.message_id.clone(),
+                    file_id: file.id.clone(),
+                    name: file.name.clone(),
+                    author: author.clone(),
+                });
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
             for part in split_text(&full, MAX_TEXT_CHARS) {
                 effects.push(Effect::RelayToWhatsApp {
                     group: group.key.0,
@@ -195,10 +215,11 @@ impl RelayService {
             tracing::warn!(group = group.key.0, "a message from a removed contact; not relayed");
             return Ok(Vec::new());
         }
-        let text = match (m.kind, m.text, m.caption) {
-            ("text", Some(t), _) => t.to_owned(),
-            (kind, _, Some(caption)) => format!("[{kind}] {caption}"),
-            (kind, _, None) => format!("[{kind}]"),
+        let text = match (m.kind, m.text, m.caption, m.filename) {
+            ("text", Some(t), _, _) => t.to_owned(),
+            (_, _, Some(caption), _) => caption.to_owned(),
+            (_, _, None, Some(name)) => name.to_owned(),
+            (kind, _, None, None) => format!("[{kind}]"),
         };
         let shown_phone =
             phone.as_ref().map_or_else(|| "unknown number".to_owned(), |p| p.to_string());
@@ -231,7 +252,17 @@ impl RelayService {
             kind: m.kind.to_owned(),
             body: None,
         })?;
-        Ok(vec![Effect::PostRelayed { stream, message_ml, wa_message: m.id.to_owned() }])
+        Ok(vec![match m.media_id {
+            Some(media_id) => Effect::PostRelayedFile {
+                stream,
+                message_ml,
+                wa_message: m.id.to_owned(),
+                media_id: media_id.to_owned(),
+                kind: m.kind.to_owned(),
+                filename: m.filename.map(str::to_owned),
+            },
+            None => Effect::PostRelayed { stream, message_ml, wa_message: m.id.to_owned() },
+        }])
     }
 
     /// The room a contact's 1:1 message belongs to.

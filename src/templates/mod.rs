@@ -36,6 +36,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("whatsapp/joined", include_str!("../../templates/whatsapp/joined.hbs")),
     ("whatsapp/owner_demoted", include_str!("../../templates/whatsapp/owner_demoted.hbs")),
     ("whatsapp/owner_promoted", include_str!("../../templates/whatsapp/owner_promoted.hbs")),
+    ("whatsapp/file_shared", include_str!("../../templates/whatsapp/file_shared.hbs")),
     ("whatsapp/relayed", include_str!("../../templates/whatsapp/relayed.hbs")),
     ("whatsapp/renamed", include_str!("../../templates/whatsapp/renamed.hbs")),
 ];

@@ -276,3 +276,80 @@ async fn standard_groups_fan_out_and_private_replies_find_their_room() {
 async fn stream_of(pod: &MockPod, name: &str) -> String {
     room_named(pod, name).await["streamId"].as_str().expect("sid").to_owned()
 }
+
+fn bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 % 251) as u8).collect()
+}
+
+async fn sim_media(sim: &WhatsAppSim, id: &str) -> Vec<u8> {
+    let r = reqwest::get(format!("{}/_sandbox/wa/media/{id}", sim.url())).await.expect("media");
+    assert!(r.status().is_success());
+    r.bytes().await.expect("bytes").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_both_ways_and_a_closed_window_is_said() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    name_phone(&sim, JANE, "Jane Doe").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+    let http = reqwest::Client::new();
+    let chart = bytes(4_000);
+    let post_chart = |text: &str| {
+        http.post(format!("{}/_sandbox/streams/{sid}/messages", pod.url()))
+            .json(&json!({"as": ALICE, "messageML": format!("<messageML>{text}</messageML>"),
+                "attachments": [{"name": "chart.png", "contentType": "image/png",
+                                 "dataBase64": STANDARD.encode(&chart)}]}))
+            .send()
+    };
+
+    // Nobody wrote yet: WhatsApp takes no file, so the group hears a file was shared and the
+    // room is told why the file itself did not go.
+    assert!(post_chart("first chart").await.expect("post").status().is_success());
+    wait_group_message(&sim, &gid, "shared a file in Symphony: chart.png").await;
+    let told = wait_for_message(&pod, &sid, BOT, |t| t.contains("chart.png was not sent")).await;
+    assert!(told.text.contains("24 hours"), "{}", told.text);
+    wait_group_message(&sim, &gid, "first chart").await;
+
+    // Jane writes: the window opens, and the next file goes as an image with its author.
+    sim.send_as_phone(JANE, Some(&gid), "send it again please", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("send it again")).await;
+    assert!(post_chart("the chart").await.expect("post").status().is_success());
+    let image = wait_for("the image in the group", Duration::from_secs(10), || {
+        let found = group_messages(&sim, &gid).into_iter().find(|m| m["type"] == "image");
+        async move { found }
+    })
+    .await;
+    assert_eq!(image["media"]["caption"], "*Alice Ng*", "{image}");
+    assert_eq!(image["media"]["mimeType"], "image/png", "{image}");
+    assert!(sim_media(&sim, image["media"]["id"].as_str().expect("id")).await == chart);
+    wait_group_message(&sim, &gid, "*Alice Ng*: the chart").await;
+
+    // Jane sends a document: it lands in the room as an attachment, byte for byte.
+    let terms = bytes(9_000);
+    let r = http
+        .post(format!("{}/_sandbox/wa/phones/{JANE}/messages", sim.url()))
+        .json(&json!({"to": gid, "media": {"type": "document", "mimeType": "application/pdf",
+            "filename": "terms.pdf", "caption": "Final terms", "dataBase64": STANDARD.encode(&terms)}}))
+        .send()
+        .await
+        .expect("write");
+    assert!(r.status().is_success());
+    let posted = wait_for_message(&pod, &sid, BOT, |t| t.contains("Final terms")).await;
+    assert!(posted.text.contains("Jane Doe"), "{}", posted.text);
+    let file = posted.attachments.first().expect("an attachment").clone();
+    assert_eq!(file.name, "terms.pdf");
+    let encoded: String = url::form_urlencoded::byte_serialize(file.file_id.as_bytes()).collect();
+    let raw = http
+        .get(format!("{}/_sandbox/streams/{sid}/attachments/{encoded}", pod.url()))
+        .send()
+        .await
+        .expect("raw");
+    assert_eq!(raw.headers()["content-type"], "application/pdf");
+    assert!(raw.bytes().await.expect("bytes").as_ref() == terms.as_slice());
+    bot.stop().await;
+}
