@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::effects::{Effect, EffectExecutor};
 use crate::events::WhatsAppEvent;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
-use crate::groups::UserId;
-use crate::groups::service::{GroupService, GroupSettings, Manage, Requester};
+use crate::groups::service::{GroupService, GroupSettings, InfoExtras, Manage, Requester};
+use crate::groups::{StreamId, UserId};
 use crate::relay::{RelayService, WaInbound};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
@@ -512,7 +512,7 @@ impl Dispatcher {
         &self,
         initiator: Option<UserId>,
         email: Option<String>,
-        stream: crate::groups::StreamId,
+        stream: StreamId,
         form_id: &str,
         values: &serde_json::Value,
     ) -> Result<Vec<Effect>, Undecided> {
@@ -565,7 +565,7 @@ impl Dispatcher {
             Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
                 return Ok(self.groups.create(&who, &name, &advisors, &contacts, standard)?);
             }
-            Ok(Some(Command::Info)) => Manage::Info,
+            Ok(Some(Command::Info)) => Manage::Info(self.info_extras(&message.stream).await?),
             Ok(Some(Command::Rename { name })) => Manage::Rename(name),
             Ok(Some(Command::Add { advisors, contacts })) => Manage::Add { advisors, contacts },
             Ok(Some(Command::Remove { advisors, contacts })) => {
@@ -577,7 +577,7 @@ impl Dispatcher {
             Err(e) => return reply(self.templates.usage(&e.to_string(), e.usage())?),
         };
         // Ownership is checked against the pod's live membership, never a cache.
-        let owners = if matches!(manage, Manage::Info)
+        let owners = if matches!(manage, Manage::Info(_))
             || self.store.group_by_stream(&message.stream).ok().flatten().is_none()
         {
             None
@@ -592,6 +592,38 @@ impl Dispatcher {
             Some(members.into_iter().filter(|m| m.owner).map(|m| m.user).collect::<Vec<_>>())
         };
         Ok(self.groups.manage(&who, manage, owners.as_deref())?)
+    }
+
+    /// The live part of `/wa info`: the room's attachments and the names of the people shown.
+    async fn info_extras(&self, stream: &StreamId) -> Result<InfoExtras, Undecided> {
+        let mut extras = InfoExtras::default();
+        let Some(group) =
+            self.store.group_by_stream(stream).map_err(|e| Undecided::Retry(e.to_string()))?
+        else {
+            return Ok(extras); // not a group's room: the service says so
+        };
+        let live = |e: SymphonyError| {
+            if e.is_retryable() {
+                Undecided::Retry(e.to_string())
+            } else {
+                Undecided::Drop(e.to_string())
+            }
+        };
+        extras.attachments = self.symphony.stream_attachments(stream).await.map_err(live)?;
+        let advisors =
+            self.store.advisors(group.key).map_err(|e| Undecided::Retry(e.to_string()))?;
+        let mut people: Vec<UserId> = advisors.into_iter().map(|(u, _)| u).collect();
+        people.extend(extras.attachments.iter().filter_map(|a| a.user_id));
+        people.sort();
+        people.dedup();
+        for user in people {
+            if let Some(name) =
+                self.symphony.user_by_id(user).await.map_err(live)?.and_then(|u| u.display_name)
+            {
+                extras.names.insert(user, name);
+            }
+        }
+        Ok(extras)
     }
 }
 

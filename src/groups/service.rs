@@ -340,10 +340,19 @@ fn notice_effect(settings: &GroupSettings, wa: &GroupId, text: String) -> Effect
     }
 }
 
+/// What `/wa info` shows that only the pod knows, read live by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct InfoExtras {
+    /// Display names of the advisors and of the attachments' senders.
+    pub names: std::collections::HashMap<UserId, String>,
+    /// The room's attachments (`GET /pod/v1/streams/{sid}/attachments`).
+    pub attachments: Vec<crate::symphony::AttachmentInfo>,
+}
+
 /// An in-room management command, as the router hands it over.
 #[derive(Debug, Clone)]
 pub enum Manage {
-    Info,
+    Info(InfoExtras),
     Rename(String),
     Add { advisors: Vec<UserId>, contacts: Vec<E164> },
     Remove { advisors: Vec<UserId>, contacts: Vec<E164> },
@@ -405,7 +414,7 @@ impl GroupService {
                 "This command works in the room of a WhatsApp group; use /wa create first.",
             );
         };
-        if !matches!(command, Manage::Info)
+        if !matches!(command, Manage::Info(_))
             && !owners.is_some_and(|o| rules::may_manage(who.user, o))
         {
             return self.refuse(
@@ -416,14 +425,29 @@ impl GroupService {
         let stream = &who.stream;
         let contacts = self.store.contacts(group.key)?;
         match command {
-            Manage::Info => {
+            Manage::Info(extras) => {
+                let name_of = |u: &UserId| {
+                    extras.names.get(u).cloned().unwrap_or_else(|| format!("user {u}"))
+                };
                 let advisors = self.store.advisors(group.key)?;
                 let owners: Vec<String> =
-                    advisors.iter().filter(|(_, o)| *o).map(|(u, _)| u.to_string()).collect();
-                let all: Vec<String> = advisors.iter().map(|(u, _)| u.to_string()).collect();
+                    advisors.iter().filter(|(_, o)| *o).map(|(u, _)| name_of(u)).collect();
+                let all: Vec<String> = advisors.iter().map(|(u, _)| name_of(u)).collect();
                 let contacts: Vec<_> = contacts
                     .iter()
                     .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
+                    .collect();
+                let attachments: Vec<_> = extras
+                    .attachments
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "name": a.name,
+                            "size": a.size.map(file_size).unwrap_or_default(),
+                            "sender": a.user_id.as_ref().map(name_of).unwrap_or_default(),
+                            "date": a.ingestion_date.map(utc_minute).unwrap_or_default(),
+                        })
+                    })
                     .collect();
                 let created = chrono_free_date(group.created_at);
                 let kind = match group.kind {
@@ -431,7 +455,8 @@ impl GroupService {
                     GroupKind::Standard => "standard",
                 };
                 Ok(vec![self.post(stream, "symphony/info", json!({"name": group.name, "kind": kind, "created": created,
-                    "owners": owners, "advisors": all, "contacts": contacts, "link": group.invite_link.clone().unwrap_or_default()}))?])
+                    "owners": owners, "advisors": all, "contacts": contacts, "attachments": attachments,
+                    "link": group.invite_link.clone().unwrap_or_default()}))?])
             }
             Manage::Rename(name) => Ok(vec![Effect::RenameRoom { stream: stream.clone(), name }]),
             Manage::Promote(user) => {
@@ -698,9 +723,38 @@ fn chrono_free_date(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// A file size as people read it: `812 bytes`, `3.9 KB`, `12.5 MB`.
+fn file_size(bytes: u64) -> String {
+    const KB: f64 = 1024.0;
+    match bytes as f64 {
+        b if b < KB => format!("{bytes} bytes"),
+        b if b < KB * KB => format!("{:.1} KB", b / KB),
+        b => format!("{:.1} MB", b / KB / KB),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a millisecond timestamp.
+fn utc_minute(ms: i64) -> String {
+    let minute_of_day = ms.rem_euclid(86_400_000) / 60_000;
+    format!("{} {:02}:{:02} UTC", chrono_free_date(ms), minute_of_day / 60, minute_of_day % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(file_size(812), "812 bytes");
+        assert_eq!(file_size(4_000), "3.9 KB");
+        assert_eq!(file_size(13_107_200), "12.5 MB");
+    }
+
+    #[test]
+    fn minutes_are_utc() {
+        assert_eq!(utc_minute(1_795_526_391_602), "2026-11-24 13:19 UTC");
+        assert_eq!(utc_minute(951_782_400_000 - 60_000), "2000-02-28 23:59 UTC");
+    }
 
     #[test]
     fn dates_are_civil() {

@@ -351,5 +351,16 @@ async fn files_go_both_ways_and_a_closed_window_is_said() {
         .expect("raw");
     assert_eq!(raw.headers()["content-type"], "application/pdf");
     assert!(raw.bytes().await.expect("bytes").as_ref() == terms.as_slice());
+
+    // `/wa info` lists the room's files with their size, sender and date, and names people.
+    pod.post_message(&sid, ALICE, "<messageML>/wa info</messageML>").expect("post");
+    let info = wait_for_message(&pod, &sid, BOT, |t| t.contains("Attachments:")).await;
+    assert!(info.text.contains("chart.png (3.9 KB), from Alice Ng, 20"), "{}", info.text);
+    assert!(info.text.contains("terms.pdf (8.8 KB), from WA Test Bot"), "{}", info.text);
+    assert!(
+        info.text.contains("Owners: Alice Ng") && info.text.contains("Bob Smith"),
+        "{}",
+        info.text
+    );
     bot.stop().await;
 }
