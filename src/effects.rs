@@ -716,7 +716,7 @@ impl EffectExecutor {
                 filename,
             } => {
                 let file = match self.whatsapp()?.download_media(media_id).await {
-                    Ok((bytes, mime)) => Some(crate::symphony::Attachment {
+                    Ok((bytes, mime)) => Ok(crate::symphony::Attachment {
                         name: crate::relay::file_name(filename.as_deref(), kind, &mime),
                         content_type: mime,
                         bytes: bytes.into(),
@@ -725,23 +725,38 @@ impl EffectExecutor {
                     Err(e) => {
                         // The message still reaches the room, saying why its file does not.
                         tracing::warn!(error = %e, "a WhatsApp file could not be fetched");
-                        None
+                        Err(format!("it could not be fetched from WhatsApp: {e}"))
                     }
                 };
+                let without_file = |why: &str| {
+                    let note = format!(
+                        "<p><i>(the file is not attached: {})</i></p></messageML>",
+                        crate::templates::escape_message_ml(why)
+                    );
+                    message_ml.replacen("</messageML>", &note, 1)
+                };
                 let sent = match &file {
-                    Some(f) => {
-                        self.symphony
-                            .send_message_with_attachments(
-                                stream,
-                                message_ml,
-                                None,
-                                std::slice::from_ref(f),
-                            )
-                            .await?
-                    }
-                    None => {
-                        let note = "<p><i>(the file could not be fetched from WhatsApp)</i></p></messageML>";
-                        let ml = message_ml.replacen("</messageML>", note, 1);
+                    Ok(f) => match self
+                        .symphony
+                        .send_message_with_attachments(
+                            stream,
+                            message_ml,
+                            None,
+                            std::slice::from_ref(f),
+                        )
+                        .await
+                    {
+                        Ok(sent) => sent,
+                        Err(e) if e.is_retryable() => return Err(e.into()),
+                        // Symphony refused the file (size, type, policy): the words still go.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Symphony refused a WhatsApp file");
+                            let ml = without_file(&format!("Symphony refused it: {e}"));
+                            self.symphony.send_message(stream, &ml, None).await?
+                        }
+                    },
+                    Err(why) => {
+                        let ml = without_file(why);
                         self.symphony.send_message(stream, &ml, None).await?
                     }
                 };

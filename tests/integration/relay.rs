@@ -364,3 +364,57 @@ async fn files_go_both_ways_and_a_closed_window_is_said() {
     );
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_beyond_a_sides_limits_are_said_in_the_room() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+    sim.send_as_phone(JANE, Some(&gid), "window open", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("window open")).await;
+    let http = reqwest::Client::new();
+
+    // WhatsApp takes images up to 5 MB: a 6 MB one is refused before any upload, and said.
+    let big = bytes(6 * 1024 * 1024);
+    let r = http
+        .post(format!("{}/_sandbox/streams/{sid}/messages", pod.url()))
+        .json(&json!({"as": ALICE, "messageML": "<messageML>huge</messageML>",
+            "attachments": [{"name": "big.png", "contentType": "image/png", "dataBase64": STANDARD.encode(&big)}]}))
+        .send()
+        .await
+        .expect("post");
+    assert!(r.status().is_success());
+    let said_ = wait_for_message(&pod, &sid, BOT, |t| t.contains("big.png")).await;
+    assert!(
+        said_.text.contains("Could not send Alice Ng's file \"big.png\" to the WhatsApp group")
+            && said_.text.contains("5 MB"),
+        "{}",
+        said_.text
+    );
+    wait_group_message(&sim, &gid, "*Alice Ng*: huge").await;
+    assert!(!group_messages(&sim, &gid).iter().any(|m| m["type"] == "image"));
+
+    // Symphony refuses a file from WhatsApp: the message still comes, saying why.
+    pod.inject_fault(Some("POST"), "/agent/v4/stream/.*/message/create", 400, None, 1)
+        .expect("fault");
+    let r = http
+        .post(format!("{}/_sandbox/wa/phones/{JANE}/messages", sim.url()))
+        .json(&json!({"to": gid, "media": {"type": "document", "mimeType": "application/pdf",
+            "filename": "blocked.pdf", "caption": "policy test", "dataBase64": STANDARD.encode(bytes(100))}}))
+        .send()
+        .await
+        .expect("write");
+    assert!(r.status().is_success());
+    let posted = wait_for_message(&pod, &sid, BOT, |t| t.contains("policy test")).await;
+    assert!(
+        posted.text.contains("the file is not attached: Symphony refused it"),
+        "{}",
+        posted.text
+    );
+    assert!(posted.attachments.is_empty());
+    bot.stop().await;
+}
