@@ -418,3 +418,45 @@ async fn files_beyond_a_sides_limits_are_said_in_the_room() {
     assert!(posted.attachments.is_empty());
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_bot_stops_arrive_once_after_the_restart() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+    sim.send_as_phone(JANE, Some(&gid), "hello", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("hello")).await;
+
+    // WhatsApp is down; three messages are taken in, their sends fail, and the bot stops.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(
+            &json!({"method": "POST", "path": "/messages$", "status": 503, "code": 2, "count": 3}),
+        )
+        .send()
+        .await
+        .expect("fault");
+    assert!(r.status().is_success());
+    for text in ["one", "two", "three"] {
+        pod.post_message(&sid, ALICE, &format!("<messageML>{text}</messageML>")).expect("post");
+    }
+    wait_for("a failed send", Duration::from_secs(10), || {
+        let failed = sim.stats().faults_served >= 1;
+        async move { failed.then_some(()) }
+    })
+    .await;
+    bot.stop().await;
+
+    // A new bot on the same store finishes the work: each message once, in order.
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    wait_group_message(&sim, &gid, "*Alice Ng*: three").await;
+    let relayed: Vec<String> = group_messages(&sim, &gid)
+        .iter()
+        .map(said)
+        .filter(|t| t.starts_with("*Alice Ng*: "))
+        .collect();
+    assert_eq!(relayed, vec!["*Alice Ng*: one", "*Alice Ng*: two", "*Alice Ng*: three"]);
+    bot.stop().await;
+}
