@@ -698,11 +698,65 @@ pub const SANDBOX_ADVISORS: &[(i64, &str, &str)] = &[
     (10004, "carol.diaz", "Carol Diaz"),
 ];
 
+/// The ports the sandbox's parts listen on (a webhook port of 0: chosen by the OS).
+#[derive(Debug, Clone, Copy)]
+struct SandboxPorts {
+    pod: u16,
+    sim: u16,
+    hook: u16,
+}
+
+/// The sandbox's WhatsApp contacts: (WhatsApp id, profile name), set on the simulator's phones.
+pub const SANDBOX_CONTACTS: &[(&str, &str)] = &[
+    ("447911123456", "Jane Doe"),
+    ("447911123457", "John Roe"),
+    ("447911123458", "Mia Chen"),
+    ("447911123459", "Omar Haddad"),
+];
+
+/// Plays the scripted demo (`wa-groups-bot demo`) against a fresh sandbox on free ports, its
+/// state in a temporary folder (removed afterwards unless `keep` is given), and prints the
+/// transcript. Fails with the first step that does not behave.
+pub async fn run_demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Result<(), AppError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let data_dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("wa-groups-bot-demo-{}-{stamp}", std::process::id()))
+    });
+    let opts = SandboxOptions { data_dir: data_dir.clone(), base_port: 0 };
+    let sandbox = Sandbox::start(&opts, cancel.clone()).await?;
+    let cast = crate::sandbox::demo::Cast {
+        bot: SANDBOX_BOT.0,
+        creator: (SANDBOX_ADVISORS[0].0, SANDBOX_ADVISORS[0].2.to_owned()),
+        advisor: (SANDBOX_ADVISORS[1].0, SANDBOX_ADVISORS[1].2.to_owned()),
+        contacts: SANDBOX_CONTACTS
+            .iter()
+            .map(|(p, n)| ((*p).to_owned(), (*n).to_owned()))
+            .collect(),
+    };
+    let mut out = std::io::stdout();
+    let (pod_url, sim_url) = (sandbox.pod.url(), sandbox.sim.url());
+    let played = tokio::select! {
+        r = crate::sandbox::demo::run(&pod_url, &sim_url, &cast, Duration::from_secs(20), &mut out) => r,
+        () = cancel.cancelled() => Err(crate::sandbox::demo::DemoError::Step {
+            step: "all".into(),
+            reason: "interrupted".into(),
+        }),
+    };
+    sandbox.stop().await;
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    played.map_err(|e| AppError::Sandbox(e.to_string()))
+}
+
 /// Prepares the sandbox's folder: the bot's key pair (made once), the users file and the bot's
 /// configuration pointing at the mock pod. Returns the config file's path.
-pub fn prepare_sandbox(opts: &SandboxOptions) -> Result<PathBuf, AppError> {
-    std::fs::create_dir_all(&opts.data_dir)?;
-    let key = opts.data_dir.join("bot-private.pem");
+fn prepare_sandbox(data_dir: &Path, ports: SandboxPorts) -> Result<PathBuf, AppError> {
+    std::fs::create_dir_all(data_dir)?;
+    let key = data_dir.join("bot-private.pem");
     if !key.exists() {
         crate::keys::write_new(&key, 2048)?;
     }
@@ -720,7 +774,7 @@ pub fn prepare_sandbox(opts: &SandboxOptions) -> Result<PathBuf, AppError> {
             "- {{id: {id}, username: {username}, displayName: \"{name}\", email: {username}@sandbox.local, type: NORMAL}}\n"
         ));
     }
-    std::fs::write(opts.data_dir.join("users.yaml"), users)?;
+    std::fs::write(data_dir.join("users.yaml"), users)?;
     let templates = std::env::current_dir()?.join("templates");
     let templates_line = if templates.join("symphony/help.hbs").exists() {
         format!("templates:\n  dir: {}\n", templates.display())
@@ -738,38 +792,73 @@ pub fn prepare_sandbox(opts: &SandboxOptions) -> Result<PathBuf, AppError> {
          \x20 accessToken: {SANDBOX_ACCESS_TOKEN}\n  appSecret: {SANDBOX_APP_SECRET}\n\
          \x20 webhook: {{listen: \"127.0.0.1:{hook}\", path: /whatsapp/webhook, verifyToken: sandbox-verify}}\n\
          store:\n  path: bot.db\n{templates_line}",
-        pod = opts.base_port,
-        sim = opts.base_port + 1,
-        hook = opts.base_port + 2,
+        pod = ports.pod,
+        sim = ports.sim,
+        hook = ports.hook,
         bot = SANDBOX_BOT.1,
     );
-    let path = opts.data_dir.join("bot-config.yaml");
+    let path = data_dir.join("bot-config.yaml");
     std::fs::write(&path, config)?;
     Ok(path)
 }
 
+/// A running sandbox: the mock pod, the WhatsApp simulator and the bot beside them.
+pub struct Sandbox {
+    pub pod: MockPod,
+    pub sim: WhatsAppSim,
+    pub bot: Bot,
+}
+
+impl Sandbox {
+    /// Starts the three on loopback: the pod on `base_port` (0: any free port), the simulator
+    /// on the next port and the bot's webhook on the one after (any free ones when 0).
+    pub async fn start(opts: &SandboxOptions, cancel: CancellationToken) -> Result<Self, AppError> {
+        let next = |n: u16| if opts.base_port == 0 { 0 } else { opts.base_port + n };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port)).await?;
+        let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", next(1))).await?;
+        let ports = SandboxPorts {
+            pod: listener.local_addr()?.port(),
+            sim: sim_listener.local_addr()?.port(),
+            hook: next(2),
+        };
+        let config_path = prepare_sandbox(&opts.data_dir, ports)?;
+        let config = Config::load(&config_path)?;
+        let templates = match config.templates.dir.join("symphony/help.hbs").exists() {
+            true => Templates::load(&config.templates.dir)?,
+            false => Templates::embedded()?,
+        };
+        let users = load_users(&opts.data_dir.join("users.yaml"))?;
+        let pod = MockPod::start_on(listener, MockPodConfig::new(users), cancel.clone())
+            .await
+            .map_err(|e| AppError::Sandbox(e.to_string()))?;
+        let sim_cfg = WhatsAppSimConfig::new(
+            SANDBOX_ACCESS_TOKEN,
+            SANDBOX_APP_SECRET,
+            SANDBOX_PHONE_NUMBER_ID,
+        );
+        let sim = WhatsAppSim::start_on(sim_listener, sim_cfg, cancel.clone())
+            .await
+            .map_err(|e| AppError::Sandbox(e.to_string()))?;
+        let path = config.whatsapp.webhook.path.clone();
+        let bot = Bot::start(config, templates, cancel).await?;
+        let hook = bot
+            .webhook_addr
+            .ok_or_else(|| AppError::Sandbox("the bot's webhook receiver is not running".into()))?;
+        sim.set_webhook_url(&format!("http://{hook}{path}"));
+        Ok(Self { pod, sim, bot })
+    }
+
+    /// Stops the bot, then the simulator and the pod.
+    pub async fn stop(self) {
+        self.bot.stop().await;
+        self.sim.shutdown().await;
+        self.pod.shutdown().await;
+    }
+}
+
 /// Runs the mock pod and the bot together on loopback until cancelled.
 pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Result<(), AppError> {
-    let config_path = prepare_sandbox(&opts)?;
-    let config = Config::load(&config_path)?;
-    let templates = match config.templates.dir.join("symphony/help.hbs").exists() {
-        true => Templates::load(&config.templates.dir)?,
-        false => Templates::embedded()?,
-    };
-    let users = load_users(&opts.data_dir.join("users.yaml"))?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port)).await?;
-    let pod = MockPod::start_on(listener, MockPodConfig::new(users), cancel.clone())
-        .await
-        .map_err(|e| AppError::Sandbox(e.to_string()))?;
-    let mut sim_cfg =
-        WhatsAppSimConfig::new(SANDBOX_ACCESS_TOKEN, SANDBOX_APP_SECRET, SANDBOX_PHONE_NUMBER_ID);
-    sim_cfg.webhook_url =
-        Some(format!("http://127.0.0.1:{}{}", opts.base_port + 2, config.whatsapp.webhook.path));
-    let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port + 1)).await?;
-    let sim = WhatsAppSim::start_on(sim_listener, sim_cfg, cancel.clone())
-        .await
-        .map_err(|e| AppError::Sandbox(e.to_string()))?;
-    let bot = Bot::start(config, templates, cancel.clone()).await?;
+    let Sandbox { pod, sim, bot } = Sandbox::start(&opts, cancel).await?;
     let alice = SANDBOX_ADVISORS[0];
     let im =
         pod.create_im(&[alice.0, SANDBOX_BOT.0]).map_err(|e| AppError::Sandbox(e.to_string()))?;

@@ -31,6 +31,13 @@ enum Cmd {
         #[arg(long, default_value_t = 8180)]
         port: u16,
     },
+    /// Play the product's scenario against a fresh sandbox and print what both sides see;
+    /// exits non-zero if a step does not behave.
+    Demo {
+        /// Keep the sandbox's state in this folder (default: a temporary one, removed after).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Run the mock Symphony pod alone (for other bots' CI).
     MockPod {
         #[arg(long, default_value = "127.0.0.1:8180")]
@@ -86,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             app::run_sandbox(app::SandboxOptions { data_dir: data, base_port: port }, cancel)
                 .await?;
         }
+        Cmd::Demo { keep } => app::run_demo(keep, cancel).await?,
         Cmd::MockPod { listen, users, datafeed_hold } => {
             app::run_mock_pod(
                 listen,

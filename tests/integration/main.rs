@@ -6,6 +6,7 @@ mod support;
 mod bdk_interop;
 mod burst;
 mod create_form;
+mod demo;
 mod lifecycle;
 mod media;
 mod mock_pod;
