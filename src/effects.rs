@@ -140,6 +140,19 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The bot posts `template` (a `symphony/…` MessageML template) rendered with `data`.
+    pub fn post(
+        templates: &crate::templates::Templates,
+        stream: &StreamId,
+        template: &str,
+        data: &serde_json::Value,
+    ) -> Result<Effect, crate::templates::TemplateError> {
+        Ok(Effect::PostMessage {
+            stream: stream.clone(),
+            message_ml: templates.render(template, data)?,
+        })
+    }
+
     /// Effects with the same key are performed in order.
     pub fn order_key(&self) -> String {
         match self {
@@ -329,18 +342,12 @@ impl EffectExecutor {
             Effect::PostMessage { .. } | Effect::PostRelayed { .. } => return None,
             Effect::PostRelayedFile { .. } => return None, // performed without the file instead
             Effect::RelayFileToWhatsApp { to, stream, name, author, .. } => {
-                let who = match to {
-                    Recipient::Phone(p) => p.as_str().to_owned(),
-                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
-                };
+                let who = to.shown();
                 (format!("send {author}'s file \"{name}\" to {who}"), Some(stream.clone()))
             }
             Effect::CheckStatus { .. } => return None, // not ours after all: nothing to say
             Effect::RelayToWhatsApp { group, to, author, excerpt, .. } => {
-                let who = match to {
-                    Recipient::Phone(p) => p.as_str().to_owned(),
-                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
-                };
+                let who = to.shown();
                 let stream =
                     self.store.group(GroupKey(*group)).ok().flatten().and_then(|g| g.stream);
                 (format!("relay {author}'s message \"{excerpt}\" to {who}"), stream)
@@ -372,10 +379,7 @@ impl EffectExecutor {
                 (what.to_owned(), stream)
             }
             Effect::SendWaTemplate { order, to, .. } => {
-                let who = match to {
-                    Recipient::Phone(p) => p.as_str().to_owned(),
-                    Recipient::Group(_) => "the WhatsApp group".to_owned(),
-                };
+                let who = to.shown();
                 let stream = self
                     .store
                     .group_by_wa(&GroupId(order.clone()))
@@ -439,13 +443,9 @@ impl EffectExecutor {
         author: &str,
     ) -> Result<Vec<Effect>, Failure> {
         let wa = self.whatsapp()?;
-        let chat = match to {
-            Recipient::Group(g) => g.as_str().to_owned(),
-            Recipient::Phone(p) => p.as_str().to_owned(),
-        };
         let open = self
             .store
-            .last_inbound(&chat)?
+            .last_inbound(to.chat())?
             .is_some_and(|at| crate::relay::window_open(at, crate::relay::now_ms()));
         let record = |id: String, kind: &str| {
             self.store.record_wa_message(&crate::store::WaMessageRecord {
@@ -649,14 +649,10 @@ impl EffectExecutor {
                 template_only,
             } => {
                 let wa = self.whatsapp()?;
-                let chat = match to {
-                    Recipient::Group(g) => g.as_str().to_owned(),
-                    Recipient::Phone(p) => p.as_str().to_owned(),
-                };
                 let open = !template_only
                     && self
                         .store
-                        .last_inbound(&chat)?
+                        .last_inbound(to.chat())?
                         .is_some_and(|at| crate::relay::window_open(at, crate::relay::now_ms()));
                 let sent = if open {
                     match wa.send_text(to, text).await {

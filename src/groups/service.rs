@@ -57,10 +57,7 @@ impl GroupService {
         template: &str,
         data: serde_json::Value,
     ) -> Result<Effect, ServiceError> {
-        Ok(Effect::PostMessage {
-            stream: stream.clone(),
-            message_ml: self.templates.render(template, &data)?,
-        })
+        Ok(Effect::post(&self.templates, stream, template, &data)?)
     }
 
     /// `/wa create`: checks the entitlement, records the group, and starts with the room.

@@ -85,10 +85,7 @@ impl RelayService {
         template: &str,
         data: serde_json::Value,
     ) -> Result<Effect, ServiceError> {
-        Ok(Effect::PostMessage {
-            stream: stream.clone(),
-            message_ml: self.templates.render(template, &data)?,
-        })
+        Ok(Effect::post(&self.templates, stream, template, &data)?)
     }
 
     /// A Symphony member's message (not a command, not the bot's) in a stream: to the WhatsApp

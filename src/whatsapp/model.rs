@@ -17,6 +17,25 @@ pub enum Recipient {
     Group(GroupId),
 }
 
+impl Recipient {
+    /// The chat a message goes to, as the customer-service window is tracked: the group id, or
+    /// the phone in E.164.
+    pub fn chat(&self) -> &str {
+        match self {
+            Recipient::Phone(p) => p.as_str(),
+            Recipient::Group(g) => g.as_str(),
+        }
+    }
+
+    /// How people are told who a message went to.
+    pub fn shown(&self) -> String {
+        match self {
+            Recipient::Phone(p) => p.as_str().to_owned(),
+            Recipient::Group(_) => "the WhatsApp group".to_owned(),
+        }
+    }
+}
+
 /// A template body parameter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "camelCase")]
