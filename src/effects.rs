@@ -50,6 +50,13 @@ pub enum Effect {
         name: String,
         language: String,
         params: Vec<TemplateParam>,
+        /// The group it is about: the sent message is recorded, so a failed delivery is said
+        /// in the group's room.
+        #[serde(default)]
+        group: Option<i64>,
+        /// What it is, as the room is told if it fails ("invitation to Deal team", a notice).
+        #[serde(default)]
+        about: Option<String>,
     },
     ApproveJoin {
         group: GroupId,
@@ -586,8 +593,27 @@ impl EffectExecutor {
                 self.store.set_group_request(key, &request_id)?;
                 Ok(Vec::new())
             }
-            Effect::SendWaTemplate { to, name, language, params, .. } => {
-                self.whatsapp()?.send_template(to, name, language, params).await?;
+            Effect::SendWaTemplate { to, name, language, params, group, about, .. } => {
+                let id = self.whatsapp()?.send_template(to, name, language, params).await?;
+                if let Some(group) = group {
+                    self.store.record_wa_message(&crate::store::WaMessageRecord {
+                        wa_message_id: id,
+                        group: GroupKey(*group),
+                        inbound: false,
+                        phone: match to {
+                            Recipient::Phone(p) => Some(p.clone()),
+                            Recipient::Group(_) => None,
+                        },
+                        symphony_message_id: None,
+                        author: "wa-groups-bot".to_owned(),
+                        excerpt: crate::relay::format::quote_snippet(
+                            about.as_deref().unwrap_or(name),
+                            crate::relay::EXCERPT_CHARS,
+                        ),
+                        kind: "template".to_owned(),
+                        body: None,
+                    })?;
+                }
                 Ok(Vec::new())
             }
             Effect::ApproveJoin { group, request_id } => {

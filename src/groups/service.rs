@@ -182,7 +182,6 @@ impl GroupService {
             return Ok(Vec::new()); // already handled (a redelivery under another key)
         }
         self.store.set_group_created(group.key, wa, link)?;
-        let invitation = &self.settings.wa_templates.invitation;
         let mut effects = Vec::new();
         let mut invited = Vec::new();
         for contact in self.store.contacts(group.key)? {
@@ -190,13 +189,7 @@ impl GroupService {
                 continue;
             }
             invited.push(contact.phone.as_str().to_owned());
-            effects.push(Effect::SendWaTemplate {
-                order: wa.as_str().to_owned(),
-                to: Recipient::Phone(contact.phone),
-                name: invitation.name.clone(),
-                language: invitation.language.clone(),
-                params: vec![TemplateParam::GroupId(wa.clone())],
-            });
+            effects.push(self.invitation(&group, wa, contact.phone));
         }
         if let Some(stream) = &group.stream {
             effects.push(self.post(
@@ -291,7 +284,6 @@ impl GroupService {
     ) -> Result<Vec<Effect>, ServiceError> {
         let Some(group) = self.store.group_by_wa(wa)? else { return Ok(Vec::new()) };
         let mut effects = Vec::new();
-        let notice = &self.settings.wa_templates.notice;
         for user in users {
             let Some(phone) =
                 user.wa_id.as_deref().or(user.input.as_deref()).and_then(|p| E164::parse(p).ok())
@@ -311,13 +303,7 @@ impl GroupService {
                 )?);
             }
             let text = self.templates.render("whatsapp/joined", &json!({"name": group.name}))?;
-            effects.push(Effect::SendWaTemplate {
-                order: wa.as_str().to_owned(),
-                to: Recipient::Phone(phone),
-                name: notice.name.clone(),
-                language: notice.language.clone(),
-                params: vec![TemplateParam::Text(text)],
-            });
+            effects.push(self.notice_to(&group, wa.as_str(), Recipient::Phone(phone), text));
         }
         if !effects.is_empty() && rules::all_invitees_joined(&self.store.contacts(group.key)?) {
             effects.push(Effect::ResetInviteLink { group: wa.clone() });
@@ -326,14 +312,41 @@ impl GroupService {
     }
 }
 
-/// A notice to a native WhatsApp group: the `notice` template carrying the rendered text.
-fn notice_effect(settings: &GroupSettings, wa: &GroupId, text: String) -> Effect {
-    Effect::SendWaTemplate {
-        order: wa.as_str().to_owned(),
-        to: Recipient::Group(wa.clone()),
-        name: settings.wa_templates.notice.name.clone(),
-        language: settings.wa_templates.notice.language.clone(),
-        params: vec![TemplateParam::Text(text)],
+impl GroupService {
+    /// A contact's personal invitation: the invitation template, whose `group_id` parameter
+    /// WhatsApp turns into the group's link.
+    fn invitation(&self, group: &crate::store::GroupRecord, wa: &GroupId, phone: E164) -> Effect {
+        let t = &self.settings.wa_templates.invitation;
+        Effect::SendWaTemplate {
+            order: wa.as_str().to_owned(),
+            to: Recipient::Phone(phone),
+            name: t.name.clone(),
+            language: t.language.clone(),
+            params: vec![TemplateParam::GroupId(wa.clone())],
+            group: Some(group.key.0),
+            about: Some(format!("invitation to {}", group.name)),
+        }
+    }
+
+    /// A notice (the `notice` template carrying `text`) to a group or a contact, in the order of
+    /// `order` (a WhatsApp group id or a phone).
+    fn notice_to(
+        &self,
+        group: &crate::store::GroupRecord,
+        order: &str,
+        to: Recipient,
+        text: String,
+    ) -> Effect {
+        let t = &self.settings.wa_templates.notice;
+        Effect::SendWaTemplate {
+            order: order.to_owned(),
+            to,
+            name: t.name.clone(),
+            language: t.language.clone(),
+            about: Some(text.clone()),
+            params: vec![TemplateParam::Text(text)],
+            group: Some(group.key.0),
+        }
     }
 }
 
@@ -373,10 +386,11 @@ impl GroupService {
     ) -> Result<Vec<Effect>, ServiceError> {
         let text = self.templates.render(template, &data)?;
         match (group.kind, &group.wa_group) {
-            (_, Some(wa)) => Ok(vec![notice_effect(&self.settings, wa, text)]),
+            (_, Some(wa)) => {
+                Ok(vec![self.notice_to(group, wa.as_str(), Recipient::Group(wa.clone()), text)])
+            }
             (GroupKind::Standard, None) => {
                 let text = format!("[{}] {text}", group.name);
-                let notice = &self.settings.wa_templates.notice;
                 Ok(self
                     .store
                     .contacts(group.key)?
@@ -384,12 +398,9 @@ impl GroupService {
                     .filter(|c| {
                         !c.barred && !matches!(c.state, ContactState::Left | ContactState::Removed)
                     })
-                    .map(|c| Effect::SendWaTemplate {
-                        order: c.phone.as_str().to_owned(),
-                        to: Recipient::Phone(c.phone),
-                        name: notice.name.clone(),
-                        language: notice.language.clone(),
-                        params: vec![TemplateParam::Text(text.clone())],
+                    .map(|c| {
+                        let order = c.phone.as_str().to_owned();
+                        self.notice_to(group, &order, Recipient::Phone(c.phone), text.clone())
                     })
                     .collect())
             }
@@ -554,14 +565,7 @@ impl GroupService {
         for phone in phones {
             self.store.set_contact_state(group.key, phone, ContactState::Invited)?;
             if let Some(wa) = &group.wa_group {
-                let invitation = &self.settings.wa_templates.invitation;
-                effects.push(Effect::SendWaTemplate {
-                    order: wa.as_str().to_owned(),
-                    to: Recipient::Phone(phone.clone()),
-                    name: invitation.name.clone(),
-                    language: invitation.language.clone(),
-                    params: vec![TemplateParam::GroupId(wa.clone())],
-                });
+                effects.push(self.invitation(group, wa, phone.clone()));
             }
             if adding {
                 effects.extend(self.announce(

@@ -460,3 +460,37 @@ async fn messages_in_flight_when_the_bot_stops_arrive_once_after_the_restart() {
     assert_eq!(relayed, vec!["*Alice Ng*: one", "*Alice Ng*: two", "*Alice Ng*: three"]);
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_whatsapp_could_not_deliver_is_said_in_the_room() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let hook = format!("http://{}/whatsapp/webhook", bot.webhook_addr.expect("hook"));
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, &format!("<messageML>/wa create \"Ops\" +{JOHN}</messageML>"))
+        .expect("post");
+    let sid = stream_of(&pod, "Ops").await;
+    let invitation = wait_for("the invitation", Duration::from_secs(10), || {
+        let found = sim.inbox(JOHN).into_iter().find(|m| m["type"] == "template");
+        async move { found }
+    })
+    .await;
+    post_status(
+        &hook,
+        json!({"id": invitation["id"], "status": "failed", "timestamp": "1700000000", "recipient_id": JOHN,
+               "recipient_type": "individual",
+               "errors": [{"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable"}]}),
+    )
+    .await;
+    let report = wait_for_message(&pod, &sid, BOT, |t| t.contains("Not delivered")).await;
+    assert!(
+        report.text.contains("+447911123457")
+            && report.text.contains("invitation to Ops")
+            && report.text.contains("(131026)"),
+        "{}",
+        report.text
+    );
+    bot.stop().await;
+}
