@@ -575,6 +575,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     if !path.starts_with('/') {
         problems.push(format!("whatsapp.webhook.path: {path:?} must start with /"));
     }
+    if [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH].contains(&path.as_str()) {
+        problems.push(format!(
+            "whatsapp.webhook.path: {path:?} is taken by the monitoring endpoint on the same port"
+        ));
+    }
     let template_ref =
         |problems: &mut Vec<String>, what: &str, raw: Option<RawTemplateRef>, default: &str| {
             let raw = raw.unwrap_or_default();
@@ -765,6 +770,22 @@ mod tests {
             load(dir.path(), "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n", &[])
                 .expect_err("invalid");
         assert!(err.to_string().contains("is not an RSA private key"), "{err}");
+    }
+
+    #[test]
+    fn the_webhook_path_cannot_hide_the_monitoring_endpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\nwhatsapp: {webhook: {path: /metrics}}\n",
+            &[],
+        )
+        .expect_err("invalid");
+        assert!(
+            err.to_string().contains("\"/metrics\" is taken by the monitoring endpoint"),
+            "{err}"
+        );
     }
 
     #[test]

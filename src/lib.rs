@@ -21,6 +21,8 @@
 //! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
 //! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
+//! - [`metrics`]: the bot's counters and datafeed heartbeat, in Prometheus text format.
+//! - [`monitoring`]: `GET /healthz` and `GET /metrics` on the bot's HTTP listener.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
 
 pub mod app;
@@ -30,6 +32,8 @@ pub mod effects;
 pub mod events;
 pub mod groups;
 pub mod keys;
+pub mod metrics;
+pub mod monitoring;
 pub mod relay;
 pub mod sandbox;
 pub mod store;
