@@ -23,8 +23,10 @@
 //! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
 //! - [`metrics`]: the bot's counters and datafeed heartbeat, in Prometheus text format.
 //! - [`monitoring`]: `GET /healthz` and `GET /metrics` on the bot's HTTP listener.
+//! - [`admin`]: the admin's tools: `check-config` (with `--connect`) and `render`.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
 
+pub mod admin;
 pub mod app;
 pub mod commands;
 pub mod config;

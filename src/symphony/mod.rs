@@ -196,6 +196,18 @@ impl SymphonyClient {
         Ok(())
     }
 
+    /// Logs in to the pod and to the key manager separately (`check-config --connect`): both
+    /// outcomes, each token kept when it was obtained, so that pod calls work after a pod login.
+    pub async fn try_logins(&self) -> (Result<(), SymphonyError>, Result<(), SymphonyError>) {
+        let session = self.login(&self.inner.cfg.pod_url, "/login/pubkey/authenticate").await;
+        let key_manager =
+            self.login(&self.inner.cfg.key_manager_url, "/relay/pubkey/authenticate").await;
+        let mut tokens = self.inner.tokens.lock().await;
+        let session = session.map(|t| tokens.session = t);
+        let key_manager = key_manager.map(|t| tokens.key_manager = t);
+        (session, key_manager)
+    }
+
     async fn login_all(&self) -> Result<Tokens, SymphonyError> {
         let session = self.login(&self.inner.cfg.pod_url, "/login/pubkey/authenticate").await?;
         let key_manager =
@@ -250,7 +262,7 @@ impl SymphonyClient {
                 Err(e) => SymphonyError::Network {
                     method: "POST".into(),
                     endpoint: path.into(),
-                    reason: e.to_string(),
+                    reason: with_causes(&e),
                 },
             };
             self.count_error("POST", path, &outcome);
@@ -357,7 +369,7 @@ impl SymphonyClient {
                 Err(e) => SymphonyError::Network {
                     method: method.to_string(),
                     endpoint: path.into(),
-                    reason: e.to_string(),
+                    reason: with_causes(&e),
                 },
             };
             self.count_error(method.as_str(), path, &outcome);
@@ -670,6 +682,21 @@ fn decode_attachment(body: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     let compact: String = body.trim().trim_matches('"').split_ascii_whitespace().collect();
     STANDARD.decode(&compact).or_else(|_| STANDARD_NO_PAD.decode(&compact)).ok()
+}
+
+/// An error with its causes: reqwest says "error sending request", its causes say why
+/// (`Connection refused`, a DNS failure, a certificate problem).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {

@@ -191,7 +191,7 @@ impl WhatsAppClient {
                 self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
             let resp = build(req).send().await.map_err(|e| WhatsAppError::Network {
                 endpoint: endpoint.clone(),
-                reason: e.to_string(),
+                reason: crate::symphony::with_causes(&e),
             })?;
             let status = resp.status().as_u16();
             let retry_after = header_retry_after(&resp);
