@@ -18,6 +18,7 @@ use crate::events::WhatsAppEvent;
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
 use crate::groups::service::{GroupService, GroupSettings, InfoExtras, Manage, Requester};
 use crate::groups::{StreamId, UserId};
+use crate::metrics::{EventSource, Metrics};
 use crate::relay::{RelayService, WaInbound};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
@@ -53,6 +54,9 @@ pub struct Bot {
     pub store: Store,
     /// Where the WhatsApp webhook receiver listens (when an app secret is configured).
     pub webhook_addr: Option<SocketAddr>,
+    /// The bot's HTTP listener (`whatsapp.webhook.listen`): `/healthz` and `/metrics` always,
+    /// the webhook receiver too when an app secret is configured.
+    pub http_addr: SocketAddr,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -75,7 +79,8 @@ impl Bot {
         timings: BotTimings,
     ) -> Result<Bot, AppError> {
         let store = Store::open(&config.store.path)?;
-        let symphony = SymphonyClient::new(&config.symphony)?;
+        let metrics = Metrics::default();
+        let symphony = SymphonyClient::new(&config.symphony)?.with_metrics(metrics.clone());
         symphony.authenticate().await?;
         let me = symphony.session_info().await?;
         let bot_user = me.id;
@@ -84,56 +89,68 @@ impl Bot {
         let wake = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
 
-        // WhatsApp webhooks → store (signature checked first; 200 only once persisted).
+        // One HTTP listener: health and metrics always (an orchestrator probes them even when
+        // WhatsApp is not set up), WhatsApp webhooks → store when an app secret is configured
+        // (signature checked first; 200 only once persisted).
+        let hook = &config.whatsapp.webhook;
+        let listener = tokio::net::TcpListener::bind(hook.listen).await.map_err(|e| {
+            AppError::Startup(format!(
+                "cannot listen on {} (whatsapp.webhook.listen): {e}",
+                hook.listen
+            ))
+        })?;
+        let http_addr = listener.local_addr()?;
+        let mut router = crate::monitoring::router(crate::monitoring::MonitoringState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            datafeed_stale_after: config.symphony.read_timeout,
+        });
         let webhook_addr = if config.whatsapp.app_secret.expose_secret().is_empty() {
             tracing::warn!("whatsapp.appSecret is not set: the WhatsApp webhook receiver is off");
             None
         } else {
-            let hook = &config.whatsapp.webhook;
-            let listener = tokio::net::TcpListener::bind(hook.listen).await.map_err(|e| {
-                AppError::Startup(format!(
-                    "cannot listen for WhatsApp webhooks on {}: {e}",
-                    hook.listen
-                ))
-            })?;
-            let addr = listener.local_addr()?;
-            let router = crate::webhook::router(
+            router = router.merge(crate::webhook::router(
                 &hook.path,
                 crate::webhook::WebhookState {
                     store: store.clone(),
                     app_secret: config.whatsapp.app_secret.clone(),
                     verify_token: hook.verify_token.clone(),
                     wake: wake.clone(),
+                    metrics: metrics.clone(),
                 },
-            );
-            let hook_cancel = cancel.clone();
-            tracker.spawn(async move {
-                if let Err(e) = crate::webhook::serve(listener, router, hook_cancel).await {
-                    tracing::error!(error = %e, "the webhook receiver stopped");
-                }
-            });
-            tracing::info!(%addr, path = %hook.path, "WhatsApp webhook receiver listening");
-            Some(addr)
+            ));
+            tracing::info!(addr = %http_addr, path = %hook.path, "WhatsApp webhook receiver listening");
+            Some(http_addr)
         };
+        let http_cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::webhook::serve(listener, router, http_cancel).await {
+                tracing::error!(error = %e, "the HTTP listener stopped");
+            }
+        });
+        tracing::info!(addr = %http_addr, "serving /healthz and /metrics");
 
         // Datafeed → store: a batch is acknowledged only once every event is persisted.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let feed =
             DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry).on_ready(ready_tx);
         let feed_store = store.clone();
+        let feed_metrics = metrics.clone();
         let feed_wake = wake.clone();
         let feed_cancel = cancel.clone();
         tracker.spawn(async move {
             let handler: BatchHandler = Box::new(move |events: Vec<SymphonyEvent>| {
                 let store = feed_store.clone();
+                let metrics = feed_metrics.clone();
                 let wake = feed_wake.clone();
                 Box::pin(async move {
                     for event in events {
                         let payload = serde_json::to_value(InboundEvent::Symphony(event.clone()))
                             .map_err(|e| e.to_string())?;
-                        store
+                        let new = store
                             .enqueue_inbound(Source::Symphony, &event.id, &payload)
                             .map_err(|e| e.to_string())?;
+                        metrics.inbound_event(EventSource::Symphony, new);
                     }
                     wake.notify_one();
                     Ok(())
@@ -149,7 +166,8 @@ impl Bot {
         let whatsapp = if config.whatsapp.is_configured() {
             Some(
                 WhatsAppClient::new(&config.whatsapp, config.symphony.retry)
-                    .map_err(|e| AppError::Startup(e.to_string()))?,
+                    .map_err(|e| AppError::Startup(e.to_string()))?
+                    .with_metrics(metrics.clone()),
             )
         } else {
             tracing::warn!(
@@ -196,6 +214,7 @@ impl Bot {
             whatsapp,
             groups: groups.clone(),
             retry: config.symphony.retry,
+            metrics: metrics.clone(),
         };
         tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
         let dispatcher = Dispatcher {
@@ -207,6 +226,7 @@ impl Bot {
             symphony: symphony.clone(),
             bot_user,
             effects: effects_wake,
+            metrics,
         };
         let dispatch_cancel = cancel.clone();
         tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
@@ -220,7 +240,7 @@ impl Bot {
                 "the datafeed could not be started (see the log)".into(),
             ));
         }
-        Ok(Bot { bot_user, store, webhook_addr, cancel, tracker })
+        Ok(Bot { bot_user, store, webhook_addr, http_addr, cancel, tracker })
     }
 
     /// Waits until the bot stops (cancellation or a fatal error).
@@ -342,6 +362,8 @@ struct Dispatcher {
     bot_user: UserId,
     /// Wakes the effect executor.
     effects: Arc<Notify>,
+    /// Commands are counted here.
+    metrics: Metrics,
 }
 
 /// Why an event could not be decided now.
@@ -555,7 +577,13 @@ impl Dispatcher {
         let reply = |ml: String| {
             Ok(vec![Effect::PostMessage { stream: message.stream.clone(), message_ml: ml }])
         };
-        let manage = match commands::parse(&segments, self.bot_user) {
+        let parsed = commands::parse(&segments, self.bot_user);
+        match &parsed {
+            Ok(Some(command)) => self.metrics.command(command.name()),
+            Err(_) => self.metrics.command("invalid"),
+            Ok(None) => {}
+        }
+        let manage = match parsed {
             Ok(None) => return Ok(self.relay.from_room(&message)?),
             Ok(Some(Command::Help)) => return reply(self.templates.help()?),
             Ok(Some(Command::CreateForm)) => {

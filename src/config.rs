@@ -347,51 +347,80 @@ impl Config {
 
     /// Loads from an explicit source (tests inject the environment here).
     pub fn load_from(source: &ConfigSource) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = &source.file {
-            if !file.exists() {
-                return Err(ConfigError::Load(format!(
-                    "configuration file {} does not exist",
-                    file.display()
-                )));
-            }
-            builder = builder.add_source(
-                config::File::from(file.as_path()).format(config::FileFormat::Yaml).required(true),
-            );
-        }
-        let file_only = builder
-            .build_cloned()
-            .and_then(|c| c.try_deserialize::<serde_json::Value>())
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let env_only = config::Config::builder()
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("entitlements.advisors")
-                    .source(source.env.clone()),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize::<serde_json::Value>())
-            .map_err(|e| ConfigError::Load(format!("environment overrides: {e}")))?;
-        let mut merged = file_only;
-        if merged.is_null() {
-            merged = serde_json::Value::Object(Default::default());
-        }
-        merge_case_insensitive(&mut merged, env_only);
-        let raw: RawConfig = serde_path_to_error::deserialize(merged)
-            .map_err(|e| ConfigError::Invalid(vec![format!("{}: {}", e.path(), e.inner())]))?;
-        // Relative paths are relative to the config file's folder, like the BDK's.
-        let base = source
-            .file
-            .as_ref()
-            .and_then(|f| f.parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let (raw, base) = read_raw(source)?;
         validate(raw, &base)
     }
+
+    /// [`Config::load_from`] for `check-config`: also says where the templates are, so that
+    /// they are checked even when the rest of the configuration is not valid.
+    pub fn check(source: &ConfigSource) -> ConfigCheck {
+        match read_raw(source) {
+            Ok((raw, base)) => {
+                let templates_dir = templates_dir(raw.templates.dir.clone(), &base);
+                ConfigCheck { config: validate(raw, &base), templates_dir: Some(templates_dir) }
+            }
+            Err(e) => ConfigCheck { config: Err(e), templates_dir: None },
+        }
+    }
+}
+
+/// What [`Config::check`] found.
+#[derive(Debug)]
+pub struct ConfigCheck {
+    pub config: Result<Config, ConfigError>,
+    /// `templates.dir` resolved, when the file could be read at all.
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// `templates.dir` (default `./templates`), relative to the config file's folder.
+fn templates_dir(raw: Option<PathBuf>, base: &Path) -> PathBuf {
+    let dir = raw.unwrap_or_else(|| PathBuf::from("./templates"));
+    if dir.is_relative() { base.join(dir) } else { dir }
+}
+
+/// The file and the environment merged into the raw shape, with the folder relative paths are
+/// relative to.
+fn read_raw(source: &ConfigSource) -> Result<(RawConfig, PathBuf), ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(file) = &source.file {
+        if !file.exists() {
+            return Err(ConfigError::Load(format!(
+                "configuration file {} does not exist",
+                file.display()
+            )));
+        }
+        builder = builder.add_source(
+            config::File::from(file.as_path()).format(config::FileFormat::Yaml).required(true),
+        );
+    }
+    let file_only = builder
+        .build_cloned()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    let env_only = config::Config::builder()
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("entitlements.advisors")
+                .source(source.env.clone()),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| ConfigError::Load(format!("environment overrides: {e}")))?;
+    let mut merged = file_only;
+    if merged.is_null() {
+        merged = serde_json::Value::Object(Default::default());
+    }
+    merge_case_insensitive(&mut merged, env_only);
+    let raw: RawConfig = serde_path_to_error::deserialize(merged)
+        .map_err(|e| ConfigError::Invalid(vec![format!("{}: {}", e.path(), e.inner())]))?;
+    // Relative paths are relative to the config file's folder, like the BDK's.
+    let base =
+        source.file.as_ref().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
+    Ok((raw, base))
 }
 
 /// Merges `overrides` (lowercase keys from the environment) into `target` (file keys in
@@ -575,6 +604,11 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     if !path.starts_with('/') {
         problems.push(format!("whatsapp.webhook.path: {path:?} must start with /"));
     }
+    if [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH].contains(&path.as_str()) {
+        problems.push(format!(
+            "whatsapp.webhook.path: {path:?} is taken by the monitoring endpoint on the same port"
+        ));
+    }
     let template_ref =
         |problems: &mut Vec<String>, what: &str, raw: Option<RawTemplateRef>, default: &str| {
             let raw = raw.unwrap_or_default();
@@ -614,9 +648,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         problems.push("store.path: empty".into());
     }
     let store_path = if store_path.is_relative() { base.join(store_path) } else { store_path };
-    let templates_dir = raw.templates.dir.unwrap_or_else(|| PathBuf::from("./templates"));
-    let templates_dir =
-        if templates_dir.is_relative() { base.join(templates_dir) } else { templates_dir };
+    let templates_dir = templates_dir(raw.templates.dir, base);
 
     if !problems.is_empty() {
         return Err(ConfigError::Invalid(problems));
@@ -755,6 +787,22 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(problems.len() >= 8, "{text}");
+    }
+
+    #[test]
+    fn the_webhook_path_cannot_hide_the_monitoring_endpoints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\nwhatsapp: {webhook: {path: /metrics}}\n",
+            &[],
+        )
+        .expect_err("invalid");
+        assert!(
+            err.to_string().contains("\"/metrics\" is taken by the monitoring endpoint"),
+            "{err}"
+        );
     }
 
     #[test]

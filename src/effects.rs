@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetryConfig;
 use crate::groups::service::GroupService;
 use crate::groups::{GroupId, StreamId, UserId};
+use crate::metrics::{Metrics, RelayDirection};
 use crate::store::{GroupKey, OutboxRow, Store};
 use crate::symphony::SymphonyClient;
 use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
@@ -222,6 +223,8 @@ pub struct EffectExecutor {
     pub relay: Arc<crate::relay::RelayService>,
     /// Attempts and backoff (the `retry` config).
     pub retry: RetryConfig,
+    /// Notices sent, messages relayed and retries are counted here.
+    pub metrics: Metrics,
 }
 
 impl From<crate::symphony::SymphonyError> for Failure {
@@ -329,6 +332,7 @@ impl EffectExecutor {
                     self.retry.next_wait(row.attempts + 1, f.retryable, f.retry_after) =>
             {
                 tracing::warn!(id = row.id, attempts = row.attempts + 1, ?wait, error = %f.message, "effect failed; will retry");
+                self.metrics.outbox_retry();
                 self.store.outbox_retry(row.id, wait, &f.message)
             }
             Err(f) => {
@@ -614,6 +618,7 @@ impl EffectExecutor {
                         body: None,
                     })?;
                 }
+                self.metrics.notice_sent(name);
                 Ok(Vec::new())
             }
             Effect::ApproveJoin { group, request_id } => {
@@ -712,6 +717,7 @@ impl EffectExecutor {
                     kind: kind.to_owned(),
                     body: Some(text.clone()),
                 })?;
+                self.metrics.relayed(RelayDirection::ToWhatsApp);
                 Ok(Vec::new())
             }
             Effect::CheckStatus { message_id, recipient, errors } => {
@@ -787,6 +793,7 @@ impl EffectExecutor {
             }
             Effect::PostRelayed { stream, message_ml, wa_message } => {
                 let sent = self.symphony.send_message(stream, message_ml, None).await?;
+                self.metrics.relayed(RelayDirection::ToSymphony);
                 self.store.set_wa_message_symphony(wa_message, &sent.message_id)?;
                 Ok(Vec::new())
             }

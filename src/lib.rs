@@ -21,8 +21,12 @@
 //! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
 //! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
+//! - [`metrics`]: the bot's counters and datafeed heartbeat, in Prometheus text format.
+//! - [`monitoring`]: `GET /healthz` and `GET /metrics` on the bot's HTTP listener.
+//! - [`admin`]: the admin's tools: `check-config` (with `--connect`) and `render`.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
 
+pub mod admin;
 pub mod app;
 pub mod commands;
 pub mod config;
@@ -30,6 +34,8 @@ pub mod effects;
 pub mod events;
 pub mod groups;
 pub mod keys;
+pub mod metrics;
+pub mod monitoring;
 pub mod relay;
 pub mod sandbox;
 pub mod store;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use wa_groups_bot::{app, config::Config, telemetry};
+use wa_groups_bot::config::{Config, ConfigSource};
+use wa_groups_bot::{admin, app, telemetry};
 
 #[derive(Parser)]
 #[command(name = "wa-groups-bot", version, about = "Symphony bot for WhatsApp native group chats")]
@@ -71,10 +72,25 @@ enum Cmd {
         #[arg(long, default_value_t = 4096)]
         bits: usize,
     },
-    /// Validate the configuration and templates; print every problem at once.
+    /// Validate the configuration, key file and templates; print every problem at once.
     CheckConfig {
         #[arg(long, default_value = "bot-config.yaml")]
         config: PathBuf,
+        /// Also log in to the pod (session + key manager), read sessioninfo, and call the
+        /// Graph API once (the business phone number).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Preview a template: render it with JSON data (strict mode, as the bot renders it).
+    Render {
+        /// The template's name, e.g. symphony/group_ready or whatsapp/renamed.
+        template: String,
+        /// A JSON file with the template's data (see templates/README.md).
+        #[arg(long)]
+        data: PathBuf,
+        /// The templates folder.
+        #[arg(long, default_value = "templates")]
+        templates: PathBuf,
     },
 }
 
@@ -118,10 +134,17 @@ async fn main() -> anyhow::Result<()> {
             println!("Paste this public key into the Symphony admin console (bot's RSA key):\n");
             println!("{public}");
         }
-        Cmd::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            wa_groups_bot::templates::Templates::load(&config.templates.dir)?;
-            println!("configuration OK");
+        Cmd::CheckConfig { config, connect } => {
+            let report =
+                admin::check(&ConfigSource { file: Some(config), env: None }, connect).await;
+            println!("{report}");
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Render { template, data, templates } => {
+            let rendered = admin::render_preview(&templates, &template, &data)?;
+            println!("{rendered}");
         }
     }
     Ok(())

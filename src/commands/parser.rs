@@ -72,6 +72,23 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("invite", "/wa invite +E164 …", "send a contact their invitation again (owners)"),
 ];
 
+impl Command {
+    /// The command's name as `/wa help` lists it (metrics label it so).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Help => "help",
+            Command::CreateForm | Command::Create { .. } => "create",
+            Command::Info => "info",
+            Command::Rename { .. } => "rename",
+            Command::Add { .. } => "add",
+            Command::Remove { .. } => "remove",
+            Command::Promote { .. } => "promote",
+            Command::Demote { .. } => "demote",
+            Command::Invite { .. } => "invite",
+        }
+    }
+}
+
 /// The usage line of a command (`None` for an unknown name).
 pub fn usage(command: &str) -> Option<&'static str> {
     COMMANDS.iter().find(|(name, _, _)| *name == command).map(|(_, usage, _)| *usage)
@@ -426,6 +443,8 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
+            let name = expected.name();
+            assert!(usage(name).is_some(), "{name} (the metrics label) is listed in COMMANDS");
             assert_eq!(parse(&input, BOT), Ok(Some(expected)), "{input:?}");
         }
     }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_groups.sql"),
     include_str!("migrations/0004_attempts.sql"),
     include_str!("migrations/0005_relay.sql"),
+    include_str!("migrations/0006_health.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,8 @@ pub trait StateStore: Send + Sync {
     fn outbox_failed(&self, id: i64, error: &str) -> Result<(), StoreError>;
     /// (pending, failed) effects: the outbox depth and what was given up on.
     fn outbox_counts(&self) -> Result<(u64, u64), StoreError>;
+    /// A cheap committed write (`/healthz`): fails when the store cannot take writes now.
+    fn probe_write(&self) -> Result<(), StoreError>;
     /// Records a new group with its advisors (the creator an owner) and invited contacts.
     fn create_group(
         &self,
@@ -260,6 +263,11 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// … and the health probe's write.
+const PROBE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -292,7 +300,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         let version: i64 =
             conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
         let known = MIGRATIONS.len() as i64;
@@ -525,6 +533,21 @@ impl StateStore for SqliteStore {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok((pending as u64, failed as u64))
+    }
+
+    fn probe_write(&self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        // A health probe must answer quickly: wait for another writer's lock 1 s, not the 5 s
+        // the bot's own work waits.
+        conn.busy_timeout(PROBE_BUSY_TIMEOUT)?;
+        let written = conn.execute(
+            "INSERT INTO health_probe (id, probed_at) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+            params![now_ms()],
+        );
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        written?;
+        Ok(())
     }
 
     fn create_group(
@@ -1028,6 +1051,25 @@ mod tests {
         store.mark_processed(pending[0].id).expect("mark");
         assert_eq!(store.pending_inbound(10).expect("pending").len(), 1);
         assert!(store.has_inbound(Source::WhatsApp, "k1").expect("has"));
+    }
+
+    #[test]
+    fn the_write_probe_fails_quickly_while_another_connection_holds_the_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bot.db");
+        let store = SqliteStore::open(&path).expect("store");
+        store.probe_write().expect("writable");
+        let other = Connection::open(&path).expect("second connection");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let started = std::time::Instant::now();
+        let err = store.probe_write().expect_err("locked");
+        assert!(err.to_string().contains("locked"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "the probe waits 1 s, not 5"
+        );
+        other.execute_batch("ROLLBACK").expect("unlock");
+        store.probe_write().expect("writable again");
     }
 
     #[test]

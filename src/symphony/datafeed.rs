@@ -122,6 +122,8 @@ impl DatafeedLoop {
             () = cancel.cancelled() => return Ok(()),
             r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
         };
+        // The heartbeat `/healthz` reads: set up, then every answered read.
+        self.client.metrics.datafeed_ready();
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
@@ -135,6 +137,7 @@ impl DatafeedLoop {
             match result {
                 Ok((raw, next_ack)) => {
                     failures = 0;
+                    self.client.metrics.datafeed_read();
                     if raw.is_empty() {
                         ack_id = next_ack;
                         continue;

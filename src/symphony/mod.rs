@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{RetryConfig, SymphonyConfig};
 use crate::groups::{StreamId, UserId};
+use crate::metrics::{ApiClient, Metrics};
 
 pub use datafeed::DatafeedLoop;
 pub use model::{AttachmentInfo, RoomInfo, RoomMember, SentMessage, UserInfo};
@@ -124,6 +125,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct SymphonyClient {
     inner: Arc<Inner>,
+    /// Failed attempts are counted here; the datafeed loop's heartbeat too.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for SymphonyClient {
@@ -161,7 +164,23 @@ impl SymphonyClient {
                 signer,
                 tokens: Mutex::new(Tokens::default()),
             }),
+            metrics: Metrics::default(),
         })
+    }
+
+    /// Counts into `metrics` (the running bot's registry) from now on.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count_error(&self, method: &str, path: &str, error: &SymphonyError) {
+        let status = match (error.status(), error) {
+            (Some(status), _) => status.to_string(),
+            (None, SymphonyError::Decode { .. }) => "decode".to_owned(),
+            (None, _) => "network".to_owned(),
+        };
+        self.metrics.api_error(ApiClient::Symphony, method, path, &status);
     }
 
     /// The retry settings of ordinary calls.
@@ -175,6 +194,18 @@ impl SymphonyClient {
         let mut tokens = self.inner.tokens.lock().await;
         *tokens = self.login_all().await?;
         Ok(())
+    }
+
+    /// Logs in to the pod and to the key manager separately (`check-config --connect`): both
+    /// outcomes, each token kept when it was obtained, so that pod calls work after a pod login.
+    pub async fn try_logins(&self) -> (Result<(), SymphonyError>, Result<(), SymphonyError>) {
+        let session = self.login(&self.inner.cfg.pod_url, "/login/pubkey/authenticate").await;
+        let key_manager =
+            self.login(&self.inner.cfg.key_manager_url, "/relay/pubkey/authenticate").await;
+        let mut tokens = self.inner.tokens.lock().await;
+        let session = session.map(|t| tokens.session = t);
+        let key_manager = key_manager.map(|t| tokens.key_manager = t);
+        (session, key_manager)
     }
 
     async fn login_all(&self) -> Result<Tokens, SymphonyError> {
@@ -195,10 +226,14 @@ impl SymphonyClient {
                 Ok(resp) if resp.status().is_success() => {
                     let body = resp.text().await.unwrap_or_default();
                     return serde_json::from_str::<model::Token>(&body).map(|t| t.token).map_err(
-                        |e| SymphonyError::Decode {
-                            endpoint: path.into(),
-                            reason: e.to_string(),
-                            body: clip(&body),
+                        |e| {
+                            let e = SymphonyError::Decode {
+                                endpoint: path.into(),
+                                reason: e.to_string(),
+                                body: clip(&body),
+                            };
+                            self.count_error("POST", path, &e);
+                            e
                         },
                     );
                 }
@@ -207,12 +242,14 @@ impl SymphonyClient {
                     let retry_after = header_retry_after(&resp);
                     let message = error_message(resp.text().await.unwrap_or_default());
                     if status == 401 || status == 403 {
-                        return Err(SymphonyError::LoginRejected {
+                        let e = SymphonyError::LoginRejected {
                             username: self.inner.cfg.username.clone(),
                             endpoint: path.into(),
                             status,
                             message,
-                        });
+                        };
+                        self.count_error("POST", path, &e);
+                        return Err(e);
                     }
                     SymphonyError::Http {
                         method: "POST".into(),
@@ -225,9 +262,10 @@ impl SymphonyClient {
                 Err(e) => SymphonyError::Network {
                     method: "POST".into(),
                     endpoint: path.into(),
-                    reason: e.to_string(),
+                    reason: with_causes(&e),
                 },
             };
+            self.count_error("POST", path, &outcome);
             attempt += 1;
             let Some(wait) =
                 retry.next_wait(attempt, outcome.is_retryable(), outcome.retry_after())
@@ -259,14 +297,18 @@ impl SymphonyClient {
         retry: Retry,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Option<T>, SymphonyError> {
-        let Some(body) = self.call_raw(service, method, path, retry, build).await? else {
+        let Some(body) = self.call_raw(service, method.clone(), path, retry, build).await? else {
             return Ok(None);
         };
         let mut de = serde_json::Deserializer::from_str(&body);
-        serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| SymphonyError::Decode {
-            endpoint: path.into(),
-            reason: e.to_string(),
-            body: clip(&body),
+        serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| {
+            let e = SymphonyError::Decode {
+                endpoint: path.into(),
+                reason: e.to_string(),
+                body: clip(&body),
+            };
+            self.count_error(method.as_str(), path, &e);
+            e
         })
     }
 
@@ -327,9 +369,10 @@ impl SymphonyClient {
                 Err(e) => SymphonyError::Network {
                     method: method.to_string(),
                     endpoint: path.into(),
-                    reason: e.to_string(),
+                    reason: with_causes(&e),
                 },
             };
+            self.count_error(method.as_str(), path, &outcome);
             attempt += 1;
             let retryable = retry == Retry::Standard && outcome.is_retryable();
             let Some(wait) = policy.next_wait(attempt, retryable, outcome.retry_after()) else {
@@ -639,6 +682,21 @@ fn decode_attachment(body: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     let compact: String = body.trim().trim_matches('"').split_ascii_whitespace().collect();
     STANDARD.decode(&compact).or_else(|_| STANDARD_NO_PAD.decode(&compact)).ok()
+}
+
+/// An error with its causes: reqwest says "error sending request", its causes say why
+/// (`Connection refused`, a DNS failure, a certificate problem).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use handlebars::Handlebars;
+use quick_xml::events::Event;
 use serde::Serialize;
 
 /// Every template the bot needs, by name (the file is `<name>.hbs` under the templates folder),
@@ -41,6 +42,74 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("whatsapp/renamed", include_str!("../../templates/whatsapp/renamed.hbs")),
 ];
 
+/// Sample data for every template, as the bot passes it (see `templates/README.md`):
+/// `check-config` renders each template with it, and a template without an entry here fails a
+/// unit test. User text carries `&`, `<`, `$` and `#`, so the escaping is exercised too.
+const SAMPLE_DATA: &[(&str, &str)] = &[
+    ("symphony/contact_joined", r#"{"phone": "+447911123456"}"#),
+    ("symphony/contact_left", r#"{"phone": "+447911123456"}"#),
+    ("symphony/contact_removed", r#"{"phone": "+447911123456"}"#),
+    ("symphony/contacts_invited", r#"{"phones": ["+447911123456", "+447911123457"]}"#),
+    (
+        "symphony/create_form",
+        r#"{"form_id": "wa-create", "errors": ["The name is empty", "\"+44 12\" is not a valid number"], "name": "Deal & Co", "advisors": [10003], "contacts": "+447911123456\n+447911123457", "native": true}"#,
+    ),
+    (
+        "symphony/delivery_failed",
+        r##"{"recipient": "the WhatsApp group", "author": "Alice Ng", "excerpt": "Q3 <draft> & #1", "reason": "131047: re-engagement message"}"##,
+    ),
+    (
+        "symphony/create_started",
+        r#"{"name": "Deal & Co <team>", "native": false, "reason": "more than 8 WhatsApp contacts: created as a standard group"}"#,
+    ),
+    (
+        "symphony/effect_failed",
+        r#"{"what": "rename the room", "reason": "503 Service Unavailable"}"#,
+    ),
+    ("symphony/group_failed", r#"{"name": "Deal & Co", "reason": "131000: something went wrong"}"#),
+    ("symphony/group_ready", r#"{"name": "Deal & Co", "invited": ["+447911123456"]}"#),
+    (
+        "symphony/help",
+        r#"{"commands": [{"name": "help", "usage": "/wa help", "summary": "list the commands"}, {"name": "rename", "usage": "/wa rename \"<name>\"", "summary": "rename the room"}]}"#,
+    ),
+    (
+        "symphony/info",
+        r#"{"name": "Deal & Co", "kind": "native", "created": "2025-01-31", "owners": ["Alice Ng"], "advisors": ["Alice Ng", "Bob Smith"], "contacts": [{"phone": "+447911123456", "state": "joined"}, {"phone": "+447911123457", "state": "invited"}], "attachments": [{"name": "Q3 <draft>.pdf", "size": "3.9 KB", "sender": "Alice Ng", "date": "2026-11-24 13:19 UTC"}], "link": "https://chat.whatsapp.com/AbCdEf"}"#,
+    ),
+    ("symphony/join_rejected", r#"{"phone": "+447911123456", "reason": "not invited"}"#),
+    ("symphony/not_relayed", r#"{"reason": "the WhatsApp group is not created yet"}"#),
+    (
+        "symphony/relayed",
+        r#"{"name": "Jane Doe", "phone": "+447911123456", "body": "<b>Hello</b> &amp; welcome", "private": false, "reply": {"author": "Alice Ng", "excerpt": "See you at 5"}}"#,
+    ),
+    ("symphony/refused", r#"{"reason": "Only room owners may rename the group."}"#),
+    (
+        "symphony/standard_ready",
+        r#"{"name": "Deal & Co", "reason": "more than 8 WhatsApp contacts", "contacts": ["+447911123456"]}"#,
+    ),
+    (
+        "symphony/usage",
+        r#"{"problem": "unknown command \"renam\"", "usage": "/wa rename \"<name>\""}"#,
+    ),
+    ("whatsapp/advisor_added", r#"{"advisor": "Bob Smith"}"#),
+    ("whatsapp/advisor_removed", r#"{"advisor": "Bob Smith"}"#),
+    ("whatsapp/closed", r#"{"name": "Deal & Co"}"#),
+    ("whatsapp/contact_added", r#"{"phone": "+447911123457"}"#),
+    ("whatsapp/contact_removed", r#"{"phone": "+447911123457"}"#),
+    ("whatsapp/description", r#"{"members": ["Alice Ng", "Bob Smith"]}"#),
+    ("whatsapp/joined", r#"{"name": "Deal & Co"}"#),
+    ("whatsapp/owner_demoted", r#"{"advisor": "Bob Smith"}"#),
+    ("whatsapp/owner_promoted", r#"{"advisor": "Bob Smith"}"#),
+    ("whatsapp/file_shared", r#"{"sender": "Alice Ng", "name": "Q3 <draft>.pdf"}"#),
+    ("whatsapp/relayed", r#"{"sender": "Alice Ng", "text": "*Q3* numbers attached", "group": ""}"#),
+    ("whatsapp/renamed", r#"{"name": "Deal & Co"}"#),
+];
+
+/// The names of all templates, for messages.
+fn known_names() -> String {
+    TEMPLATES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("template {name}: file {path} is missing")]
@@ -51,8 +120,12 @@ pub enum TemplateError {
     Compile { name: String, reason: String },
     #[error("template {name} failed to render: {reason}")]
     Render { name: String, reason: String },
-    #[error("no template named {0}")]
+    #[error("no template named {0:?}; the templates are: {known}", known = known_names())]
     Unknown(String),
+    #[error("template {name}: no sample data to check it with (add it to SAMPLE_DATA)")]
+    NoSample { name: String },
+    #[error("template {name} renders MessageML the agent would refuse: {reason}")]
+    NotMessageMl { name: String, reason: String },
 }
 
 /// Escapes text for MessageML: XML's five characters, plus `$` and `#`, which would otherwise
@@ -74,6 +147,86 @@ pub fn escape_message_ml(text: &str) -> String {
     out
 }
 
+/// A strict registry; MessageML ones escape what they interpolate.
+fn registry(message_ml: bool) -> Handlebars<'static> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    if message_ml {
+        registry.register_escape_fn(escape_message_ml);
+    } else {
+        registry.register_escape_fn(handlebars::no_escape);
+    }
+    registry
+}
+
+/// `<dir>/<name>.hbs`.
+fn read_template(dir: &Path, name: &str) -> Result<String, TemplateError> {
+    let path = dir.join(format!("{name}.hbs"));
+    let shown = path.display().to_string();
+    std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            TemplateError::Missing { name: name.to_owned(), path: shown }
+        }
+        _ => TemplateError::Read { name: name.to_owned(), path: shown, source: e },
+    })
+}
+
+/// Compiles one template on its own and renders it, as [`Templates::render`] would.
+fn render_one(name: &str, text: &str, data: &serde_json::Value) -> Result<String, TemplateError> {
+    let mut registry = registry(name.starts_with("symphony/"));
+    registry
+        .register_template_string(name, text)
+        .map_err(|e| TemplateError::Compile { name: name.to_owned(), reason: e.to_string() })?;
+    registry
+        .render(name, data)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| TemplateError::Render { name: name.to_owned(), reason: e.to_string() })
+}
+
+/// Well-formed XML with one `<messageML>` root, entities XML knows (plus `&nbsp;`, which the
+/// agent takes): what the agent parses before anything else.
+fn check_message_ml(text: &str) -> Result<(), String> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth = 0usize;
+    let mut roots = 0usize;
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Eof => break,
+            Event::Start(e) => {
+                if depth == 0 {
+                    roots += 1;
+                    if e.name().as_ref() != b"messageML" {
+                        return Err(format!(
+                            "the root element is <{}>, not <messageML>",
+                            String::from_utf8_lossy(e.name().as_ref())
+                        ));
+                    }
+                }
+                depth += 1;
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Empty(_) if depth == 0 => return Err("no <messageML> root element".into()),
+            Event::Text(t) if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) => {
+                return Err("text outside <messageML>".into());
+            }
+            Event::GeneralRef(r) => {
+                let is_char = r.resolve_char_ref().map_err(|e| e.to_string())?.is_some();
+                let name = r.decode().map_err(|e| e.to_string())?;
+                if !is_char && crate::symphony::messageml::named_entity(&name).is_none() {
+                    return Err(format!("unknown entity &{name};"));
+                }
+            }
+            _ => {}
+        }
+    }
+    match (depth, roots) {
+        (0, 1) => Ok(()),
+        (0, 0) => Err("no <messageML> root element".into()),
+        (0, _) => Err("more than one root element".into()),
+        _ => Err("unclosed elements".into()),
+    }
+}
+
 /// The compiled templates.
 #[derive(Debug)]
 pub struct Templates {
@@ -92,30 +245,18 @@ impl Templates {
     /// Loads every template from `dir` (`<dir>/<name>.hbs`); a missing or broken file is an error
     /// naming the template.
     pub fn load(dir: &Path) -> Result<Self, TemplateError> {
-        Self::build(TEMPLATES.iter().map(|(name, _)| {
-            let path = dir.join(format!("{name}.hbs"));
-            let shown = path.display().to_string();
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(((*name).to_owned(), text)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(TemplateError::Missing { name: (*name).to_owned(), path: shown })
-                }
-                Err(source) => {
-                    Err(TemplateError::Read { name: (*name).to_owned(), path: shown, source })
-                }
-            }
-        }))
+        Self::build(
+            TEMPLATES
+                .iter()
+                .map(|(name, _)| read_template(dir, name).map(|text| ((*name).to_owned(), text))),
+        )
     }
 
     fn build(
         sources: impl Iterator<Item = Result<(String, String), TemplateError>>,
     ) -> Result<Self, TemplateError> {
-        let mut message_ml = Handlebars::new();
-        message_ml.set_strict_mode(true);
-        message_ml.register_escape_fn(escape_message_ml);
-        let mut whatsapp = Handlebars::new();
-        whatsapp.set_strict_mode(true);
-        whatsapp.register_escape_fn(handlebars::no_escape);
+        let mut message_ml = registry(true);
+        let mut whatsapp = registry(false);
         for source in sources {
             let (name, text) = source?;
             let registry =
@@ -144,6 +285,53 @@ impl Templates {
     /// Names of all templates.
     pub fn names() -> impl Iterator<Item = &'static str> {
         TEMPLATES.iter().map(|(name, _)| *name)
+    }
+
+    /// The sample data a template is checked with (`None` for an unknown name).
+    pub fn sample_data(name: &str) -> Option<serde_json::Value> {
+        let (_, text) = SAMPLE_DATA.iter().find(|(n, _)| *n == name)?;
+        serde_json::from_str(text).ok()
+    }
+
+    /// Every problem of the templates in `dir` at once (`check-config`): each file must exist,
+    /// compile, render its sample data in strict mode, and (MessageML) be well-formed with a
+    /// `<messageML>` root.
+    pub fn check_dir(dir: &Path) -> Vec<TemplateError> {
+        let mut problems = Vec::new();
+        for (name, _) in TEMPLATES {
+            let Some(data) = Self::sample_data(name) else {
+                problems.push(TemplateError::NoSample { name: (*name).to_owned() });
+                continue;
+            };
+            let checked = read_template(dir, name)
+                .and_then(|text| render_one(name, &text, &data))
+                .and_then(|out| {
+                    if !name.starts_with("symphony/") {
+                        return Ok(());
+                    }
+                    check_message_ml(&out).map_err(|reason| TemplateError::NotMessageMl {
+                        name: (*name).to_owned(),
+                        reason,
+                    })
+                });
+            if let Err(e) = checked {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+
+    /// Renders one template of `dir` with `data`, the other templates untouched (`render`):
+    /// a preview of an edit before the bot loads the folder.
+    pub fn preview(
+        dir: &Path,
+        name: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, TemplateError> {
+        if !TEMPLATES.iter().any(|(n, _)| *n == name) {
+            return Err(TemplateError::Unknown(name.to_owned()));
+        }
+        render_one(name, &read_template(dir, name)?, data)
     }
 
     /// `/wa help` as MessageML.
@@ -200,6 +388,88 @@ mod tests {
         std::fs::write(dir.path().join("symphony/help.hbs"), "{{#each}}").expect("write");
         let err = Templates::load(dir.path()).expect_err("broken");
         assert!(err.to_string().contains("symphony/help does not compile"), "{err}");
+    }
+
+    #[test]
+    fn every_template_has_sample_data_and_every_sample_a_template() {
+        for name in Templates::names() {
+            let data = Templates::sample_data(name)
+                .unwrap_or_else(|| panic!("{name}: no (valid JSON) sample data in SAMPLE_DATA"));
+            assert!(data.is_object(), "{name}: sample data is an object");
+        }
+        for (name, _) in SAMPLE_DATA {
+            assert!(Templates::names().any(|n| n == *name), "sample data for unknown {name}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_templates_render_their_samples_as_valid_message_ml() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let problems: Vec<String> =
+            Templates::check_dir(&dir).iter().map(ToString::to_string).collect();
+        assert!(problems.is_empty(), "{problems:#?}");
+        let out = Templates::preview(
+            &dir,
+            "symphony/group_ready",
+            &Templates::sample_data("symphony/group_ready").expect("sample"),
+        )
+        .expect("renders");
+        assert!(out.contains("<b>Deal &amp; Co</b>") && out.contains("+447911123456"), "{out}");
+    }
+
+    fn copy_of_shipped(dir: &Path) {
+        for (name, text) in TEMPLATES {
+            let path = dir.join(format!("{name}.hbs"));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+    }
+
+    #[test]
+    fn every_template_problem_is_listed_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_of_shipped(dir.path());
+        let d = dir.path();
+        std::fs::remove_file(d.join("symphony/usage.hbs")).expect("remove");
+        std::fs::write(d.join("symphony/help.hbs"), "<messageML>{{#each commands}}</messageML>")
+            .expect("write");
+        std::fs::write(d.join("symphony/refused.hbs"), "<messageML>{{reasn}}</messageML>")
+            .expect("write");
+        std::fs::write(d.join("symphony/info.hbs"), "<messageML><p>{{name}}</messageML>")
+            .expect("write");
+        std::fs::write(d.join("symphony/contact_left.hbs"), "<p>{{phone}} left</p>")
+            .expect("write");
+        std::fs::write(d.join("whatsapp/renamed.hbs"), "Now {{nme}}").expect("write");
+        let problems: Vec<String> =
+            Templates::check_dir(d).iter().map(ToString::to_string).collect();
+        let text = problems.join("\n");
+        for expected in [
+            "template symphony/usage: file",
+            "template symphony/help does not compile",
+            "template symphony/refused failed to render",
+            "template symphony/info renders MessageML the agent would refuse",
+            "template symphony/contact_left renders MessageML the agent would refuse: the root element is <p>",
+            "template whatsapp/renamed failed to render",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert_eq!(problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn a_preview_names_unknown_templates_and_missing_fields() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let err =
+            Templates::preview(&dir, "symphony/nope", &serde_json::json!({})).expect_err("unknown");
+        let text = err.to_string();
+        assert!(text.contains("\"symphony/nope\"") && text.contains("symphony/help, "), "{text}");
+        let err = Templates::preview(&dir, "whatsapp/renamed", &serde_json::json!({"title": "x"}))
+            .expect_err("strict");
+        assert!(err.to_string().contains("whatsapp/renamed failed to render"), "{err}");
+        let out =
+            Templates::preview(&dir, "whatsapp/renamed", &serde_json::json!({"name": "A & B"}))
+                .expect("renders");
+        assert_eq!(out, "The group is now called \"A & B\".", "WhatsApp text is not escaped");
     }
 
     #[test]

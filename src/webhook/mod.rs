@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::InboundEvent;
+use crate::metrics::{EventSource, Metrics};
 use crate::store::{Source, Store};
 
 /// Meta sends payloads of up to 3 MB.
@@ -34,6 +35,8 @@ pub struct WebhookState {
     pub verify_token: SecretString,
     /// Woken after new events are persisted.
     pub wake: Arc<Notify>,
+    /// Events received (and redeliveries dropped) are counted here.
+    pub metrics: Metrics,
 }
 
 impl std::fmt::Debug for WebhookState {
@@ -125,8 +128,14 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         };
         match state.store.enqueue_inbound(Source::WhatsApp, &keyed.key, &payload) {
-            Ok(true) => stored += 1,
-            Ok(false) => tracing::debug!(key = %keyed.key, "duplicate webhook event dropped"),
+            Ok(true) => {
+                stored += 1;
+                state.metrics.inbound_event(EventSource::WhatsApp, true);
+            }
+            Ok(false) => {
+                state.metrics.inbound_event(EventSource::WhatsApp, false);
+                tracing::debug!(key = %keyed.key, "duplicate webhook event dropped");
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot persist a webhook event; Meta will retry");
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();

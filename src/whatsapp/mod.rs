@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::config::{RetryConfig, WhatsAppConfig};
 use crate::groups::GroupId;
+use crate::metrics::{ApiClient, Metrics};
 
 pub use media::MediaKind;
 pub use model::{
@@ -122,6 +123,8 @@ pub struct WhatsAppClient {
     phone_number_id: String,
     token: SecretString,
     retry: RetryConfig,
+    /// Failed attempts are counted here.
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for WhatsAppClient {
@@ -158,6 +161,7 @@ impl WhatsAppClient {
             phone_number_id: cfg.phone_number_id.clone(),
             token: cfg.access_token.clone(),
             retry,
+            metrics: Metrics::default(),
         })
     }
 
@@ -187,7 +191,7 @@ impl WhatsAppClient {
                 self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
             let resp = build(req).send().await.map_err(|e| WhatsAppError::Network {
                 endpoint: endpoint.clone(),
-                reason: e.to_string(),
+                reason: crate::symphony::with_causes(&e),
             })?;
             let status = resp.status().as_u16();
             let retry_after = header_retry_after(&resp);
@@ -209,6 +213,25 @@ impl WhatsAppClient {
         .await
     }
 
+    /// Counts a failed attempt by its endpoint (`METHOD /path`, ids normalised away).
+    fn count_error(&self, error: &WhatsAppError) {
+        let (endpoint, status) = match error {
+            WhatsAppError::Graph(g) => (&g.endpoint, g.status.to_string()),
+            WhatsAppError::Network { endpoint, .. } => (endpoint, "network".to_owned()),
+            WhatsAppError::Decode { endpoint, .. } => (endpoint, "decode".to_owned()),
+            // Refused before calling: not an API error.
+            _ => return,
+        };
+        let (method, path) = endpoint.split_once(' ').unwrap_or(("-", endpoint));
+        self.metrics.api_error(ApiClient::WhatsApp, method, path, &status);
+    }
+
+    /// Counts into `metrics` (the running bot's registry) from now on.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the retry policy gives up.
     async fn with_retries<T, Fut>(
         &self,
@@ -224,6 +247,7 @@ impl WhatsAppClient {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
+            self.count_error(&outcome);
             attempts += 1;
             let Some(wait) = self.retry.next_wait(
                 attempts,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod bdk_interop;
 mod burst;
 mod create_form;

@@ -76,6 +76,7 @@ pub fn bot_config(pod: &MockPod, dir: &std::path::Path, key: &str) -> Config {
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
          retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
          datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
+         whatsapp: {{webhook: {{listen: \"127.0.0.1:0\"}}}}\n\
          store: {{path: {store}}}\n",
         port = pod.addr().port(),
         key = fixture(key).display(),
@@ -158,6 +159,7 @@ pub async fn start_receiver() -> Receiver {
         app_secret: SecretString::from(WA_SECRET.to_owned()),
         verify_token: SecretString::from(WA_VERIFY.to_owned()),
         wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        metrics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/whatsapp/webhook", listener.local_addr().expect("addr"));

@@ -1,0 +1,266 @@
+//! The admin's tools: `check-config` (every problem of the configuration, the key file and the
+//! templates at once; with `--connect`, one login to the pod and one Graph API call) and
+//! `render` (a template preview). Reports never show a secret.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+
+use crate::config::{Config, ConfigError, ConfigSource};
+use crate::symphony::SymphonyClient;
+use crate::templates::{TemplateError, Templates};
+use crate::whatsapp::WhatsAppClient;
+
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Works, but probably not what the admin wants.
+    Warning,
+    Problem,
+}
+
+/// One line of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub outcome: Outcome,
+    pub text: String,
+}
+
+/// What `check-config` found, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    fn push(&mut self, outcome: Outcome, text: impl Into<String>) {
+        self.findings.push(Finding { outcome, text: text.into() });
+    }
+
+    pub fn problems(&self) -> usize {
+        self.findings.iter().filter(|f| f.outcome == Outcome::Problem).count()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.problems() == 0
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            let tag = match finding.outcome {
+                Outcome::Ok => "ok     ",
+                Outcome::Warning => "warning",
+                Outcome::Problem => "PROBLEM",
+            };
+            writeln!(f, "{tag}  {}", finding.text)?;
+        }
+        match self.problems() {
+            0 => write!(f, "configuration OK"),
+            1 => write!(f, "1 problem"),
+            n => write!(f, "{n} problems"),
+        }
+    }
+}
+
+/// `check-config`: [`check_config`], then with `connect` [`check_connect`] (when the
+/// configuration is valid enough to connect with).
+pub async fn check(source: &ConfigSource, connect: bool) -> CheckReport {
+    let (mut report, config) = check_config(source);
+    match (config, connect) {
+        (Some(config), true) => check_connect(&config, &mut report).await,
+        (None, true) => report.push(Outcome::Warning, "--connect skipped: fix the problems first"),
+        (_, false) => {}
+    }
+    report
+}
+
+/// The checks that need no network: the configuration (with its environment overrides), the
+/// key file, and every template rendered on its sample data. Returns the configuration when it
+/// is valid, for [`check_connect`].
+pub fn check_config(source: &ConfigSource) -> (CheckReport, Option<Config>) {
+    let mut report = CheckReport::default();
+    if let Some(file) = &source.file {
+        report.push(Outcome::Ok, format!("reading {}", file.display()));
+    }
+    let checked = Config::check(source);
+    let config = match checked.config {
+        Ok(config) => {
+            report.push(
+                Outcome::Ok,
+                format!(
+                    "configuration valid: pod {}, agent {}, key manager {}, service account {:?}",
+                    config.symphony.pod_url,
+                    config.symphony.agent_url,
+                    config.symphony.key_manager_url,
+                    config.symphony.username
+                ),
+            );
+            report.push(
+                Outcome::Ok,
+                format!(
+                    "private key {} is an RSA key in PEM",
+                    config.symphony.private_key_path.display()
+                ),
+            );
+            warnings(&config, &mut report);
+            Some(config)
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            for p in problems {
+                report.push(Outcome::Problem, p);
+            }
+            None
+        }
+        Err(e @ ConfigError::Load(_)) => {
+            report.push(Outcome::Problem, e.to_string());
+            None
+        }
+    };
+    match &checked.templates_dir {
+        Some(dir) => {
+            let problems = Templates::check_dir(dir);
+            if problems.is_empty() {
+                report.push(
+                    Outcome::Ok,
+                    format!(
+                        "templates in {}: all {} compile and render their sample data",
+                        dir.display(),
+                        Templates::names().count()
+                    ),
+                );
+            }
+            for p in problems {
+                report.push(Outcome::Problem, p.to_string());
+            }
+        }
+        None => report
+            .push(Outcome::Problem, "templates not checked: the configuration could not be read"),
+    }
+    (report, config)
+}
+
+/// What runs but is probably not meant.
+fn warnings(config: &Config, report: &mut CheckReport) {
+    let wa = &config.whatsapp;
+    if !wa.is_configured() {
+        report.push(
+            Outcome::Warning,
+            "whatsapp.phoneNumberId / whatsapp.accessToken not set \
+             (WAGB__WHATSAPP__ACCESSTOKEN): WhatsApp groups cannot be created",
+        );
+    }
+    if wa.app_secret.expose_secret().is_empty() {
+        report.push(
+            Outcome::Warning,
+            format!(
+                "whatsapp.appSecret not set (WAGB__WHATSAPP__APPSECRET): the webhook receiver is \
+                 off; {} serves only /healthz and /metrics",
+                wa.webhook.listen
+            ),
+        );
+    } else if wa.webhook.verify_token.expose_secret().is_empty() {
+        report.push(
+            Outcome::Warning,
+            "whatsapp.webhook.verifyToken not set: Meta's webhook verification will be refused",
+        );
+    }
+}
+
+/// `--connect`: logs in to the pod and the key manager, reads `sessioninfo`, and reads the
+/// business phone number from the Graph API, each once (no retries: a check reports what it
+/// sees), adding each outcome to `report`.
+pub async fn check_connect(config: &Config, report: &mut CheckReport) {
+    let mut symphony_cfg = config.symphony.clone();
+    symphony_cfg.retry.max_attempts = 1;
+    match SymphonyClient::new(&symphony_cfg) {
+        Err(e) => report.push(Outcome::Problem, format!("Symphony: {e}")),
+        Ok(client) => {
+            let (session, key_manager) = client.try_logins().await;
+            let pod = &symphony_cfg.pod_url;
+            match &session {
+                Ok(()) => report.push(Outcome::Ok, format!("pod login at {pod}: session token")),
+                Err(e) => report.push(Outcome::Problem, format!("pod login at {pod}: {e}")),
+            }
+            let km = &symphony_cfg.key_manager_url;
+            match key_manager {
+                Ok(()) => report
+                    .push(Outcome::Ok, format!("key manager login at {km}: key manager token")),
+                Err(e) => report.push(Outcome::Problem, format!("key manager login at {km}: {e}")),
+            }
+            if session.is_ok() {
+                match client.session_info().await {
+                    Ok(me) => report.push(
+                        Outcome::Ok,
+                        format!(
+                            "sessioninfo: signed in as {:?} (user {}, username {:?})",
+                            me.display_name.as_deref().unwrap_or("?"),
+                            me.id,
+                            me.username.as_deref().unwrap_or("?"),
+                        ),
+                    ),
+                    Err(e) => report.push(Outcome::Problem, format!("sessioninfo: {e}")),
+                }
+            }
+        }
+    }
+    let wa = &config.whatsapp;
+    if !wa.is_configured() {
+        report.push(
+            Outcome::Problem,
+            "Graph API not called: whatsapp.phoneNumberId and whatsapp.accessToken must be set",
+        );
+        return;
+    }
+    let mut once = config.symphony.retry;
+    once.max_attempts = 1;
+    let graph = format!("{}{}", wa.api_base_url, wa.api_version);
+    match WhatsAppClient::new(wa, once) {
+        Err(e) => report.push(Outcome::Problem, format!("Graph API: {e}")),
+        Ok(client) => match client.business_number().await {
+            Ok(Some(number)) => report.push(
+                Outcome::Ok,
+                format!(
+                    "Graph API at {graph}: phone number id {} is the business number {number}",
+                    wa.phone_number_id
+                ),
+            ),
+            Ok(None) => report.push(
+                Outcome::Warning,
+                format!(
+                    "Graph API at {graph}: phone number id {} answered, but without a valid \
+                     display_phone_number (the bot's own number will not be refused as a contact)",
+                    wa.phone_number_id
+                ),
+            ),
+            Err(e) => report.push(Outcome::Problem, format!("Graph API at {graph}: {e}")),
+        },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot read the data file {path}: {source}")]
+    ReadData { path: PathBuf, source: std::io::Error },
+    #[error("the data file {path} is not JSON: {reason}")]
+    BadJson { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+}
+
+/// `render <template> --data file.json`: the template of `templates_dir` rendered with the
+/// file's JSON, in strict mode as the bot renders it.
+pub fn render_preview(
+    templates_dir: &Path,
+    name: &str,
+    data_file: &Path,
+) -> Result<String, RenderError> {
+    let text = std::fs::read_to_string(data_file)
+        .map_err(|source| RenderError::ReadData { path: data_file.to_owned(), source })?;
+    let data: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| RenderError::BadJson { path: data_file.to_owned(), reason: e.to_string() })?;
+    Ok(Templates::preview(templates_dir, name, &data)?)
+}
