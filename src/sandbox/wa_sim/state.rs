@@ -120,6 +120,8 @@ impl Group {
 pub(crate) struct Phone {
     pub name: Option<String>,
     pub inbox: Vec<Delivered>,
+    /// What the phone wrote to the business (its own side of the 1:1 chat).
+    pub sent: Vec<Delivered>,
     /// The 1:1 window with the business, opened by the phone's own message.
     pub window_until: Option<Instant>,
 }
