@@ -1,8 +1,9 @@
 //! The sandbox: a mock Symphony pod and a WhatsApp Cloud API simulator, usable in-process by
 //! tests and as `mock-pod` / `whatsapp-sim` commands by anyone's CI. They depend on wire formats
-//! only, never on the bot's internals. The `sandbox` command keeps both worlds in its data
-//! folder.
+//! only, never on the bot's internals. The `sandbox` command adds a web console to play both
+//! sides, and keeps both worlds in its data folder.
 
+pub mod console;
 pub mod faults;
 pub mod mock_pod;
 pub mod persist;
