@@ -5,6 +5,7 @@ mod support;
 
 mod bdk_interop;
 mod burst;
+mod console;
 mod lifecycle;
 mod mock_pod;
 mod pywa_interop;

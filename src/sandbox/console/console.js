@@ -339,7 +339,7 @@ function drawStreams() {
   for (const s of state.streams) {
     const item = el('li', { className: 'stream' },
       streamTitle(s),
-      el('span', { className: 'kind', textContent: s.type === 'ROOM' ? `room · ${s.members.length} members` : 'instant message' }));
+      el('span', { className: 'kind', textContent: s.type === 'ROOM' ? `room · ${plural(s.members.length, 'member')}` : 'instant message' }));
     item.dataset.streamId = s.streamId;
     if (s.streamId === state.stream) item.classList.add('selected');
     if (!s.active) item.classList.add('inactive');
@@ -543,7 +543,7 @@ function drawChats(groups) {
   for (const g of groups) {
     const joined = g.participants.includes(state.phone);
     const item = el('li', { className: joined ? 'chat' : 'chat pending' }, g.subject,
-      el('span', { className: 'kind', textContent: joined ? `group · ${g.participants.length} participants` : 'join request pending' }));
+      el('span', { className: 'kind', textContent: joined ? `group · ${plural(g.participants.length, 'participant')}` : 'join request pending' }));
     item.dataset.chat = g.id;
     if (!joined) {
       const cancel = el('button', { type: 'button', textContent: 'Cancel request' });
@@ -624,9 +624,30 @@ function waMessage(m, byId) {
   return item;
 }
 
+function plural(n, noun) {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
 function excerpt(text) {
   const t = (text || '').replace(/\s+/g, ' ');
   return t.length > 60 ? `${t.slice(0, 57)}…` : t;
+}
+
+// WhatsApp's own formatting: *bold*, _italic_, ~strike~, `code` and ```code```, each marker
+// pair at word boundaries, as the phone shows it.
+const WA_FORMAT = /```([^`]+)```|(?<![\w*])\*([^*\n]+)\*(?![\w*])|(?<![\w_])_([^_\n]+)_(?![\w_])|(?<![\w~])~([^~\n]+)~(?![\w~])|`([^`\n]+)`/g;
+const WA_TAGS = ['code', 'b', 'i', 's', 'code'];
+
+function formatted(text) {
+  const fragment = document.createDocumentFragment();
+  let last = 0;
+  for (const match of text.matchAll(WA_FORMAT)) {
+    const group = match.slice(1).findIndex((g) => g !== undefined);
+    fragment.append(text.slice(last, match.index), el(WA_TAGS[group], { textContent: match[group + 1] }));
+    last = match.index + match[0].length;
+  }
+  fragment.append(text.slice(last));
+  return fragment;
 }
 
 // Text with invite links shown as links (that the phone taps with the button, not the browser).
@@ -634,10 +655,10 @@ function withLinks(text) {
   const span = el('span', { className: 'text' });
   let last = 0;
   for (const match of text.matchAll(LINK)) {
-    span.append(text.slice(last, match.index), el('span', { className: 'link', textContent: match[0] }));
+    span.append(formatted(text.slice(last, match.index)), el('span', { className: 'link', textContent: match[0] }));
     last = match.index + match[0].length;
   }
-  span.append(text.slice(last));
+  span.append(formatted(text.slice(last)));
   return span;
 }
 
