@@ -20,6 +20,7 @@ use crate::groups::service::{GroupService, GroupSettings, InfoExtras, Manage, Re
 use crate::groups::{StreamId, UserId};
 use crate::metrics::{EventSource, Metrics};
 use crate::relay::{RelayService, WaInbound};
+use crate::sandbox::console::{Console, ConsoleConfig, Directory, DirectoryContact, DirectoryUser};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{InboundRow, Source, Store, StoreError};
@@ -710,6 +711,8 @@ pub fn keygen(out: &Path, bits: usize) -> Result<String, AppError> {
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     pub data_dir: PathBuf,
+    /// The mock pod's port; the simulator, the bot's webhook receiver and the console take the
+    /// next three. 0: every port chosen by the OS (tests).
     pub base_port: u16,
 }
 
@@ -726,21 +729,42 @@ pub const SANDBOX_ADVISORS: &[(i64, &str, &str)] = &[
     (10004, "carol.diaz", "Carol Diaz"),
 ];
 
-/// The ports the sandbox's parts listen on (a webhook port of 0: chosen by the OS).
-#[derive(Debug, Clone, Copy)]
-struct SandboxPorts {
-    pod: u16,
-    sim: u16,
-    hook: u16,
-}
-
-/// The sandbox's WhatsApp contacts: (WhatsApp id, profile name), set on the simulator's phones.
+/// The sandbox's WhatsApp contacts: (WhatsApp id, profile name). UK mobile numbers that
+/// libphonenumber accepts (the +44 7700 900xxx drama range is not valid for it).
 pub const SANDBOX_CONTACTS: &[(&str, &str)] = &[
-    ("447911123456", "Jane Doe"),
-    ("447911123457", "John Roe"),
-    ("447911123458", "Mia Chen"),
+    ("447911123456", "Dana Reyes"),
+    ("447911123457", "Eli Novak"),
+    ("447911123458", "Farah Khan"),
     ("447911123459", "Omar Haddad"),
 ];
+
+/// Where the sandbox keeps the mock pod's and the simulator's worlds, in its data folder.
+const SANDBOX_POD_STATE: &str = "mock-pod.json";
+const SANDBOX_SIM_STATE: &str = "whatsapp-sim.json";
+
+/// The sandbox's loopback ports (0: chosen by the OS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxPorts {
+    pub pod: u16,
+    pub sim: u16,
+    pub webhook: u16,
+    pub console: u16,
+}
+
+impl SandboxPorts {
+    /// `base` and the three after it; all 0 when `base` is 0.
+    pub fn from_base(base: u16) -> Result<Self, AppError> {
+        if base == 0 {
+            return Ok(Self { pod: 0, sim: 0, webhook: 0, console: 0 });
+        }
+        let at = |offset: u16| {
+            base.checked_add(offset).ok_or_else(|| {
+                AppError::Sandbox(format!("port {base} leaves no room for the 3 ports after it"))
+            })
+        };
+        Ok(Self { pod: base, sim: at(1)?, webhook: at(2)?, console: at(3)? })
+    }
+}
 
 /// Plays the scripted demo (`wa-groups-bot demo`) against a fresh sandbox on free ports, its
 /// state in a temporary folder (removed afterwards unless `keep` is given), and prints the
@@ -754,7 +778,7 @@ pub async fn run_demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Resul
         std::env::temp_dir().join(format!("wa-groups-bot-demo-{}-{stamp}", std::process::id()))
     });
     let opts = SandboxOptions { data_dir: data_dir.clone(), base_port: 0 };
-    let sandbox = Sandbox::start(&opts, cancel.clone()).await?;
+    let sandbox = start_sandbox(&opts, cancel.clone()).await?;
     let cast = crate::sandbox::demo::Cast {
         bot: SANDBOX_BOT.0,
         creator: (SANDBOX_ADVISORS[0].0, SANDBOX_ADVISORS[0].2.to_owned()),
@@ -781,10 +805,11 @@ pub async fn run_demo(keep: Option<PathBuf>, cancel: CancellationToken) -> Resul
 }
 
 /// Prepares the sandbox's folder: the bot's key pair (made once), the users file and the bot's
-/// configuration pointing at the mock pod. Returns the config file's path.
-fn prepare_sandbox(data_dir: &Path, ports: SandboxPorts) -> Result<PathBuf, AppError> {
-    std::fs::create_dir_all(data_dir)?;
-    let key = data_dir.join("bot-private.pem");
+/// configuration pointing at the mock pod and the simulator on `ports`. Returns the config
+/// file's path.
+pub fn prepare_sandbox(opts: &SandboxOptions, ports: &SandboxPorts) -> Result<PathBuf, AppError> {
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let key = opts.data_dir.join("bot-private.pem");
     if !key.exists() {
         crate::keys::write_new(&key, 2048)?;
     }
@@ -802,7 +827,7 @@ fn prepare_sandbox(data_dir: &Path, ports: SandboxPorts) -> Result<PathBuf, AppE
             "- {{id: {id}, username: {username}, displayName: \"{name}\", email: {username}@sandbox.local, type: NORMAL}}\n"
         ));
     }
-    std::fs::write(data_dir.join("users.yaml"), users)?;
+    std::fs::write(opts.data_dir.join("users.yaml"), users)?;
     let templates = std::env::current_dir()?.join("templates");
     let templates_line = if templates.join("symphony/help.hbs").exists() {
         format!("templates:\n  dir: {}\n", templates.display())
@@ -822,81 +847,170 @@ fn prepare_sandbox(data_dir: &Path, ports: SandboxPorts) -> Result<PathBuf, AppE
          store:\n  path: bot.db\n{templates_line}",
         pod = ports.pod,
         sim = ports.sim,
-        hook = ports.hook,
+        hook = ports.webhook,
         bot = SANDBOX_BOT.1,
     );
-    let path = data_dir.join("bot-config.yaml");
+    let path = opts.data_dir.join("bot-config.yaml");
     std::fs::write(&path, config)?;
     Ok(path)
 }
 
-/// A running sandbox: the mock pod, the WhatsApp simulator and the bot beside them.
+/// A running sandbox: mock pod, WhatsApp simulator, bot and console on loopback.
 pub struct Sandbox {
     pub pod: MockPod,
     pub sim: WhatsAppSim,
     pub bot: Bot,
+    pub console: Console,
+    /// The IM between the first advisor (Alice) and the bot.
+    pub im: String,
+    cancel: CancellationToken,
+    /// Stops the state savers, once everything else has stopped.
+    saving: CancellationToken,
+    savers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Sandbox {
-    /// Starts the three on loopback: the pod on `base_port` (0: any free port), the simulator
-    /// on the next port and the bot's webhook on the one after (any free ones when 0).
-    pub async fn start(opts: &SandboxOptions, cancel: CancellationToken) -> Result<Self, AppError> {
-        let next = |n: u16| if opts.base_port == 0 { 0 } else { opts.base_port + n };
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.base_port)).await?;
-        let sim_listener = tokio::net::TcpListener::bind(("127.0.0.1", next(1))).await?;
-        let ports = SandboxPorts {
-            pod: listener.local_addr()?.port(),
-            sim: sim_listener.local_addr()?.port(),
-            hook: next(2),
-        };
-        let config_path = prepare_sandbox(&opts.data_dir, ports)?;
-        let config = Config::load(&config_path)?;
-        let templates = match config.templates.dir.join("symphony/help.hbs").exists() {
-            true => Templates::load(&config.templates.dir)?,
-            false => Templates::embedded()?,
-        };
-        let users = load_users(&opts.data_dir.join("users.yaml"))?;
-        let pod = MockPod::start_on(listener, MockPodConfig::new(users), cancel.clone())
-            .await
-            .map_err(|e| AppError::Sandbox(e.to_string()))?;
-        let sim_cfg = WhatsAppSimConfig::new(
-            SANDBOX_ACCESS_TOKEN,
-            SANDBOX_APP_SECRET,
-            SANDBOX_PHONE_NUMBER_ID,
-        );
-        let sim = WhatsAppSim::start_on(sim_listener, sim_cfg, cancel.clone())
-            .await
-            .map_err(|e| AppError::Sandbox(e.to_string()))?;
-        let path = config.whatsapp.webhook.path.clone();
-        let bot = Bot::start(config, templates, cancel).await?;
-        let hook = bot
-            .webhook_addr
-            .ok_or_else(|| AppError::Sandbox("the bot's webhook receiver is not running".into()))?;
-        sim.set_webhook_url(&format!("http://{hook}{path}"));
-        Ok(Self { pod, sim, bot })
-    }
-
-    /// Stops the bot, then the simulator and the pod.
-    pub async fn stop(self) {
-        self.bot.stop().await;
+    /// Waits until the sandbox is cancelled (or the bot stops), then stops every part and saves
+    /// the pod's and the simulator's state a last time.
+    pub async fn wait(self) {
+        self.bot.wait().await;
+        self.cancel.cancel();
+        self.console.shutdown().await;
         self.sim.shutdown().await;
         self.pod.shutdown().await;
+        self.saving.cancel();
+        for saver in self.savers {
+            let _ = saver.await;
+        }
+    }
+
+    /// Stops the sandbox (see [`Sandbox::wait`]).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.wait().await;
     }
 }
 
-/// Runs the mock pod and the bot together on loopback until cancelled.
-pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Result<(), AppError> {
-    let Sandbox { pod, sim, bot } = Sandbox::start(&opts, cancel).await?;
+/// Starts the mock pod, the simulator, the bot and the console on loopback, with the pod's and
+/// the simulator's state loaded from the data folder (and saved there as it changes).
+pub async fn start_sandbox(
+    opts: &SandboxOptions,
+    cancel: CancellationToken,
+) -> Result<Sandbox, AppError> {
+    // A child token: a start that fails half-way stops what it started, not the caller.
+    let cancel = cancel.child_token();
+    let started = start_sandbox_parts(opts, cancel.clone()).await;
+    if started.is_err() {
+        cancel.cancel();
+    }
+    started
+}
+
+async fn start_sandbox_parts(
+    opts: &SandboxOptions,
+    cancel: CancellationToken,
+) -> Result<Sandbox, AppError> {
+    let sandbox_err = |e: &dyn std::fmt::Display| AppError::Sandbox(e.to_string());
+    let wanted = SandboxPorts::from_base(opts.base_port)?;
+    let bind = |port: u16| async move {
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|e| AppError::Startup(format!("cannot listen on 127.0.0.1:{port}: {e}")))
+    };
+    let pod_listener = bind(wanted.pod).await?;
+    let sim_listener = bind(wanted.sim).await?;
+    let console_listener = bind(wanted.console).await?;
+    let ports = SandboxPorts {
+        pod: pod_listener.local_addr()?.port(),
+        sim: sim_listener.local_addr()?.port(),
+        webhook: wanted.webhook,
+        console: console_listener.local_addr()?.port(),
+    };
+    let config_path = prepare_sandbox(opts, &ports)?;
+    let config = Config::load(&config_path)?;
+    let templates = match config.templates.dir.join("symphony/help.hbs").exists() {
+        true => Templates::load(&config.templates.dir)?,
+        false => Templates::embedded()?,
+    };
+    let pod_state = opts.data_dir.join(SANDBOX_POD_STATE);
+    let sim_state = opts.data_dir.join(SANDBOX_SIM_STATE);
+    let fresh = |e: &dyn std::fmt::Display| {
+        AppError::Sandbox(format!("{e} (delete the file to start the sandbox afresh)"))
+    };
+    let saved_pod = crate::sandbox::persist::load(&pod_state).map_err(|e| fresh(&e))?;
+    let saved_sim = crate::sandbox::persist::load(&sim_state).map_err(|e| fresh(&e))?;
+
+    let users = load_users(&opts.data_dir.join("users.yaml"))?;
+    let pod = MockPod::start_on(pod_listener, MockPodConfig::new(users), cancel.clone())
+        .await
+        .map_err(|e| sandbox_err(&e))?;
+    if let Some(saved) = &saved_pod {
+        pod.restore(saved).map_err(|e| fresh(&format!("{}: {e}", pod_state.display())))?;
+    }
+    // Webhooks wait in the simulator until the bot's receiver is up and its address known.
+    let sim_cfg =
+        WhatsAppSimConfig::new(SANDBOX_ACCESS_TOKEN, SANDBOX_APP_SECRET, SANDBOX_PHONE_NUMBER_ID);
+    let business_phone = sim_cfg.business_phone.clone();
+    let sim = WhatsAppSim::start_on(sim_listener, sim_cfg, cancel.clone())
+        .await
+        .map_err(|e| sandbox_err(&e))?;
+    if let Some(saved) = &saved_sim {
+        sim.restore(saved).map_err(|e| fresh(&format!("{}: {e}", sim_state.display())))?;
+    }
+    for (phone, name) in SANDBOX_CONTACTS {
+        sim.set_phone_name(phone, name);
+    }
+    let saving = CancellationToken::new();
+    let every = Duration::from_secs(1);
+    let savers = vec![
+        crate::sandbox::persist::autosave(pod_state, every, pod.snapshotter(), saving.clone()),
+        crate::sandbox::persist::autosave(sim_state, every, sim.snapshotter(), saving.clone()),
+    ];
+
+    let webhook_path = config.whatsapp.webhook.path.clone();
+    let bot = Bot::start(config, templates, cancel.clone()).await?;
+    if let Some(addr) = bot.webhook_addr {
+        sim.set_webhook_url(&format!("http://{addr}{webhook_path}"));
+    }
     let alice = SANDBOX_ADVISORS[0];
-    let im =
-        pod.create_im(&[alice.0, SANDBOX_BOT.0]).map_err(|e| AppError::Sandbox(e.to_string()))?;
-    let url = pod.url();
-    let sim_url = sim.url();
+    let im = pod.create_im(&[alice.0, SANDBOX_BOT.0]).map_err(|e| sandbox_err(&e))?;
+
+    let person =
+        |(id, _, name): (i64, &str, &str)| DirectoryUser { user_id: id, name: name.into() };
+    let directory = Directory {
+        bot: person(SANDBOX_BOT),
+        advisors: SANDBOX_ADVISORS.iter().copied().map(person).collect(),
+        contacts: SANDBOX_CONTACTS
+            .iter()
+            .map(|(phone, name)| DirectoryContact { phone: (*phone).into(), name: (*name).into() })
+            .collect(),
+        business_phone,
+    };
+    let console_cfg = ConsoleConfig { pod_url: pod.url(), sim_url: sim.url(), directory };
+    let console = Console::start_on(console_listener, console_cfg, cancel.clone())
+        .await
+        .map_err(|e| sandbox_err(&e))?;
+    Ok(Sandbox { pod, sim, bot, console, im, cancel, saving, savers })
+}
+
+/// Runs the mock pod, the simulator, the bot and the console together on loopback until
+/// cancelled.
+pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Result<(), AppError> {
+    let sandbox = start_sandbox(&opts, cancel).await?;
+    let alice = SANDBOX_ADVISORS[0];
+    let url = sandbox.pod.url();
+    let sim_url = sandbox.sim.url();
+    let im = &sandbox.im;
     println!(
-        "\nwa-groups-bot sandbox is running.\n\n  mock pod: {url}  (control API under {url}/_sandbox/)\n  \
+        "\nwa-groups-bot sandbox is running.\n\n  console: {console}\n\n  \
+         Open it in a browser: act as any advisor in Symphony (left) and as any contact's phone\n  \
+         on WhatsApp (right). Try `/wa create \"Deal team\" +447911123456` in Alice's IM with the bot.\n\n  \
+         mock pod: {url}  (control API under {url}/_sandbox/)\n  \
          WhatsApp simulator: {sim_url}  (control API under {sim_url}/_sandbox/wa/)\n  \
          bot: {} (user {}), logged in over RS512 with the key in {}\n  \
-         advisors: {}\n\nTry it: Alice asks the bot for help in their IM, then reads the answer:\n\n  \
+         advisors: {}\n  WhatsApp contacts: {}\n  \
+         state: kept in {} (delete the folder to start afresh)\n\n\
+         The same with curl: Alice asks the bot for help in their IM, then reads the answer:\n\n  \
          curl -s -XPOST {url}/_sandbox/streams/{im}/messages -H 'content-type: application/json' \\\n    \
          -d '{{\"as\": {}, \"messageML\": \"<messageML>/wa help</messageML>\"}}'\n  \
          curl -s {url}/_sandbox/streams/{im}/messages\n\n\
@@ -915,11 +1029,16 @@ pub async fn run_sandbox(opts: SandboxOptions, cancel: CancellationToken) -> Res
             .map(|(id, _, name)| format!("{name} ({id})"))
             .collect::<Vec<_>>()
             .join(", "),
+        SANDBOX_CONTACTS
+            .iter()
+            .map(|(phone, name)| format!("{name} (+{phone})"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.data_dir.display(),
         alice.0,
         alice.0,
+        console = sandbox.console.url(),
     );
-    bot.wait().await;
-    sim.shutdown().await;
-    pod.shutdown().await;
+    sandbox.wait().await;
     Ok(())
 }

@@ -23,12 +23,14 @@ enum Cmd {
         #[arg(long, default_value = "bot-config.yaml")]
         config: PathBuf,
     },
-    /// Run the bot with a mock pod and a WhatsApp simulator, all on loopback: try it locally.
+    /// Run the bot with a mock pod, a WhatsApp simulator and a web console to play both sides,
+    /// all on loopback: try it locally.
     Sandbox {
-        /// Where the sandbox keeps its key pair, users and database.
+        /// Where the sandbox keeps its key pair, users, database and the pod's and simulator's state.
         #[arg(long, default_value = "data/sandbox")]
         data: PathBuf,
-        /// Port of the mock pod (the WhatsApp simulator and the bot's webhook use the next two).
+        /// Port of the mock pod (the WhatsApp simulator, the bot's webhook and the console use the
+        /// next three).
         #[arg(long, default_value_t = 8180)]
         port: u16,
     },

@@ -1,5 +1,6 @@
 //! The README's first command: `wa-groups-bot sandbox` on a fresh data folder brings up the mock
-//! pod, the WhatsApp simulator and the bot, which answers `/wa help` and stores WhatsApp webhooks.
+//! pod, the WhatsApp simulator, the bot (which answers `/wa help` and stores WhatsApp webhooks)
+//! and the web console, whose URL it prints.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::wait_for;
 
-/// Three consecutive free loopback ports (the sandbox uses port, port+1, port+2).
+/// Four consecutive free loopback ports (the sandbox uses port to port+3).
 fn free_ports() -> u16 {
     for _ in 0..50 {
         let Ok(first) = std::net::TcpListener::bind("127.0.0.1:0") else { continue };
@@ -19,12 +20,12 @@ fn free_ports() -> u16 {
             continue;
         }
         let rest: Vec<_> =
-            (1..3).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
+            (1..4).map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i))).collect();
         if rest.iter().all(Result::is_ok) {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no four consecutive free ports");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,9 +62,25 @@ async fn the_sandbox_command_runs_the_whole_thing_on_a_fresh_folder() {
     .flatten()
     .unwrap_or_else(|| panic!("the sandbox printed no IM to try:\n{printed}"));
     assert!(data.join("bot-private.pem").exists() && data.join("bot-private.pub.pem").exists());
+    let console = format!("http://127.0.0.1:{}/", port + 3);
+    assert!(printed.contains(&format!("console: {console}")), "no console URL in:\n{printed}");
 
     let pod = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
+    let page = http.get(&console).send().await.expect("the console answers");
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.expect("page");
+    assert!(page.contains("<script src=\"/console.js\">"), "{page}");
+    // The console reaches the pod's control API through its own origin.
+    let alice_streams: Value = http
+        .get(format!("{console}pod/_sandbox/streams?member=10002"))
+        .send()
+        .await
+        .expect("proxied")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(alice_streams[0]["streamId"], im.as_str());
     http.post(format!("{pod}/_sandbox/streams/{im}/messages"))
         .json(&json!({"as": 10002, "messageML": "<messageML>/wa help</messageML>"}))
         .send()

@@ -6,6 +6,7 @@
 mod api;
 mod control;
 mod presentation;
+mod snapshot;
 mod state;
 
 use std::net::SocketAddr;
@@ -290,6 +291,23 @@ impl MockPod {
         let mut all: Vec<&state::Stream> = st.streams.values().collect();
         all.sort_by_key(|s| s.created_at);
         all.into_iter().map(control::stream_json).collect()
+    }
+
+    /// Streams, members and messages as a JSON document ([`MockPod::restore`] takes it back).
+    pub fn snapshot(&self) -> serde_json::Value {
+        snapshot::export(&self.shared.lock())
+    }
+
+    /// A function giving [`Self::snapshot`] at any time (for saving it from another task).
+    pub fn snapshotter(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || snapshot::export(&shared.lock())
+    }
+
+    /// Replaces every stream with those of a [`MockPod::snapshot`]; on a bad document nothing
+    /// changes. Meant for a pod nobody uses yet: no events are emitted.
+    pub fn restore(&self, document: &serde_json::Value) -> Result<(), MockPodError> {
+        snapshot::import(&mut self.shared.lock(), document).map_err(MockPodError::Request)
     }
 
     /// Faults for the next `count` calls whose path matches `path` (a regex).

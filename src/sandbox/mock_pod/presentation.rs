@@ -27,7 +27,7 @@ pub struct Rendered {
 }
 
 /// An Elements form as the client shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FormSpec {
     pub id: String,
     pub fields: Vec<FormField>,
@@ -36,7 +36,7 @@ pub(crate) struct FormSpec {
 }
 
 /// One input of a form.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FormField {
     pub name: String,
     pub kind: FieldKind,
@@ -44,7 +44,7 @@ pub(crate) struct FormField {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum FieldKind {
     /// A text field or a text area, with its default text (sent when left untouched) and the
     /// most UTF-16 units the client lets a person type.

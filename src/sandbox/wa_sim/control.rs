@@ -28,7 +28,8 @@ fn bad(message: impl Into<String>) -> Response {
 
 pub(crate) fn router(shared: Shared) -> axum::Router {
     axum::Router::new()
-        .route("/_sandbox/wa/phones/{phone}", put(set_phone))
+        .route("/_sandbox/wa/phones", get(phones))
+        .route("/_sandbox/wa/phones/{phone}", put(set_phone).get(one_phone))
         .route("/_sandbox/wa/phones/{phone}/inbox", get(inbox))
         .route("/_sandbox/wa/phones/{phone}/tap", post(tap_link))
         .route("/_sandbox/wa/phones/{phone}/cancel", post(cancel))
@@ -82,6 +83,28 @@ async fn set_phone(
     let b: PhoneBody = try_or!(parse(&body).map_err(bad));
     shared.lock().phone(&phone).name = b.name;
     Json(json!({"phone": phone})).into_response()
+}
+
+/// Every phone the simulator knows (named or used), by number.
+async fn phones(State(shared): State<Shared>) -> Response {
+    let st = shared.lock();
+    let mut all: Vec<(&String, &super::state::Phone)> = st.phones.iter().collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let list: Vec<Value> =
+        all.into_iter().map(|(phone, p)| json!({"phone": phone, "name": p.name})).collect();
+    Json(list).into_response()
+}
+
+/// One phone: its profile name and what it wrote to the business.
+async fn one_phone(State(shared): State<Shared>, Path(phone): Path<String>) -> Response {
+    let phone = try_or!(phone_id(&phone));
+    let st = shared.lock();
+    let (name, sent): (Option<String>, Vec<Value>) = st
+        .phones
+        .get(&phone)
+        .map(|p| (p.name.clone(), p.sent.iter().map(Delivered::to_json).collect()))
+        .unwrap_or_default();
+    Json(json!({"phone": phone, "name": name, "sent": sent})).into_response()
 }
 
 async fn inbox(State(shared): State<Shared>, Path(phone): Path<String>) -> Response {
@@ -320,7 +343,21 @@ pub(crate) fn phone_message(
         message["context"] = json!({"from": st.cfg.business_phone, "id": c});
     }
     if to == "business" {
-        st.phone(phone).window_until = window_from_now();
+        let sender = st.phone(phone);
+        sender.window_until = window_from_now();
+        sender.sent.push(Delivered {
+            id: id.clone(),
+            from: phone.to_owned(),
+            group_id: None,
+            kind: media_ref.as_ref().map_or("text", |(k, _)| k.as_str()).to_owned(),
+            text: media_ref
+                .as_ref()
+                .map_or(text.to_owned(), |(_, m)| m.caption.clone().unwrap_or_default()),
+            template: None,
+            context_id: context.map(str::to_owned),
+            timestamp: now_secs(),
+            media: media_ref.map(|(_, m)| m),
+        });
     } else {
         let Some(g) = st.groups.get_mut(to).filter(|g| g.active) else {
             return Err("no such group".into());

@@ -5,6 +5,7 @@
 
 mod control;
 mod graph;
+mod snapshot;
 mod state;
 
 use std::net::SocketAddr;
@@ -172,6 +173,28 @@ impl WhatsAppSim {
             .get(phone)
             .map(|p| p.inbox.iter().map(state::Delivered::to_json).collect())
             .unwrap_or_default()
+    }
+
+    /// Groups and phones as a JSON document ([`WhatsAppSim::restore`] takes it back).
+    pub fn snapshot(&self) -> Value {
+        snapshot::export(&self.shared.lock())
+    }
+
+    /// A function giving [`Self::snapshot`] at any time (for saving it from another task).
+    pub fn snapshotter(&self) -> impl Fn() -> Value + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || snapshot::export(&shared.lock())
+    }
+
+    /// Replaces every group and phone with those of a [`WhatsAppSim::snapshot`]; on a bad
+    /// document nothing changes. Meant for a simulator nobody uses yet: no webhooks are sent.
+    pub fn restore(&self, document: &Value) -> Result<(), WaSimError> {
+        snapshot::import(&mut self.shared.lock(), document).map_err(WaSimError::Request)
+    }
+
+    /// Gives a phone a profile name (as `PUT /_sandbox/wa/phones/{phone}`).
+    pub fn set_phone_name(&self, phone: &str, name: &str) {
+        self.shared.lock().phone(phone.trim_start_matches('+')).name = Some(name.to_owned());
     }
 
     /// A phone taps an invite link: `requested`, `joined` or `refused` (with a reason).

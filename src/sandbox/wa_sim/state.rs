@@ -113,7 +113,8 @@ impl Media {
 }
 
 /// The file of a delivered media message, as the control API shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct MediaRef {
     pub id: String,
     pub mime_type: String,
@@ -199,6 +200,8 @@ impl Group {
 pub(crate) struct Phone {
     pub name: Option<String>,
     pub inbox: Vec<Delivered>,
+    /// What the phone wrote to the business (its own side of the 1:1 chat).
+    pub sent: Vec<Delivered>,
     /// The 1:1 window with the business, opened by the phone's own message.
     pub window_until: Option<Instant>,
 }

@@ -1,7 +1,9 @@
-//! Shared test support: fixture paths, Python tools installed on first use, waiting helpers.
+//! Shared test support: fixture paths, Python tools and Chromium installed on first use, waiting
+//! helpers.
 
 #![allow(dead_code)] // each test module uses a different part
 
+pub mod browser;
 pub mod python;
 
 use std::future::Future;
