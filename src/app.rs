@@ -23,7 +23,7 @@ use crate::relay::{RelayService, WaInbound};
 use crate::sandbox::console::{Console, ConsoleConfig, Directory, DirectoryContact, DirectoryUser};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
-use crate::store::{InboundRow, Source, Store, StoreError};
+use crate::store::{InboundRow, Origin, Source, Store, StoreError};
 use crate::symphony::datafeed::BatchHandler;
 use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
 use crate::templates::{TemplateError, Templates};
@@ -501,7 +501,7 @@ impl Dispatcher {
         let bot = self.bot_user;
         Ok(match event.kind {
             SymphonyEventKind::MessageSent(message) => {
-                return self.on_message(event.initiator, message).await;
+                return self.on_message(&event.id, event.initiator, message).await;
             }
             SymphonyEventKind::RoomUpdated { stream, name: Some(new_name) } => {
                 g.on_room_renamed(&stream, &new_name)?
@@ -520,9 +520,17 @@ impl Dispatcher {
             }
             SymphonyEventKind::RoomDeactivated { stream } => g.on_room_deactivated(&stream)?,
             SymphonyEventKind::ElementsAction {
-                stream, form_id, values, initiator_email, ..
+                stream,
+                form_message_id,
+                form_id,
+                values,
+                initiator_email,
             } => {
-                self.on_form_submitted(event.initiator, initiator_email, stream, &form_id, &values)?
+                // One group per form, however often it is submitted.
+                let origin =
+                    Origin { key: format!("form:{form_message_id}"), event: event.id.clone() };
+                let who = (event.initiator, initiator_email);
+                self.on_form_submitted(who, stream, &form_id, &values, &origin)?
             }
             _ => Vec::new(),
         })
@@ -533,11 +541,11 @@ impl Dispatcher {
     /// problem and what was typed. Other forms are not the bot's.
     fn on_form_submitted(
         &self,
-        initiator: Option<UserId>,
-        email: Option<String>,
+        (initiator, email): (Option<UserId>, Option<String>),
         stream: StreamId,
         form_id: &str,
         values: &serde_json::Value,
+        origin: &Origin,
     ) -> Result<Vec<Effect>, Undecided> {
         if !commands::form::is_create_submission(form_id, values) {
             return Ok(Vec::new());
@@ -547,7 +555,14 @@ impl Dispatcher {
         tracing::info!(%user, form_id, "create form submitted");
         let who = Requester { user, email, stream };
         match commands::form::parse_create_form(values) {
-            Ok(r) => Ok(self.groups.create(&who, &r.name, &r.advisors, &r.contacts, r.standard)?),
+            Ok(r) => Ok(self.groups.create(
+                &who,
+                &r.name,
+                &r.advisors,
+                &r.contacts,
+                r.standard,
+                origin,
+            )?),
             Err(invalid) => {
                 let form = &invalid.submitted;
                 let message_ml =
@@ -559,6 +574,7 @@ impl Dispatcher {
 
     async fn on_message(
         &self,
+        event_id: &str,
         initiator: Option<UserId>,
         message: crate::events::ReceivedMessage,
     ) -> Result<Vec<Effect>, Undecided> {
@@ -592,7 +608,10 @@ impl Dispatcher {
                 return reply(commands::form::render_create_form(&self.templates, &form, &[])?);
             }
             Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
-                return Ok(self.groups.create(&who, &name, &advisors, &contacts, standard)?);
+                let origin = Origin { key: event_id.to_owned(), event: event_id.to_owned() };
+                return Ok(self
+                    .groups
+                    .create(&who, &name, &advisors, &contacts, standard, &origin)?);
             }
             Ok(Some(Command::Info)) => Manage::Info(self.info_extras(&message.stream).await?),
             Ok(Some(Command::Rename { name })) => Manage::Rename(name),

@@ -9,7 +9,7 @@ use crate::effects::Effect;
 use crate::events::whatsapp::{WaError, WaUser};
 use crate::groups::rules::{self, ContactState, GroupKind, JoinDecision};
 use crate::groups::{E164, GroupId, StreamId, UserId};
-use crate::store::{GroupKey, GroupState, Store, StoreError};
+use crate::store::{Created, GroupKey, GroupState, Origin, Store, StoreError};
 use crate::templates::{TemplateError, Templates};
 use crate::whatsapp::{Recipient, TemplateParam};
 
@@ -68,6 +68,7 @@ impl GroupService {
         advisors: &[UserId],
         contacts: &[E164],
         standard: bool,
+        origin: &Origin,
     ) -> Result<Vec<Effect>, ServiceError> {
         if !rules::entitled(&self.settings.entitlements.advisors, who.user, who.email.as_deref()) {
             let reply = self.templates.usage(
@@ -88,7 +89,19 @@ impl GroupService {
         }
         let (kind, reason) =
             rules::group_kind(contacts.len(), standard, self.settings.features.native_groups);
-        let key = self.store.create_group(name, kind, who.user, advisors, contacts)?;
+        let key = match self.store.create_group(name, kind, who.user, advisors, contacts, origin)? {
+            Created::New(key) => key,
+            // The first handling of this event stopped before its effects were queued: queue
+            // them now (creating the room is idempotent).
+            Created::Replay(key) => return Ok(vec![Effect::CreateRoom { group: key.0 }]),
+            Created::Again(key) => {
+                let made = self.store.group(key)?.map(|g| g.name).unwrap_or_default();
+                return self.refuse(
+                    &who.stream,
+                    &format!("This form already created {made}; type /wa create for a new form."),
+                );
+            }
+        };
         let started = self.post(
             &who.stream,
             "symphony/create_started",
@@ -743,6 +756,50 @@ fn utc_minute(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service() -> GroupService {
+        use crate::config::{TemplateRef, WaTemplatesConfig};
+        let t = |name: &str| TemplateRef { name: name.into(), language: "en_US".into() };
+        GroupService {
+            store: Store::open_in_memory().expect("store"),
+            templates: std::sync::Arc::new(Templates::embedded().expect("templates")),
+            settings: GroupSettings {
+                features: FeaturesConfig { native_groups: true },
+                entitlements: EntitlementsConfig { advisors: vec!["*".into()] },
+                wa_templates: WaTemplatesConfig {
+                    invitation: t("group_invite_link"),
+                    notice: t("group_update"),
+                    message: t("group_update"),
+                },
+                business: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_replayed_create_queues_its_room_again_and_a_resubmitted_form_is_refused() {
+        let groups = service();
+        let who = Requester { user: UserId(7), email: None, stream: StreamId::new("im1") };
+        let jane = E164::parse("+447911123456").expect("phone");
+        let create = |event: &str| {
+            let origin = Origin { key: "form:m1".into(), event: event.into() };
+            groups.create(&who, "Desk", &[], std::slice::from_ref(&jane), false, &origin)
+        };
+        let first = create("e1").expect("first");
+        assert!(matches!(
+            first.as_slice(),
+            [Effect::PostMessage { .. }, Effect::CreateRoom { .. }]
+        ));
+        // The bot stopped before queuing them: the redelivered event queues the room again.
+        let replay = create("e1").expect("replay");
+        assert!(matches!(replay.as_slice(), [Effect::CreateRoom { .. }]), "{replay:?}");
+        // The same form submitted again: refused, nothing to create.
+        let again = create("e2").expect("again");
+        let [Effect::PostMessage { message_ml, .. }] = again.as_slice() else {
+            panic!("a refusal: {again:?}")
+        };
+        assert!(message_ml.contains("This form already created Desk"), "{message_ml}");
+    }
 
     #[test]
     fn sizes_read_naturally() {

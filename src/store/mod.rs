@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_attempts.sql"),
     include_str!("migrations/0005_relay.sql"),
     include_str!("migrations/0006_health.sql"),
+    include_str!("migrations/0007_origin.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +135,9 @@ pub trait StateStore: Send + Sync {
     fn outbox_counts(&self) -> Result<(u64, u64), StoreError>;
     /// A cheap committed write (`/healthz`): fails when the store cannot take writes now.
     fn probe_write(&self) -> Result<(), StoreError>;
-    /// Records a new group with its advisors (the creator an owner) and invited contacts.
+    /// Records a new group with its advisors (the creator an owner) and invited contacts,
+    /// unless a group of the same origin exists: then says which, and whether the same event
+    /// asked (a replay) or another one (a resubmission).
     fn create_group(
         &self,
         name: &str,
@@ -142,7 +145,8 @@ pub trait StateStore: Send + Sync {
         creator: UserId,
         advisors: &[UserId],
         contacts: &[E164],
-    ) -> Result<GroupKey, StoreError>;
+        origin: &Origin,
+    ) -> Result<Created, StoreError>;
     fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError>;
     fn group_by_stream(&self, stream: &StreamId) -> Result<Option<GroupRecord>, StoreError>;
     fn group_by_wa(&self, group: &GroupId) -> Result<Option<GroupRecord>, StoreError>;
@@ -557,13 +561,37 @@ impl StateStore for SqliteStore {
         creator: UserId,
         advisors: &[UserId],
         contacts: &[E164],
-    ) -> Result<GroupKey, StoreError> {
+        origin: &Origin,
+    ) -> Result<Created, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let now = now_ms();
+        let earlier: Option<(i64, Option<String>)> = tx
+            .query_row(
+                "SELECT id, origin_event FROM groups WHERE origin = ?1",
+                [&origin.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, event)) = earlier {
+            return Ok(if event.as_deref() == Some(origin.event.as_str()) {
+                Created::Replay(GroupKey(id))
+            } else {
+                Created::Again(GroupKey(id))
+            });
+        }
         tx.execute(
-            "INSERT INTO groups (name, kind, state, creator, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, kind_str(kind), GroupState::Creating.as_str(), creator.0, now],
+            "INSERT INTO groups (name, kind, state, creator, created_at, origin, origin_event)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                name,
+                kind_str(kind),
+                GroupState::Creating.as_str(),
+                creator.0,
+                now,
+                origin.key,
+                origin.event
+            ],
         )?;
         let key = GroupKey(tx.last_insert_rowid());
         tx.execute(
@@ -583,7 +611,7 @@ impl StateStore for SqliteStore {
             )?;
         }
         tx.commit()?;
-        Ok(key)
+        Ok(Created::New(key))
     }
 
     fn group(&self, key: GroupKey) -> Result<Option<GroupRecord>, StoreError> {
@@ -942,6 +970,24 @@ pub struct OutboxRow {
     pub attempts: u32,
 }
 
+/// What asked for a group: `key` is unique per group (the command's event id, or the create
+/// form's message), `event` the datafeed event that carried the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: String,
+    pub event: String,
+}
+
+/// The outcome of [`StateStore::create_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New(GroupKey),
+    /// The same event again (its first handling stopped before its effects were queued).
+    Replay(GroupKey),
+    /// Another request of the same origin (a form submitted twice).
+    Again(GroupKey),
+}
+
 /// A group's row id in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GroupKey(pub i64);
@@ -1130,8 +1176,23 @@ mod tests {
                 UserId(1),
                 &[UserId(1), UserId(2)],
                 &[jane.clone(), john.clone()],
+                &Origin { key: "form:m1".into(), event: "e1".into() },
             )
             .expect("create");
+        let Created::New(key) = key else { panic!("a new group: {key:?}") };
+        // The same request again never makes a second group.
+        let again = |event: &str| {
+            store.create_group(
+                "Deal team",
+                GroupKind::Native,
+                UserId(1),
+                &[],
+                &[],
+                &Origin { key: "form:m1".into(), event: event.into() },
+            )
+        };
+        assert_eq!(again("e1").expect("replay"), Created::Replay(key));
+        assert_eq!(again("e2").expect("again"), Created::Again(key));
         let g = store.group(key).expect("read").expect("group");
         assert_eq!(
             (g.name.as_str(), g.kind, g.state, g.creator),

@@ -10,12 +10,10 @@ use wa_groups_bot::commands::form::CREATE_FORM_ID;
 use wa_groups_bot::sandbox::mock_pod::{MockPod, PostedMessage};
 use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 
+use crate::lifecycle::{JANE, JOHN, inbox_has, room_named, wa_group_named};
 use crate::support::{
     ALICE, BOB, BOT, start_bot_with_whatsapp, start_pod, start_sim, wait_for, wait_for_message,
 };
-
-const JANE: &str = "447911123456";
-const JOHN: &str = "447911123457";
 
 /// The `n`-th create form (from 1) the bot posted in `stream`.
 async fn nth_form(pod: &MockPod, stream: &str, n: usize) -> PostedMessage {
@@ -54,29 +52,8 @@ async fn open_form(pod: &MockPod) -> (String, PostedMessage) {
     (im, form)
 }
 
-async fn room_named(pod: &MockPod, name: &str) -> Value {
-    wait_for("the room", Duration::from_secs(10), || {
-        let found = pod.streams().into_iter().find(|s| s["type"] == "ROOM" && s["name"] == name);
-        async move { found }
-    })
-    .await
-}
-
-async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
-    wait_for("the WhatsApp group", Duration::from_secs(10), || {
-        let found = sim.groups().into_iter().find(|g| g["subject"] == subject);
-        async move { found }
-    })
-    .await
-}
-
 async fn invitation(sim: &WhatsAppSim, phone: &str) -> Value {
-    wait_for("an invitation", Duration::from_secs(10), || {
-        let found =
-            sim.inbox(phone).into_iter().find(|m| m["template"]["name"] == "group_invite_link");
-        async move { found }
-    })
-    .await
+    inbox_has(sim, phone, "group_invite_link").await
 }
 
 async fn members_are(pod: &MockPod, sid: &str, want: Value) {
@@ -141,6 +118,13 @@ async fn the_form_creates_the_room_and_group_the_command_would() {
         "{}",
         summary.text
     );
+
+    // The same form submitted again (a double click, a refreshed page) makes no second group.
+    submit(&pod, ALICE, &form, json!({"name": "Deal team", "contacts": format!("+{JANE}")})).await;
+    let refused = wait_for_message(&pod, &im, BOT, |t| t.contains("already created")).await;
+    assert!(refused.text.contains("This form already created Deal team"), "{}", refused.text);
+    assert_eq!(pod.streams().iter().filter(|s| s["name"] == "Deal team").count(), 1);
+    assert_eq!(sim.groups().iter().filter(|g| g["subject"] == "Deal team").count(), 1);
     bot.stop().await;
 }
 
