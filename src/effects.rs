@@ -501,6 +501,7 @@ impl EffectExecutor {
         let caption = format!("*{author}*");
         let caption = kind.takes_caption().then_some(caption.as_str());
         let id = wa.send_file(to, kind, &file, caption).await?;
+        self.metrics.relayed(RelayDirection::ToWhatsApp);
         record(id, "media")?;
         Ok(Vec::new())
     }
@@ -788,6 +789,7 @@ impl EffectExecutor {
                         self.symphony.send_message(stream, &ml, None).await?
                     }
                 };
+                self.metrics.relayed(RelayDirection::ToSymphony);
                 self.store.set_wa_message_symphony(wa_message, &sent.message_id)?;
                 Ok(Vec::new())
             }
