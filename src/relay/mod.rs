@@ -31,8 +31,10 @@ pub fn file_name(filename: Option<&str>, kind: &str, mime: &str) -> String {
     match filename.map(str::trim).filter(|n| !n.is_empty()) {
         Some(name) => name.to_owned(),
         None => {
+            // The subtype when it is an extension (`jpeg`, `png`, `pdf`), else the first known.
+            let subtype = mime.split(['/', ';']).nth(1).unwrap_or_default().trim();
             let ext = mime_guess::get_mime_extensions_str(mime)
-                .and_then(|exts| exts.first())
+                .and_then(|exts| exts.iter().find(|e| **e == subtype).or(exts.first()))
                 .copied()
                 .unwrap_or("bin");
             format!("whatsapp-{kind}.{ext}")
@@ -87,6 +89,14 @@ pub fn split_text(text: &str, max: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whatsapp_files_get_a_name() {
+        assert_eq!(file_name(Some("terms.pdf"), "document", "application/pdf"), "terms.pdf");
+        assert_eq!(file_name(None, "image", "image/jpeg"), "whatsapp-image.jpeg");
+        assert_eq!(file_name(Some(" "), "audio", "audio/ogg; codecs=opus"), "whatsapp-audio.ogg");
+        assert_eq!(file_name(None, "sticker", "x-unknown/thing"), "whatsapp-sticker.bin");
+    }
 
     #[test]
     fn the_window_lasts_24_hours() {

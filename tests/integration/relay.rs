@@ -352,11 +352,30 @@ async fn files_go_both_ways_and_a_closed_window_is_said() {
     assert_eq!(raw.headers()["content-type"], "application/pdf");
     assert!(raw.bytes().await.expect("bytes").as_ref() == terms.as_slice());
 
+    // And a photo: WhatsApp gives it no file name, Symphony gets one from its type.
+    let photo = bytes(2_500);
+    let r = http
+        .post(format!("{}/_sandbox/wa/phones/{JANE}/messages", sim.url()))
+        .json(&json!({"to": gid, "media": {"type": "image", "mimeType": "image/jpeg",
+            "caption": "the whiteboard", "dataBase64": STANDARD.encode(&photo)}}))
+        .send()
+        .await
+        .expect("write");
+    assert!(r.status().is_success());
+    let posted = wait_for_message(&pod, &sid, BOT, |t| t.contains("the whiteboard")).await;
+    let file = posted.attachments.first().expect("the photo").clone();
+    assert!(
+        file.name.starts_with("whatsapp-image.") && file.content_type == "image/jpeg",
+        "{file:?}"
+    );
+    assert!(file.bytes == photo);
+
     // `/wa info` lists the room's files with their size, sender and date, and names people.
     pod.post_message(&sid, ALICE, "<messageML>/wa info</messageML>").expect("post");
     let info = wait_for_message(&pod, &sid, BOT, |t| t.contains("Attachments:")).await;
     assert!(info.text.contains("chart.png (3.9 KB), from Alice Ng, 20"), "{}", info.text);
     assert!(info.text.contains("terms.pdf (8.8 KB), from WA Test Bot"), "{}", info.text);
+    assert!(info.text.contains("whatsapp-image."), "{}", info.text);
     assert!(
         info.text.contains("Owners: Alice Ng") && info.text.contains("Bob Smith"),
         "{}",
