@@ -463,10 +463,7 @@ impl EffectExecutor {
                 wa_message_id: id,
                 group,
                 inbound: false,
-                phone: match to {
-                    Recipient::Phone(p) => Some(p.clone()),
-                    Recipient::Group(_) => None,
-                },
+                phone: to.phone().cloned(),
                 symphony_message_id: Some(message_id.to_owned()),
                 author: author.to_owned(),
                 excerpt: name.to_owned(),
@@ -605,10 +602,7 @@ impl EffectExecutor {
                         wa_message_id: id,
                         group: GroupKey(*group),
                         inbound: false,
-                        phone: match to {
-                            Recipient::Phone(p) => Some(p.clone()),
-                            Recipient::Group(_) => None,
-                        },
+                        phone: to.phone().cloned(),
                         symphony_message_id: None,
                         author: "wa-groups-bot".to_owned(),
                         excerpt: crate::relay::format::quote_snippet(
@@ -708,10 +702,7 @@ impl EffectExecutor {
                     wa_message_id: id,
                     group: GroupKey(*group),
                     inbound: false,
-                    phone: match to {
-                        Recipient::Phone(p) => Some(p.clone()),
-                        Recipient::Group(_) => None,
-                    },
+                    phone: to.phone().cloned(),
                     symphony_message_id: symphony_message.clone(),
                     author: author.clone(),
                     excerpt: excerpt.clone(),

@@ -27,6 +27,14 @@ impl Recipient {
         }
     }
 
+    /// The contact of a 1:1 message.
+    pub fn phone(&self) -> Option<&E164> {
+        match self {
+            Recipient::Phone(p) => Some(p),
+            Recipient::Group(_) => None,
+        }
+    }
+
     /// How people are told who a message went to.
     pub fn shown(&self) -> String {
         match self {
