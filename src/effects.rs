@@ -477,8 +477,10 @@ impl EffectExecutor {
                 "whatsapp/file_shared",
                 &serde_json::json!({"sender": author, "name": name}),
             )?;
-            let param = TemplateParam::Text(crate::relay::template_text(&text));
-            let id = wa.send_template(to, &t.name, &t.language, &[param]).await?;
+            // The notice is short (a name): one part.
+            let part = crate::relay::template_parts(&text).concat();
+            let id =
+                wa.send_template(to, &t.name, &t.language, &[TemplateParam::Text(part)]).await?;
             record(id, "template")?;
             let reason = format!(
                 "{name} was not sent: WhatsApp takes files only within 24 hours of a contact's last message, so a notice that you shared it was sent instead."
@@ -690,25 +692,35 @@ impl EffectExecutor {
                 } else {
                     None
                 };
-                let (id, kind) = match sent {
-                    Some(sent) => sent,
+                let sent = match sent {
+                    Some(sent) => vec![sent],
                     None => {
                         let t = &self.groups.settings.wa_templates.message;
-                        let param = TemplateParam::Text(crate::relay::template_text(text));
-                        (wa.send_template(to, &t.name, &t.language, &[param]).await?, "template")
+                        let mut ids = Vec::new();
+                        for part in crate::relay::template_parts(text) {
+                            let param = [TemplateParam::Text(part)];
+                            ids.push((
+                                wa.send_template(to, &t.name, &t.language, &param).await?,
+                                "template",
+                            ));
+                        }
+                        ids
                     }
                 };
-                self.store.record_wa_message(&crate::store::WaMessageRecord {
-                    wa_message_id: id,
-                    group: GroupKey(*group),
-                    inbound: false,
-                    phone: to.phone().cloned(),
-                    symphony_message_id: symphony_message.clone(),
-                    author: author.clone(),
-                    excerpt: excerpt.clone(),
-                    kind: kind.to_owned(),
-                    body: Some(text.clone()),
-                })?;
+                // Each part is recorded, so that a reply to any of them finds the message.
+                for (id, kind) in sent {
+                    self.store.record_wa_message(&crate::store::WaMessageRecord {
+                        wa_message_id: id,
+                        group: GroupKey(*group),
+                        inbound: false,
+                        phone: to.phone().cloned(),
+                        symphony_message_id: symphony_message.clone(),
+                        author: author.clone(),
+                        excerpt: excerpt.clone(),
+                        kind: kind.to_owned(),
+                        body: Some(text.clone()),
+                    })?;
+                }
                 self.metrics.relayed(RelayDirection::ToWhatsApp);
                 Ok(Vec::new())
             }

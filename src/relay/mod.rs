@@ -42,9 +42,9 @@ pub fn file_name(filename: Option<&str>, kind: &str, mime: &str) -> String {
     }
 }
 
-/// A relayed text as a template parameter: Meta refuses newlines, tabs and runs of more than
-/// four spaces there, and caps the length.
-pub fn template_text(text: &str) -> String {
+/// A relayed text as template parameters: Meta refuses newlines, tabs and runs of more than
+/// four spaces there, and takes at most 1024 characters, so a longer text goes in parts.
+pub fn template_parts(text: &str) -> Vec<String> {
     let flat =
         text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" · ");
     let flat = flat.replace('\t', " ");
@@ -56,12 +56,7 @@ pub fn template_text(text: &str) -> String {
             out.push(c);
         }
     }
-    if out.chars().count() > MAX_TEMPLATE_PARAM_CHARS {
-        let cut: String = out.chars().take(MAX_TEMPLATE_PARAM_CHARS - 1).collect();
-        format!("{cut}…")
-    } else {
-        out
-    }
+    split_text(&out, MAX_TEMPLATE_PARAM_CHARS)
 }
 
 /// Splits a text into parts of at most `max` characters, at a line or word break when one is
@@ -107,13 +102,15 @@ mod tests {
     #[test]
     fn template_parameters_have_no_newlines_tabs_or_long_space_runs() {
         assert_eq!(
-            template_text("*Alice*: hello\n\nworld\tand     more"),
-            "*Alice*: hello · world and more"
+            template_parts("*Alice*: hello\n\nworld\tand     more"),
+            vec!["*Alice*: hello · world and more"]
         );
-        let long = "x".repeat(5000);
-        let t = template_text(&long);
-        assert_eq!(t.chars().count(), MAX_TEMPLATE_PARAM_CHARS);
-        assert!(t.ends_with('…'));
+        // Nothing is cut: a long text goes in parts that fit.
+        let long = "word ".repeat(500);
+        let parts = template_parts(&long);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_TEMPLATE_PARAM_CHARS));
+        assert_eq!(parts.join(" "), long.trim_end());
     }
 
     #[test]

@@ -146,6 +146,22 @@ async fn a_closed_window_turns_text_into_the_template_and_failures_are_reported(
     let hook = format!("http://{}/whatsapp/webhook", bot.webhook_addr.expect("hook"));
     let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
 
+    // Outside the window a long text goes as several templates (a parameter holds 1024
+    // characters at most), nothing cut.
+    let long = (0..300).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    pod.post_message(&sid, ALICE, &format!("<messageML>{long}</messageML>")).expect("post");
+    wait_group_message(&sim, &gid, "w299").await;
+    let parts: Vec<String> = group_messages(&sim, &gid)
+        .iter()
+        .filter(|m| {
+            let numbered = |w: &str| w.strip_prefix('w').is_some_and(|n| n.parse::<u32>().is_ok());
+            m["type"] == "template" && said(m).split(' ').any(numbered)
+        })
+        .map(said)
+        .collect();
+    assert!(parts.len() >= 2 && parts.iter().all(|p| p.chars().count() <= 1024), "{parts:?}");
+    assert_eq!(parts.join(" "), format!("*Alice Ng*: {long}"));
+
     // The bot believes the window open (a contact wrote 23 h ago by its clock), WhatsApp says
     // it has closed: the free text fails with 131047 and goes again as the template, once.
     let now = std::time::SystemTime::now()
