@@ -342,22 +342,24 @@ pub(crate) fn phone_message(
     if let Some(c) = context {
         message["context"] = json!({"from": st.cfg.business_phone, "id": c});
     }
+    // What the phone wrote, as its own chat (1:1) or the group keeps it.
+    let written = Delivered {
+        id: id.clone(),
+        from: phone.to_owned(),
+        group_id: (to != "business").then(|| to.to_owned()),
+        kind: media_ref.as_ref().map_or("text", |(k, _)| k.as_str()).to_owned(),
+        text: media_ref
+            .as_ref()
+            .map_or(text.to_owned(), |(_, m)| m.caption.clone().unwrap_or_default()),
+        template: None,
+        context_id: context.map(str::to_owned),
+        timestamp: now_secs(),
+        media: media_ref.map(|(_, m)| m),
+    };
     if to == "business" {
         let sender = st.phone(phone);
         sender.window_until = window_from_now();
-        sender.sent.push(Delivered {
-            id: id.clone(),
-            from: phone.to_owned(),
-            group_id: None,
-            kind: media_ref.as_ref().map_or("text", |(k, _)| k.as_str()).to_owned(),
-            text: media_ref
-                .as_ref()
-                .map_or(text.to_owned(), |(_, m)| m.caption.clone().unwrap_or_default()),
-            template: None,
-            context_id: context.map(str::to_owned),
-            timestamp: now_secs(),
-            media: media_ref.map(|(_, m)| m),
-        });
+        sender.sent.push(written);
     } else {
         let Some(g) = st.groups.get_mut(to).filter(|g| g.active) else {
             return Err("no such group".into());
@@ -366,19 +368,7 @@ pub(crate) fn phone_message(
             return Err("this phone is not a participant of that group".into());
         }
         g.window_until = window_from_now();
-        g.messages.push(Delivered {
-            id: id.clone(),
-            from: phone.to_owned(),
-            group_id: Some(to.to_owned()),
-            kind: media_ref.as_ref().map_or("text", |(k, _)| k.as_str()).to_owned(),
-            text: media_ref
-                .as_ref()
-                .map_or(text.to_owned(), |(_, m)| m.caption.clone().unwrap_or_default()),
-            template: None,
-            context_id: context.map(str::to_owned),
-            timestamp: now_secs(),
-            media: media_ref.map(|(_, m)| m),
-        });
+        g.messages.push(written);
         let others: Vec<String> = g.participants.iter().filter(|p| *p != phone).cloned().collect();
         let copy = g.messages.last().cloned();
         for p in others {
