@@ -1,29 +1,31 @@
-//! Wiring: builds the clients, store and services, runs the tasks, stops them cleanly.
-//! Nothing imports this module; it is the only one that knows every other.
+//! Wiring: builds the clients, store and services, runs the tasks under supervision, stops
+//! them cleanly. Nothing imports this module; it is the only one that knows every other.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::commands::{self, Command};
+use crate::commands::router::CommandRouter;
 use crate::config::Config;
-use crate::effects::{Effect, EffectExecutor};
-use crate::events::WhatsAppEvent;
-use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind};
-use crate::groups::service::{GroupService, GroupSettings, InfoExtras, Manage, Requester};
-use crate::groups::{StreamId, UserId};
-use crate::metrics::{EventSource, Metrics};
-use crate::relay::{RelayService, WaInbound};
+use crate::dispatch::{Decider, DispatchPolicy, Dispatcher};
+use crate::effects::{EffectExecutor, Outcome};
+use crate::events::{InboundEvent, SymphonyEvent};
+use crate::groups::UserId;
+use crate::groups::service::{GroupService, GroupSettings};
+use crate::metrics::{EventSource, Metrics, TaskState};
+use crate::relay::RelayService;
 use crate::sandbox::console::{Console, ConsoleConfig, Directory, DirectoryContact, DirectoryUser};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
-use crate::store::{InboundRow, Origin, Source, Store, StoreError};
+use crate::store::{Source, Store, StoreError, now_ms};
 use crate::symphony::datafeed::BatchHandler;
 use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
 use crate::templates::{TemplateError, Templates};
@@ -47,6 +49,9 @@ pub enum AppError {
     Sandbox(String),
     #[error("{0}")]
     Startup(String),
+    /// A task the bot needs stopped: the process must exit non-zero so that it is restarted.
+    #[error("the bot stopped: {0}")]
+    Fatal(String),
 }
 
 /// A running bot.
@@ -58,8 +63,45 @@ pub struct Bot {
     /// The bot's HTTP listener (`whatsapp.webhook.listen`): `/healthz` and `/metrics` always,
     /// the webhook receiver too when an app secret is configured.
     pub http_addr: SocketAddr,
+    pub metrics: Metrics,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Why the bot stopped on its own, if it did.
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+/// Runs long-lived tasks: each one's state is shown by `/healthz`; one that ends while the bot
+/// runs (an error, a panic, or just returning) stops the whole bot with its reason.
+#[derive(Clone)]
+struct Supervisor {
+    tracker: TaskTracker,
+    metrics: Metrics,
+    cancel: CancellationToken,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+impl Supervisor {
+    fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let me = self.clone();
+        self.metrics.task_state(name, TaskState::Running);
+        self.tracker.spawn(async move {
+            let ended = AssertUnwindSafe(task).catch_unwind().await;
+            let reason = match ended {
+                Ok(Ok(())) if me.cancel.is_cancelled() => None,
+                Ok(Ok(())) => Some(format!("{name} ended")),
+                Ok(Err(e)) => Some(format!("{name}: {e}")),
+                Err(_) => Some(format!("{name} panicked")),
+            };
+            let Some(reason) = reason else { return };
+            tracing::error!(task = name, %reason, "a task the bot needs stopped; stopping");
+            me.metrics.task_state(name, TaskState::Stopped(reason.clone()));
+            me.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+            me.cancel.cancel();
+        });
+    }
 }
 
 impl Bot {
@@ -89,6 +131,13 @@ impl Bot {
 
         let wake = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
+        let fatal = Arc::new(Mutex::new(None));
+        let supervisor = Supervisor {
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            cancel: cancel.clone(),
+            fatal: fatal.clone(),
+        };
 
         // One HTTP listener: health and metrics always (an orchestrator probes them even when
         // WhatsApp is not set up), WhatsApp webhooks → store when an app secret is configured
@@ -118,16 +167,16 @@ impl Bot {
                     verify_token: hook.verify_token.clone(),
                     wake: wake.clone(),
                     metrics: metrics.clone(),
+                    phone_number_id: config.whatsapp.phone_number_id.clone(),
+                    waba_id: config.whatsapp.waba_id.clone(),
                 },
             ));
             tracing::info!(addr = %http_addr, path = %hook.path, "WhatsApp webhook receiver listening");
             Some(http_addr)
         };
         let http_cancel = cancel.clone();
-        tracker.spawn(async move {
-            if let Err(e) = crate::webhook::serve(listener, router, http_cancel).await {
-                tracing::error!(error = %e, "the HTTP listener stopped");
-            }
+        supervisor.spawn("http", async move {
+            crate::webhook::serve(listener, router, http_cancel).await.map_err(|e| e.to_string())
         });
         tracing::info!(addr = %http_addr, "serving /healthz and /metrics");
 
@@ -139,7 +188,7 @@ impl Bot {
         let feed_metrics = metrics.clone();
         let feed_wake = wake.clone();
         let feed_cancel = cancel.clone();
-        tracker.spawn(async move {
+        supervisor.spawn("datafeed", async move {
             let handler: BatchHandler = Box::new(move |events: Vec<SymphonyEvent>| {
                 let store = feed_store.clone();
                 let metrics = feed_metrics.clone();
@@ -157,10 +206,7 @@ impl Bot {
                     Ok(())
                 })
             });
-            if let Err(e) = feed.run(handler, feed_cancel.clone()).await {
-                tracing::error!(error = %e, "datafeed loop stopped");
-                feed_cancel.cancel();
-            }
+            feed.run(handler, feed_cancel).await.map_err(|e| e.to_string())
         });
 
         let effects_wake = Arc::new(Notify::new());
@@ -188,7 +234,6 @@ impl Bot {
         };
         let templates = Arc::new(templates);
         let groups = Arc::new(GroupService {
-            store: store.clone(),
             templates: templates.clone(),
             settings: GroupSettings {
                 features: config.features,
@@ -197,75 +242,106 @@ impl Bot {
                 business,
             },
         });
-        if let Some(wa) = &whatsapp {
-            let reconciler = Reconciler {
-                store: store.clone(),
-                whatsapp: wa.clone(),
-                groups: groups.clone(),
-                effects: effects_wake.clone(),
-                timings,
-            };
-            tracker.spawn(reconciler.run(cancel.clone()));
-        }
-        let relay = Arc::new(RelayService { store: store.clone(), templates: templates.clone() });
-        let executor = EffectExecutor {
-            relay: relay.clone(),
+        let relay = Arc::new(RelayService { templates: templates.clone() });
+        let executor = Arc::new(EffectExecutor {
             store: store.clone(),
             symphony: symphony.clone(),
             whatsapp,
-            groups: groups.clone(),
+            templates: templates.clone(),
+            message_template: config.whatsapp.templates.message.clone(),
             retry: config.symphony.retry,
             metrics: metrics.clone(),
-        };
-        tracker.spawn(executor.run(effects_wake.clone(), cancel.clone()));
-        let dispatcher = Dispatcher {
-            waiting: Default::default(),
+            dispatcher: wake.clone(),
+        });
+        let housekeeping = Housekeeping {
             store: store.clone(),
+            executor: executor.clone(),
+            wake: wake.clone(),
+            timings,
+            retention: Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+        };
+        let housekeeping_cancel = cancel.clone();
+        supervisor.spawn("housekeeping", async move {
+            housekeeping.run(housekeeping_cancel).await;
+            Ok(())
+        });
+        let executor_cancel = cancel.clone();
+        let executor_wake = effects_wake.clone();
+        supervisor.spawn("executor", async move {
+            executor.run(executor_wake, executor_cancel).await;
+            Ok(())
+        });
+        let decider = Decider {
+            router: CommandRouter {
+                templates: templates.clone(),
+                groups: groups.clone(),
+                relay: relay.clone(),
+                bot: bot_user,
+                metrics: metrics.clone(),
+            },
+            groups,
             relay,
             templates,
-            groups,
-            symphony: symphony.clone(),
-            bot_user,
-            effects: effects_wake,
-            metrics,
+            live: symphony.clone(),
         };
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            decider,
+            effects_wake,
+            metrics.clone(),
+            timings.dispatch,
+        ));
         let dispatch_cancel = cancel.clone();
-        tracker.spawn(async move { dispatcher.run(wake, dispatch_cancel).await });
+        supervisor.spawn("dispatcher", async move {
+            dispatcher.run(wake, dispatch_cancel).await;
+            Ok(())
+        });
         tracker.close();
         // Up means listening: an event sent from now on reaches the bot. If the loop gives up
         // first, the sender is dropped and so is this wait.
         if ready_rx.await.is_err() {
             cancel.cancel();
             tracker.wait().await;
-            return Err(AppError::Startup(
-                "the datafeed could not be started (see the log)".into(),
-            ));
+            let why = fatal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            return Err(AppError::Startup(format!(
+                "the datafeed could not be started: {}",
+                why.unwrap_or_else(|| "see the log".into())
+            )));
         }
-        Ok(Bot { bot_user, store, webhook_addr, http_addr, cancel, tracker })
+        Ok(Bot { bot_user, store, webhook_addr, http_addr, metrics, cancel, tracker, fatal })
     }
 
-    /// Waits until the bot stops (cancellation or a fatal error).
-    pub async fn wait(self) {
+    /// Waits until the bot stops: `Ok` when it was cancelled, the reason when a task it needs
+    /// ended on its own (the process should then exit non-zero).
+    pub async fn wait(self) -> Result<(), AppError> {
         self.cancel.cancelled().await;
         if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await.is_err() {
             tracing::warn!("some tasks did not stop within 10 s");
+        }
+        match self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(reason) => Err(AppError::Fatal(reason)),
+            None => Ok(()),
         }
     }
 
     /// Stops the bot and waits for its tasks.
     pub async fn stop(self) {
         self.cancel.cancel();
-        self.wait().await;
+        if let Err(e) = self.wait().await {
+            tracing::warn!(error = %e, "the bot had stopped on its own");
+        }
     }
 }
 
-/// How long the bot waits for things that may never come.
+/// How long the bot waits for things that may never come, and how its dispatcher retries.
 #[derive(Debug, Clone, Copy)]
 pub struct BotTimings {
     /// A WhatsApp group whose `group_create` webhook has not come after this is looked up.
     pub group_create_timeout: Duration,
     /// How often the reconciler looks.
     pub reconcile_every: Duration,
+    /// The dispatcher's retries and parallelism.
+    pub dispatch: DispatchPolicy,
 }
 
 impl Default for BotTimings {
@@ -273,22 +349,26 @@ impl Default for BotTimings {
         Self {
             group_create_timeout: Duration::from_secs(120),
             reconcile_every: Duration::from_secs(30),
+            dispatch: DispatchPolicy::default(),
         }
     }
 }
 
-/// Heals what webhooks did not say: a created group whose `group_create` never came is found
-/// through the list of groups (and set up as usual), or reported as failed in its room.
-struct Reconciler {
+/// The bot's own chores: a created group whose `group_create` never came is looked for by its
+/// marker among the number's groups (found: set up as usual; not found: failed), and old rows
+/// are pruned. What it finds goes to the dispatcher as an outcome, decided in the group's order
+/// (so a late webhook and the reconciler never both act).
+struct Housekeeping {
     store: Store,
-    whatsapp: WhatsAppClient,
-    groups: Arc<GroupService>,
-    effects: Arc<Notify>,
+    executor: Arc<EffectExecutor>,
+    wake: Arc<Notify>,
     timings: BotTimings,
+    retention: Duration,
 }
 
-impl Reconciler {
+impl Housekeeping {
     async fn run(self, cancel: CancellationToken) {
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -297,382 +377,60 @@ impl Reconciler {
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "reconciliation failed; will try again");
             }
+            if last_prune.is_none_or(|at| at.elapsed() >= Duration::from_secs(3_600)) {
+                last_prune = Some(std::time::Instant::now());
+                let before = now_ms()
+                    .saturating_sub(i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX));
+                match self.store.prune(before) {
+                    Ok(p) => tracing::info!(
+                        events = p.events,
+                        effects = p.effects,
+                        messages = p.messages,
+                        "pruned old rows"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+                }
+            }
         }
     }
 
     async fn reconcile(&self) -> Result<(), String> {
+        let timeout = i64::try_from(self.timings.group_create_timeout.as_millis()).unwrap_or(0);
         let overdue = self
             .store
-            .groups_awaiting_webhook(self.timings.group_create_timeout)
+            .read(|r| r.groups_awaiting_webhook(now_ms().saturating_sub(timeout)))
             .map_err(|e| e.to_string())?;
-        if overdue.is_empty() {
-            return Ok(());
-        }
-        let existing = self.whatsapp.all_groups().await.map_err(|e| e.to_string())?;
         for group in overdue {
-            let Some(request_id) = group.create_request_id.clone() else { continue };
-            let linked =
-                |id: &crate::groups::GroupId| self.store.group_by_wa(id).ok().flatten().is_some();
-            let found = existing
-                .iter()
-                .find(|g| g.subject.as_deref() == Some(group.name.as_str()) && !linked(&g.id));
-            let effects = match found {
-                Some(g) => {
-                    tracing::warn!(group = %g.id, "group_create never came; the group was found by listing");
-                    let link = self.whatsapp.invite_link(&g.id).await.map_err(|e| e.to_string())?;
-                    self.groups.on_group_created(&request_id, &g.id, Some(&link))
-                }
-                None => {
-                    let error = crate::events::whatsapp::WaError {
-                        code: 0,
-                        title: None,
-                        message: Some("WhatsApp never confirmed the group, and it does not exist".into()),
-                        details: None,
+            let Some(marker) = group.reference.as_deref() else { continue };
+            let found = self.executor.find_wa_group(marker).await?;
+            let outcome = match found {
+                Some(wa_group) => {
+                    tracing::warn!(group = %wa_group, "group_create never came; the group was found by its marker");
+                    let invite_link = match &self.executor.whatsapp {
+                        Some(wa) => {
+                            Some(wa.invite_link(&wa_group).await.map_err(|e| e.to_string())?)
+                        }
+                        None => None,
                     };
-                    self.groups.on_group_create_failed(&request_id, &[error])
+                    Outcome::WaGroupFound { group: group.key, wa_group, invite_link }
                 }
-            }
-            .map_err(|e| e.to_string())?;
-            let queued: Vec<_> = effects.iter().filter_map(|e| e.to_outbox().ok()).collect();
-            self.store.queue_effects(&queued).map_err(|e| e.to_string())?;
-            self.effects.notify_one();
+                None => Outcome::WaGroupMissing { group: group.key },
+            };
+            let payload = serde_json::to_value(&outcome).map_err(|e| e.to_string())?;
+            self.store
+                .enqueue_inbound(Source::Outcome, &format!("reconcile:{}", group.key.0), &payload)
+                .map_err(|e| e.to_string())?;
+            self.wake.notify_one();
         }
         Ok(())
     }
 }
 
-/// Runs the bot until cancelled.
+/// Runs the bot until cancelled; an error when it stopped on its own.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), AppError> {
     let templates = Templates::load(&config.templates.dir)?;
     let bot = Bot::start(config, templates, cancel).await?;
-    bot.wait().await;
-    Ok(())
-}
-
-/// Takes persisted inbound events in order and decides what they cause; each event's effects are
-/// queued in the outbox in the same transaction as its processed mark.
-struct Dispatcher {
-    /// When each event first could not be decided yet ("not yet"): given up after a minute.
-    waiting: std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>,
-    store: Store,
-    relay: Arc<RelayService>,
-    templates: Arc<Templates>,
-    groups: Arc<GroupService>,
-    /// Live reads only (a room's owners before a management command); actions go through effects.
-    symphony: SymphonyClient,
-    bot_user: UserId,
-    /// Wakes the effect executor.
-    effects: Arc<Notify>,
-    /// Commands are counted here.
-    metrics: Metrics,
-}
-
-/// Why an event could not be decided now.
-enum Undecided {
-    /// Worth trying again later (the pod could not be read): the event stays pending.
-    Retry(String),
-    /// Came before what it refers to: retried for a while, then dropped.
-    NotYet(String),
-    /// Will never work: logged, and the event is marked processed.
-    Drop(String),
-}
-
-impl From<crate::groups::service::ServiceError> for Undecided {
-    fn from(e: crate::groups::service::ServiceError) -> Self {
-        match e {
-            crate::groups::service::ServiceError::NotYet(reason) => Undecided::NotYet(reason),
-            other => Undecided::Retry(other.to_string()),
-        }
-    }
-}
-
-impl From<TemplateError> for Undecided {
-    fn from(e: TemplateError) -> Self {
-        Undecided::Drop(e.to_string())
-    }
-}
-
-impl Dispatcher {
-    async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
-        let mut failures = 0u32;
-        loop {
-            let delay = match self.drain().await {
-                Ok(()) => {
-                    failures = 0;
-                    Duration::from_secs(5)
-                }
-                Err(reason) => {
-                    failures += 1;
-                    let delay = Duration::from_millis(200 * 2u64.pow(failures.min(7)));
-                    tracing::warn!(%reason, ?delay, "event handling failed; will retry");
-                    delay
-                }
-            };
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    async fn drain(&self) -> Result<(), String> {
-        loop {
-            let rows = self.store.pending_inbound(100).map_err(|e| e.to_string())?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            for row in rows {
-                let effects = match self.decide(&row).await {
-                    Ok(effects) => effects,
-                    Err(Undecided::NotYet(reason)) => {
-                        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                        let since = *waiting.entry(row.id).or_insert_with(std::time::Instant::now);
-                        if since.elapsed() < Duration::from_secs(60) {
-                            return Err(reason);
-                        }
-                        waiting.remove(&row.id);
-                        tracing::warn!(id = row.id, %reason, "event dropped: what it refers to never appeared");
-                        Vec::new()
-                    }
-                    Err(Undecided::Retry(reason)) => return Err(reason),
-                    Err(Undecided::Drop(reason)) => {
-                        tracing::error!(id = row.id, key = %row.dedupe_key, %reason, "event dropped: it cannot be handled");
-                        Vec::new()
-                    }
-                };
-                let queued: Vec<_> = effects.iter().filter_map(|e| e.to_outbox().ok()).collect();
-                self.store.complete_inbound(row.id, &queued).map_err(|e| e.to_string())?;
-                if !queued.is_empty() {
-                    self.effects.notify_one();
-                }
-            }
-        }
-    }
-
-    /// What an event causes.
-    async fn decide(&self, row: &InboundRow) -> Result<Vec<Effect>, Undecided> {
-        let event: InboundEvent = serde_json::from_value(row.payload.clone())
-            .map_err(|e| Undecided::Drop(format!("undecodable stored event: {e}")))?;
-        match event {
-            InboundEvent::Symphony(event) => self.on_symphony(event).await,
-            InboundEvent::WhatsApp(event) => self.on_whatsapp(event),
-        }
-    }
-
-    fn on_whatsapp(&self, event: WhatsAppEvent) -> Result<Vec<Effect>, Undecided> {
-        // Names and numbers stay out of the log.
-        let kind = serde_json::to_value(&event)
-            .ok()
-            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        tracing::info!(%kind, group = ?event.group(), "WhatsApp event received");
-        let g = &self.groups;
-        Ok(match &event {
-            WhatsAppEvent::GroupCreated { request_id: Some(r), group_id, invite_link, .. } => {
-                g.on_group_created(r, group_id, invite_link.as_deref())?
-            }
-            WhatsAppEvent::GroupCreateFailed { request_id: Some(r), errors, .. } => {
-                g.on_group_create_failed(r, errors)?
-            }
-            WhatsAppEvent::JoinRequestCreated { group_id, join_request_id, user, .. } => {
-                g.on_join_request(group_id, join_request_id, user)?
-            }
-            WhatsAppEvent::ParticipantsAdded { group_id, participants, .. } => {
-                g.on_participants_added(group_id, participants)?
-            }
-            WhatsAppEvent::ParticipantsRemoved { group_id, initiated_by, removed, .. } => {
-                g.on_participants_removed(group_id, initiated_by.as_deref(), removed)?
-            }
-            WhatsAppEvent::Message { .. } => match WaInbound::from_event(&event) {
-                Some(m) => self.relay.from_whatsapp(m)?,
-                None => Vec::new(),
-            },
-            WhatsAppEvent::Status { message_id, status, participant, errors, .. } => {
-                self.relay.on_status(message_id, status, participant.as_ref(), errors, false)?
-            }
-            _ => Vec::new(),
-        })
-    }
-
-    async fn on_symphony(&self, event: SymphonyEvent) -> Result<Vec<Effect>, Undecided> {
-        let g = &self.groups;
-        let name = event.affected_name.as_deref();
-        let bot = self.bot_user;
-        Ok(match event.kind {
-            SymphonyEventKind::MessageSent(message) => {
-                return self.on_message(&event.id, event.initiator, message).await;
-            }
-            SymphonyEventKind::RoomUpdated { stream, name: Some(new_name) } => {
-                g.on_room_renamed(&stream, &new_name)?
-            }
-            SymphonyEventKind::UserJoinedRoom { stream, user } => {
-                g.on_joined(&stream, user, name, bot)?
-            }
-            SymphonyEventKind::UserLeftRoom { stream, user } => {
-                g.on_membership(&stream, user, name, None, bot)?
-            }
-            SymphonyEventKind::MemberPromotedToOwner { stream, user } => {
-                g.on_membership(&stream, user, name, Some(true), bot)?
-            }
-            SymphonyEventKind::MemberDemotedFromOwner { stream, user } => {
-                g.on_membership(&stream, user, name, Some(false), bot)?
-            }
-            SymphonyEventKind::RoomDeactivated { stream } => g.on_room_deactivated(&stream)?,
-            SymphonyEventKind::ElementsAction {
-                stream,
-                form_message_id,
-                form_id,
-                values,
-                initiator_email,
-            } => {
-                // One group per form, however often it is submitted.
-                let origin =
-                    Origin { key: format!("form:{form_message_id}"), event: event.id.clone() };
-                let who = (event.initiator, initiator_email);
-                self.on_form_submitted(who, stream, &form_id, &values, &origin)?
-            }
-            _ => Vec::new(),
-        })
-    }
-
-    /// A submission of the create form runs the command's create, as its submitter, answering
-    /// in the stream of the form; values that cannot be used bring the form back with every
-    /// problem and what was typed. Other forms are not the bot's.
-    fn on_form_submitted(
-        &self,
-        (initiator, email): (Option<UserId>, Option<String>),
-        stream: StreamId,
-        form_id: &str,
-        values: &serde_json::Value,
-        origin: &Origin,
-    ) -> Result<Vec<Effect>, Undecided> {
-        if !commands::form::is_create_submission(form_id, values) {
-            return Ok(Vec::new());
-        }
-        let user = initiator
-            .ok_or_else(|| Undecided::Drop("a form submission without its submitter".into()))?;
-        tracing::info!(%user, form_id, "create form submitted");
-        let who = Requester { user, email, stream };
-        match commands::form::parse_create_form(values) {
-            Ok(r) => Ok(self.groups.create(
-                &who,
-                &r.name,
-                &r.advisors,
-                &r.contacts,
-                r.standard,
-                origin,
-            )?),
-            Err(invalid) => {
-                let form = &invalid.submitted;
-                let message_ml =
-                    commands::form::render_create_form(&self.templates, form, &invalid.problems)?;
-                Ok(vec![Effect::PostMessage { stream: who.stream, message_ml }])
-            }
-        }
-    }
-
-    async fn on_message(
-        &self,
-        event_id: &str,
-        initiator: Option<UserId>,
-        message: crate::events::ReceivedMessage,
-    ) -> Result<Vec<Effect>, Undecided> {
-        // The bot's own messages come back through the datafeed: never react to them.
-        if message.sender == self.bot_user || initiator == Some(self.bot_user) {
-            return Ok(Vec::new());
-        }
-        let segments =
-            crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
-                .map_err(|e| Undecided::Drop(format!("unreadable message: {e}")))?
-                .segments;
-        let who = Requester {
-            user: message.sender,
-            email: message.sender_email.clone(),
-            stream: message.stream.clone(),
-        };
-        let reply = |ml: String| {
-            Ok(vec![Effect::PostMessage { stream: message.stream.clone(), message_ml: ml }])
-        };
-        let parsed = commands::parse(&segments, self.bot_user);
-        match &parsed {
-            Ok(Some(command)) => self.metrics.command(command.name()),
-            Err(_) => self.metrics.command("invalid"),
-            Ok(None) => {}
-        }
-        let manage = match parsed {
-            Ok(None) => return Ok(self.relay.from_room(&message)?),
-            Ok(Some(Command::Help)) => return reply(self.templates.help()?),
-            Ok(Some(Command::CreateForm)) => {
-                let form = commands::form::CreateForm::default();
-                return reply(commands::form::render_create_form(&self.templates, &form, &[])?);
-            }
-            Ok(Some(Command::Create { name, advisors, contacts, standard })) => {
-                let origin = Origin { key: event_id.to_owned(), event: event_id.to_owned() };
-                return Ok(self
-                    .groups
-                    .create(&who, &name, &advisors, &contacts, standard, &origin)?);
-            }
-            Ok(Some(Command::Info)) => Manage::Info(self.info_extras(&message.stream).await?),
-            Ok(Some(Command::Rename { name })) => Manage::Rename(name),
-            Ok(Some(Command::Add { advisors, contacts })) => Manage::Add { advisors, contacts },
-            Ok(Some(Command::Remove { advisors, contacts })) => {
-                Manage::Remove { advisors, contacts }
-            }
-            Ok(Some(Command::Promote { advisor })) => Manage::Promote(advisor),
-            Ok(Some(Command::Demote { advisor })) => Manage::Demote(advisor),
-            Ok(Some(Command::Invite { contacts })) => Manage::Invite(contacts),
-            Err(e) => return reply(self.templates.usage(&e.to_string(), e.usage())?),
-        };
-        // Ownership is checked against the pod's live membership, never a cache.
-        let owners = if matches!(manage, Manage::Info(_))
-            || self.store.group_by_stream(&message.stream).ok().flatten().is_none()
-        {
-            None
-        } else {
-            let members = self.symphony.room_members(&message.stream).await.map_err(|e| {
-                if e.is_retryable() {
-                    Undecided::Retry(e.to_string())
-                } else {
-                    Undecided::Drop(e.to_string())
-                }
-            })?;
-            Some(members.into_iter().filter(|m| m.owner).map(|m| m.user).collect::<Vec<_>>())
-        };
-        Ok(self.groups.manage(&who, manage, owners.as_deref())?)
-    }
-
-    /// The live part of `/wa info`: the room's attachments and the names of the people shown.
-    async fn info_extras(&self, stream: &StreamId) -> Result<InfoExtras, Undecided> {
-        let mut extras = InfoExtras::default();
-        let Some(group) =
-            self.store.group_by_stream(stream).map_err(|e| Undecided::Retry(e.to_string()))?
-        else {
-            return Ok(extras); // not a group's room: the service says so
-        };
-        let live = |e: SymphonyError| {
-            if e.is_retryable() {
-                Undecided::Retry(e.to_string())
-            } else {
-                Undecided::Drop(e.to_string())
-            }
-        };
-        extras.attachments = self.symphony.stream_attachments(stream).await.map_err(live)?;
-        let advisors =
-            self.store.advisors(group.key).map_err(|e| Undecided::Retry(e.to_string()))?;
-        let mut people: Vec<UserId> = advisors.into_iter().map(|(u, _)| u).collect();
-        people.extend(extras.attachments.iter().filter_map(|a| a.user_id));
-        people.sort();
-        people.dedup();
-        for user in people {
-            if let Some(name) =
-                self.symphony.user_by_id(user).await.map_err(live)?.and_then(|u| u.display_name)
-            {
-                extras.names.insert(user, name);
-            }
-        }
-        Ok(extras)
-    }
+    bot.wait().await
 }
 
 // ----- the other commands of the binary -----
@@ -892,7 +650,9 @@ impl Sandbox {
     /// Waits until the sandbox is cancelled (or the bot stops), then stops every part and saves
     /// the pod's and the simulator's state a last time.
     pub async fn wait(self) {
-        self.bot.wait().await;
+        if let Err(e) = self.bot.wait().await {
+            tracing::error!(error = %e, "the sandbox's bot stopped");
+        }
         self.cancel.cancel();
         self.console.shutdown().await;
         self.sim.shutdown().await;

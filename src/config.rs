@@ -106,6 +106,8 @@ struct RawWhatsApp {
     api_version: Option<String>,
     #[serde(alias = "phonenumberid")]
     phone_number_id: Option<String>,
+    #[serde(alias = "wabaid")]
+    waba_id: Option<String>,
     #[serde(alias = "accesstoken")]
     access_token: Option<SecretString>,
     #[serde(alias = "appsecret")]
@@ -155,6 +157,8 @@ struct RawEntitlements {
 #[serde(default)]
 struct RawStore {
     path: Option<PathBuf>,
+    #[serde(rename = "retentionDays")]
+    retention_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +260,9 @@ pub struct WhatsAppConfig {
     pub api_base_url: Url,
     pub api_version: String,
     pub phone_number_id: String,
+    /// The WhatsApp Business Account (`whatsapp.wabaId`, optional): webhooks of another WABA
+    /// of the same Meta app are ignored.
+    pub waba_id: Option<String>,
     pub access_token: SecretString,
     pub app_secret: SecretString,
     pub webhook: WebhookConfig,
@@ -268,6 +275,7 @@ impl std::fmt::Debug for WhatsAppConfig {
             .field("api_base_url", &self.api_base_url.as_str())
             .field("api_version", &self.api_version)
             .field("phone_number_id", &self.phone_number_id)
+            .field("waba_id", &self.waba_id)
             .field("access_token", &"[redacted]")
             .field("app_secret", &"[redacted]")
             .field("webhook", &self.webhook)
@@ -323,6 +331,9 @@ pub struct EntitlementsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    /// Processed events, finished outbox rows and the relayed-message map are pruned after
+    /// this many days (`store.retentionDays`, default 30).
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -648,6 +659,10 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         problems.push("store.path: empty".into());
     }
     let store_path = if store_path.is_relative() { base.join(store_path) } else { store_path };
+    let retention_days = raw.store.retention_days.unwrap_or(30);
+    if retention_days == 0 {
+        problems.push("store.retentionDays: must be at least 1".into());
+    }
     let templates_dir = templates_dir(raw.templates.dir, base);
 
     if !problems.is_empty() {
@@ -670,6 +685,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             api_base_url,
             api_version,
             phone_number_id,
+            waba_id: wa.waba_id.filter(|w| !w.trim().is_empty()),
             access_token: secret_or_empty(wa.access_token),
             app_secret: secret_or_empty(wa.app_secret),
             webhook: WebhookConfig {
@@ -681,7 +697,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         },
         features: FeaturesConfig { native_groups: raw.features.native_groups.unwrap_or(true) },
         entitlements: EntitlementsConfig { advisors },
-        store: StoreConfig { path: store_path },
+        store: StoreConfig { path: store_path, retention_days },
         templates: TemplatesConfig { dir: templates_dir },
     })
 }

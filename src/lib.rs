@@ -12,9 +12,12 @@
 //! - [`symphony`]: RS512 login, Datafeed v2 loop, pod/agent endpoints, MessageML/PresentationML.
 //! - [`whatsapp`]: typed Meta Cloud API client (groups, invite links, join requests, messages).
 //! - [`webhook`]: signed WhatsApp webhook receiver (verify, persist, then 200).
-//! - [`effects`]: side effects as data, queued in the outbox and performed with retries.
+//! - [`dispatch`]: decides persisted events, in order per group, groups in parallel; one
+//!   transaction per event; events that keep failing are set aside.
+//! - [`effects`]: side effects as data, queued in the outbox and performed with retries; what
+//!   came of them returns to the dispatcher as outcome events.
 //! - [`events`]: the transport-neutral event vocabulary both transports produce.
-//! - [`commands`]: `/wa …` parsing and replies.
+//! - [`commands`]: `/wa …` parsing, the create form, and the router (checks, live reads, replies).
 //! - [`groups`]: validated id newtypes and group rules.
 //! - [`relay`]: the chat relay (room ↔ WhatsApp group or contacts), its formatting and windows.
 //! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
@@ -30,6 +33,7 @@ pub mod admin;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod dispatch;
 pub mod effects;
 pub mod events;
 pub mod groups;

@@ -22,10 +22,11 @@ enum Family {
     OutboxRetries,
     ApiErrors,
     DatafeedReads,
+    EventsSetAside,
 }
 
 impl Family {
-    const ALL: [Family; 8] = [
+    const ALL: [Family; 9] = [
         Family::InboundEvents,
         Family::InboundDuplicates,
         Family::Commands,
@@ -34,6 +35,7 @@ impl Family {
         Family::OutboxRetries,
         Family::ApiErrors,
         Family::DatafeedReads,
+        Family::EventsSetAside,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +48,7 @@ impl Family {
             Family::OutboxRetries => "wagb_outbox_retries_total",
             Family::ApiErrors => "wagb_api_errors_total",
             Family::DatafeedReads => "wagb_datafeed_reads_total",
+            Family::EventsSetAside => "wagb_events_set_aside_total",
         }
     }
 
@@ -67,12 +70,17 @@ impl Family {
                 "Failed API call attempts (retries included), by client, endpoint and status."
             }
             Family::DatafeedReads => "Datafeed reads answered (events or an empty long poll).",
+            Family::EventsSetAside => {
+                "Inbound events that kept failing and were set aside (dead letter), by source."
+            }
         }
     }
 
     fn labels(self) -> &'static [&'static str] {
         match self {
-            Family::InboundEvents | Family::InboundDuplicates => &["source"],
+            Family::InboundEvents | Family::InboundDuplicates | Family::EventsSetAside => {
+                &["source"]
+            }
             Family::Commands => &["command"],
             Family::NoticesSent => &["template"],
             Family::RelayedMessages => &["direction"],
@@ -85,6 +93,7 @@ impl Family {
     fn seeded(self) -> &'static [&'static str] {
         match self {
             Family::InboundEvents | Family::InboundDuplicates => &["symphony", "whatsapp"],
+            Family::EventsSetAside => &["outcome", "symphony", "whatsapp"],
             Family::RelayedMessages => &["to_symphony", "to_whatsapp"],
             Family::OutboxRetries | Family::DatafeedReads => &[""],
             _ => &[],
@@ -138,11 +147,22 @@ struct Registry {
     started: Instant,
     /// Milliseconds after `started` of the datafeed loop's last sign of life; `u64::MAX`: never.
     datafeed_alive_ms: AtomicU64,
+    /// Long-lived tasks and how they stand.
+    tasks: Mutex<BTreeMap<&'static str, TaskState>>,
+}
+
+/// How a long-lived task stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Running,
+    /// It ended (the reason); the bot exits when a task it needs ends.
+    Stopped(String),
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
+            tasks: Mutex::default(),
             counters: Mutex::default(),
             started: Instant::now(),
             datafeed_alive_ms: AtomicU64::new(u64::MAX),
@@ -157,6 +177,8 @@ pub struct OutboxDepth {
     pub pending: u64,
     /// Effects given up on.
     pub failed: u64,
+    /// Inbound events set aside (dead letter), waiting for an administrator.
+    pub events_set_aside: u64,
 }
 
 impl Metrics {
@@ -189,6 +211,21 @@ impl Metrics {
             RelayDirection::ToSymphony => "to_symphony",
         };
         self.add(Family::RelayedMessages, &[label]);
+    }
+
+    /// An inbound event kept failing and was set aside (`source`: symphony, whatsapp, outcome).
+    pub fn event_set_aside(&self, source: &'static str) {
+        self.add(Family::EventsSetAside, &[source]);
+    }
+
+    /// A long-lived task's state, as `/healthz` reports it.
+    pub fn task_state(&self, task: &'static str, state: TaskState) {
+        self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(task, state);
+    }
+
+    /// Every long-lived task's state, by name.
+    pub fn task_states(&self) -> BTreeMap<&'static str, TaskState> {
+        self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// An outbox effect failed and was scheduled again.
@@ -268,6 +305,13 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name}{{state=\"pending\"}} {}", depth.pending);
             let _ = writeln!(out, "{name}{{state=\"failed\"}} {}", depth.failed);
+            let name = "wagb_events_set_aside";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Inbound events set aside after failing, waiting for `events retry`."
+            );
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", depth.events_set_aside);
         }
         if let Some(silence) = self.datafeed_silence() {
             let name = "wagb_datafeed_last_read_age_seconds";
@@ -446,7 +490,7 @@ mod tests {
         m.api_error(ApiClient::WhatsApp, "POST", "/106540352242922/messages", "503");
         m.api_error(ApiClient::WhatsApp, "POST", "/999/messages", "503");
         m.datafeed_read();
-        let text = m.render(Some(OutboxDepth { pending: 3, failed: 1 }));
+        let text = m.render(Some(OutboxDepth { pending: 3, failed: 1, events_set_aside: 2 }));
         check_exposition(&text);
         for expected in [
             "# HELP wagb_commands_total ",

@@ -60,6 +60,12 @@ async fn health(State(state): State<MonitoringState>) -> Response {
     if let Some(e) = &store_error {
         problems.push(format!("store: not writable: {e}"));
     }
+    let tasks = state.metrics.task_states();
+    for (task, s) in &tasks {
+        if let crate::metrics::TaskState::Stopped(reason) = s {
+            problems.push(format!("{task}: stopped: {reason}"));
+        }
+    }
     let healthy = problems.is_empty();
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -70,6 +76,10 @@ async fn health(State(state): State<MonitoringState>) -> Response {
             "limitSeconds": limit.as_secs_f64(),
         },
         "store": { "ok": store_error.is_none(), "error": store_error },
+        "tasks": tasks.iter().map(|(task, s)| (task.to_string(), match s {
+            crate::metrics::TaskState::Running => json!({"state": "running"}),
+            crate::metrics::TaskState::Stopped(reason) => json!({"state": "stopped", "reason": reason}),
+        })).collect::<serde_json::Map<_, _>>(),
     });
     if !healthy {
         tracing::warn!(problems = ?body["problems"], "health check failed");
@@ -80,9 +90,14 @@ async fn health(State(state): State<MonitoringState>) -> Response {
 
 async fn metrics(State(state): State<MonitoringState>) -> Response {
     let store = state.store.clone();
-    let depth = tokio::task::spawn_blocking(move || store.outbox_counts()).await;
+    let depth = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((store.outbox_counts()?, store.count_failed_inbound()?))
+    })
+    .await;
     let outbox = match depth {
-        Ok(Ok((pending, failed))) => Some(OutboxDepth { pending, failed }),
+        Ok(Ok(((pending, failed), events_set_aside))) => {
+            Some(OutboxDepth { pending, failed, events_set_aside })
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "metrics: the outbox depth cannot be read");
             None

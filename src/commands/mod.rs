@@ -1,7 +1,8 @@
-//! `/wa …` commands: the pure parser ([`parser`]), the create form ([`form`]) and, later, the
-//! router that checks rights and calls the groups service.
+//! `/wa …` commands: the pure parser ([`parser`]), the create form ([`form`]) and the
+//! [`router`] that checks rights, reads live what a command needs and calls the services.
 
 pub mod form;
 pub mod parser;
+pub mod router;
 
 pub use parser::{COMMANDS, Command, ParseError, Segment, parse, usage};

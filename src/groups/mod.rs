@@ -4,4 +4,7 @@ pub mod model;
 pub mod rules;
 pub mod service;
 
-pub use model::{E164, E164Error, GroupId, StreamId, UserId};
+pub use model::{
+    ContactRecord, ContactState, Created, E164, E164Error, GroupId, GroupKey, GroupKind,
+    GroupRecord, GroupState, Origin, StreamId, UserId, WaMessageRecord,
+};

@@ -163,6 +163,160 @@ impl fmt::Debug for E164 {
     }
 }
 
+// ----- the group aggregate: what the store keeps of a group -----
+
+/// What a WhatsApp group made of a Symphony room is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupKind {
+    /// A real WhatsApp group (Groups API), ≤ 8 contacts.
+    Native,
+    /// A WhatsApp Connect standard group: 1:1 messages fanned out to each contact.
+    Standard,
+}
+
+/// Where a contact stands in one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContactState {
+    Invited,
+    Requested,
+    Joined,
+    Left,
+    Removed,
+}
+
+impl ContactState {
+    pub const ALL: [ContactState; 5] = [
+        ContactState::Invited,
+        ContactState::Requested,
+        ContactState::Joined,
+        ContactState::Left,
+        ContactState::Removed,
+    ];
+
+    /// The lowercase name (`invited`, `joined`, …), as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactState::Invited => "invited",
+            ContactState::Requested => "requested",
+            ContactState::Joined => "joined",
+            ContactState::Left => "left",
+            ContactState::Removed => "removed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// A contact of a group as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRecord {
+    pub phone: E164,
+    pub state: ContactState,
+    /// Removed by an owner: barred from this group for ever.
+    pub barred: bool,
+    /// The business-scoped user id WhatsApp gave this contact, once seen (username users are
+    /// known by it alone).
+    pub bsuid: Option<String>,
+}
+
+/// A group's row id in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupKey(pub i64);
+
+/// Where a group's creation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Creating,
+    AwaitingGroup,
+    Active,
+    Failed,
+    Closed,
+}
+
+impl GroupState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Creating => "creating",
+            GroupState::AwaitingGroup => "awaitingGroup",
+            GroupState::Active => "active",
+            GroupState::Failed => "failed",
+            GroupState::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            GroupState::Creating,
+            GroupState::AwaitingGroup,
+            GroupState::Active,
+            GroupState::Failed,
+            GroupState::Closed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+/// A group as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub key: GroupKey,
+    pub stream: Option<StreamId>,
+    pub wa_group: Option<GroupId>,
+    pub create_request_id: Option<String>,
+    pub name: String,
+    pub kind: GroupKind,
+    pub state: GroupState,
+    pub creator: UserId,
+    pub created_at: i64,
+    pub invite_link: Option<String>,
+    /// The group's own marker, on the room (a keyword) and the WhatsApp group (its
+    /// description): what a lost answer is recognised by.
+    pub reference: Option<String>,
+}
+
+/// What asked for a group: `key` is unique per group (the command's event id, or the create
+/// form's message), `event` the datafeed event that carried the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: String,
+    pub event: String,
+}
+
+/// The outcome of creating a group in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New(GroupKey),
+    /// The same event again (its first handling stopped before its effects were queued).
+    Replay(GroupKey),
+    /// Another request of the same origin (a form submitted twice).
+    Again(GroupKey),
+}
+
+/// A WhatsApp message the bot relayed (`inbound == false`) or received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaMessageRecord {
+    pub wa_message_id: String,
+    pub group: GroupKey,
+    pub inbound: bool,
+    /// The contact: the recipient of a 1:1 message, the sender of a received one.
+    pub phone: Option<E164>,
+    pub symphony_message_id: Option<String>,
+    /// Who wrote it, as shown to people.
+    pub author: String,
+    /// The start of its text.
+    pub excerpt: String,
+    /// `text`, `template` or `media` (received: WhatsApp's message type).
+    pub kind: String,
+    /// What was sent (outbound), to resend it as a template if the window turns out closed.
+    pub body: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

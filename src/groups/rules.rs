@@ -2,20 +2,10 @@
 //! who may join, who may be added, who may manage. No I/O and no clock: callers pass what they
 //! know (the live room membership, the stored contact states) and act on the decision.
 
-use crate::groups::{E164, UserId};
+use crate::groups::{ContactRecord, ContactState, E164, GroupKind, UserId};
 
 /// At most this many WhatsApp contacts in a native group (Meta's Groups API limit).
 pub const MAX_NATIVE_CONTACTS: usize = 8;
-
-/// What a WhatsApp group made of a Symphony room is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum GroupKind {
-    /// A real WhatsApp group (Groups API), ≤ 8 contacts.
-    Native,
-    /// A WhatsApp Connect standard group: 1:1 messages fanned out to each contact.
-    Standard,
-}
 
 /// Why a request became a standard group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,51 +47,6 @@ pub fn group_kind(
     } else {
         (GroupKind::Native, None)
     }
-}
-
-/// Where a contact stands in one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ContactState {
-    Invited,
-    Requested,
-    Joined,
-    Left,
-    Removed,
-}
-
-impl ContactState {
-    pub const ALL: [ContactState; 5] = [
-        ContactState::Invited,
-        ContactState::Requested,
-        ContactState::Joined,
-        ContactState::Left,
-        ContactState::Removed,
-    ];
-
-    /// The lowercase name (`invited`, `joined`, …), as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContactState::Invited => "invited",
-            ContactState::Requested => "requested",
-            ContactState::Joined => "joined",
-            ContactState::Left => "left",
-            ContactState::Removed => "removed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == raw)
-    }
-}
-
-/// A contact of a group as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContactRecord {
-    pub phone: E164,
-    pub state: ContactState,
-    /// Removed by an owner: barred from this group for ever.
-    pub barred: bool,
 }
 
 /// What to do with a WhatsApp join request.
@@ -266,7 +211,7 @@ mod tests {
     }
 
     fn c(i: u32, state: ContactState, barred: bool) -> ContactRecord {
-        ContactRecord { phone: n(i), state, barred }
+        ContactRecord { phone: n(i), state, barred, bsuid: None }
     }
 
     #[test]

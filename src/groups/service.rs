@@ -7,9 +7,12 @@ use serde_json::json;
 use crate::config::{EntitlementsConfig, FeaturesConfig, WaTemplatesConfig};
 use crate::effects::Effect;
 use crate::events::whatsapp::{WaError, WaUser};
-use crate::groups::rules::{self, ContactState, GroupKind, JoinDecision};
-use crate::groups::{E164, GroupId, StreamId, UserId};
-use crate::store::{Created, GroupKey, GroupState, Origin, Store, StoreError};
+use crate::groups::rules::{self, JoinDecision};
+use crate::groups::{
+    ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
+    GroupState, Origin, StreamId, UserId,
+};
+use crate::store::{GroupRepo, StoreError};
 use crate::templates::{TemplateError, Templates};
 use crate::whatsapp::{Recipient, TemplateParam};
 
@@ -36,9 +39,31 @@ pub struct GroupSettings {
 }
 
 pub struct GroupService {
-    pub store: Store,
     pub templates: std::sync::Arc<Templates>,
     pub settings: GroupSettings,
+}
+
+/// The bot posts `template` (a `symphony/…` MessageML template) rendered with `data`.
+pub fn post(
+    templates: &Templates,
+    stream: &StreamId,
+    template: &str,
+    data: &serde_json::Value,
+) -> Result<Effect, ServiceError> {
+    Ok(Effect::PostMessage {
+        stream: stream.clone(),
+        message_ml: templates.render(template, data)?,
+    })
+}
+
+/// What a create asks for (the command's or the form's).
+#[derive(Debug, Clone, Copy)]
+pub struct NewGroup<'a> {
+    pub name: &'a str,
+    pub advisors: &'a [UserId],
+    pub contacts: &'a [E164],
+    /// `--standard` (or the form's box unticked).
+    pub standard: bool,
 }
 
 /// The person who typed a command.
@@ -57,19 +82,18 @@ impl GroupService {
         template: &str,
         data: serde_json::Value,
     ) -> Result<Effect, ServiceError> {
-        Ok(Effect::post(&self.templates, stream, template, &data)?)
+        post(&self.templates, stream, template, &data)
     }
 
     /// `/wa create`: checks the entitlement, records the group, and starts with the room.
     pub fn create(
         &self,
+        tx: &dyn GroupRepo,
         who: &Requester,
-        name: &str,
-        advisors: &[UserId],
-        contacts: &[E164],
-        standard: bool,
+        asked: NewGroup<'_>,
         origin: &Origin,
     ) -> Result<Vec<Effect>, ServiceError> {
+        let NewGroup { name, advisors, contacts, standard } = asked;
         if !rules::entitled(&self.settings.entitlements.advisors, who.user, who.email.as_deref()) {
             let reply = self.templates.usage(
                 "You are not entitled to create WhatsApp groups; ask your administrator to add you.",
@@ -89,13 +113,17 @@ impl GroupService {
         }
         let (kind, reason) =
             rules::group_kind(contacts.len(), standard, self.settings.features.native_groups);
-        let key = match self.store.create_group(name, kind, who.user, advisors, contacts, origin)? {
+        let reference = new_reference();
+        let key = match tx
+            .create_group(name, kind, who.user, advisors, contacts, origin, &reference)?
+        {
             Created::New(key) => key,
-            // The first handling of this event stopped before its effects were queued: queue
-            // them now (creating the room is idempotent).
-            Created::Replay(key) => return Ok(vec![Effect::CreateRoom { group: key.0 }]),
+            // The same event decided again (a decision and its effects commit together, so
+            // this only follows a lost processed mark): the room is asked for again, which
+            // recognises a room already made.
+            Created::Replay(key) => return Ok(vec![Effect::CreateRoom { group: key }]),
             Created::Again(key) => {
-                let made = self.store.group(key)?.map(|g| g.name).unwrap_or_default();
+                let made = tx.group(key)?.map(|g| g.name).unwrap_or_default();
                 return self.refuse(
                     &who.stream,
                     &format!("This form already created {made}; type /wa create for a new form."),
@@ -107,34 +135,38 @@ impl GroupService {
             "symphony/create_started",
             json!({"name": name, "native": kind == GroupKind::Native, "reason": reason.map(|r| r.to_string()).unwrap_or_default()}),
         )?;
-        Ok(vec![started, Effect::CreateRoom { group: key.0 }])
+        Ok(vec![started, Effect::CreateRoom { group: key }])
     }
 
     /// The room of a new group exists: members, owners, then the WhatsApp group (native) or
     /// the summary (standard).
     pub fn after_room_created(
         &self,
+        tx: &dyn GroupRepo,
         key: GroupKey,
         stream: &StreamId,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group(key)? else { return Ok(Vec::new()) };
+        let Some(group) = tx.group(key)? else { return Ok(Vec::new()) };
+        if !tx.set_group_stream(key, stream)? {
+            return Ok(Vec::new()); // known already: this outcome was decided before
+        }
         let mut effects = Vec::new();
-        for (user, owner) in self.store.advisors(key)? {
+        for (user, owner) in tx.advisors(key)? {
             effects.push(Effect::AddMember { stream: stream.clone(), user });
             if owner {
                 effects.push(Effect::PromoteOwner { stream: stream.clone(), user });
             }
         }
         let contacts: Vec<String> =
-            self.store.contacts(key)?.into_iter().map(|c| c.phone.as_str().to_owned()).collect();
+            tx.contacts(key)?.into_iter().map(|c| c.phone.as_str().to_owned()).collect();
         match group.kind {
-            GroupKind::Native => effects.push(Effect::CreateWaGroup { group: key.0 }),
+            GroupKind::Native => effects.push(Effect::CreateWaGroup { group: key }),
             GroupKind::Standard => {
                 let (_, reason) =
                     rules::group_kind(contacts.len(), false, self.settings.features.native_groups);
                 let reason =
                     reason.map(|r| r.to_string()).unwrap_or_else(|| "not native, as asked".into());
-                self.store.set_group_state(key, GroupState::Active)?;
+                tx.set_group_state(key, GroupState::Active)?;
                 effects.push(self.post(
                     stream,
                     "symphony/standard_ready",
@@ -145,21 +177,29 @@ impl GroupService {
         Ok(effects)
     }
 
-    /// The WhatsApp group description: the Symphony members' names.
-    pub fn description(&self, names: &[String]) -> Result<String, ServiceError> {
-        let text = self.templates.render("whatsapp/description", &json!({"members": names}))?;
-        Ok(text.chars().take(crate::whatsapp::MAX_DESCRIPTION_CHARS).collect())
+    /// WhatsApp took the create call: its `group_create` webhook will carry `request_id`.
+    pub fn on_wa_group_requested(
+        &self,
+        tx: &dyn GroupRepo,
+        key: GroupKey,
+        request_id: &str,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if !tx.set_group_request(key, request_id)? {
+            tracing::info!(group = key.0, "a create answer for a group not creating any more");
+        }
+        Ok(Vec::new())
     }
 
     /// `group_create` webhook: invitations to every contact, the summary in the room.
     pub fn on_group_created(
         &self,
+        tx: &dyn GroupRepo,
         request_id: &str,
         wa: &GroupId,
         link: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_request(request_id)? else {
-            if self.store.groups_awaiting_request()? > 0 {
+        let Some(group) = tx.group_by_request(request_id)? else {
+            if tx.groups_awaiting_request()? > 0 {
                 return Err(ServiceError::NotYet(format!(
                     "group_create {request_id} before its request id was recorded"
                 )));
@@ -167,19 +207,20 @@ impl GroupService {
             tracing::info!(request_id, "group_create for a request this bot did not make; ignored");
             return Ok(Vec::new());
         };
-        self.group_created(group, wa, link)
+        self.group_created(tx, group, wa, link)
     }
 
     /// A WhatsApp group found by listing (its create answer was lost): set up as if its
     /// `group_create` webhook had come.
     pub fn adopt_group(
         &self,
+        tx: &dyn GroupRepo,
         key: GroupKey,
         wa: &GroupId,
         link: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        match self.store.group(key)? {
-            Some(group) => self.group_created(group, wa, link),
+        match tx.group(key)? {
+            Some(group) => self.group_created(tx, group, wa, link),
             None => Ok(Vec::new()),
         }
     }
@@ -187,17 +228,20 @@ impl GroupService {
     /// Records the group's WhatsApp id and link; invitations to every contact, the summary.
     fn group_created(
         &self,
-        group: crate::store::GroupRecord,
+        tx: &dyn GroupRepo,
+        group: GroupRecord,
         wa: &GroupId,
         link: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        if group.wa_group.is_some() {
-            return Ok(Vec::new()); // already handled (a redelivery under another key)
+        // Only a group still waiting takes a WhatsApp group: a second answer, or one for a
+        // group failed or closed meanwhile, changes nothing.
+        if !tx.set_group_created(group.key, wa, link)? {
+            tracing::info!(group = group.key.0, wa = %wa, "group_create for a group not waiting for one; ignored");
+            return Ok(Vec::new());
         }
-        self.store.set_group_created(group.key, wa, link)?;
         let mut effects = Vec::new();
         let mut invited = Vec::new();
-        for contact in self.store.contacts(group.key)? {
+        for contact in tx.contacts(group.key)? {
             if contact.barred || contact.state != ContactState::Invited {
                 continue;
             }
@@ -217,11 +261,41 @@ impl GroupService {
     /// `group_create` failed: the room is told.
     pub fn on_group_create_failed(
         &self,
+        tx: &dyn GroupRepo,
         request_id: &str,
         errors: &[WaError],
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_request(request_id)? else { return Ok(Vec::new()) };
-        self.store.set_group_state(group.key, GroupState::Failed)?;
+        let Some(group) = tx.group_by_request(request_id)? else { return Ok(Vec::new()) };
+        self.group_failed(tx, group, errors)
+    }
+
+    /// The WhatsApp group never came (the reconciler listed the number's groups and none
+    /// carries this group's marker): failed, unless it came meanwhile.
+    pub fn on_wa_group_missing(
+        &self,
+        tx: &dyn GroupRepo,
+        key: GroupKey,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group(key)? else { return Ok(Vec::new()) };
+        let error = WaError {
+            code: 0,
+            title: None,
+            message: Some("WhatsApp never confirmed the group, and it does not exist".into()),
+            details: None,
+        };
+        self.group_failed(tx, group, &[error])
+    }
+
+    fn group_failed(
+        &self,
+        tx: &dyn GroupRepo,
+        group: GroupRecord,
+        errors: &[WaError],
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if !matches!(group.state, GroupState::Creating | GroupState::AwaitingGroup) {
+            return Ok(Vec::new()); // it came after all, or was closed: nothing fails
+        }
+        tx.set_group_state(group.key, GroupState::Failed)?;
         let reason = errors
             .iter()
             .map(|e| {
@@ -244,70 +318,129 @@ impl GroupService {
     }
 
     /// A join request: only the intended, not-barred contact gets in; the room hears of others.
+    /// The approval is guarded again when it runs (see [`Effect::ApproveJoin`]).
     pub fn on_join_request(
         &self,
+        tx: &dyn GroupRepo,
         wa: &GroupId,
         request_id: &str,
         user: &WaUser,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_wa(wa)? else { return Ok(Vec::new()) };
-        let phone = user.wa_id.as_deref().and_then(|p| E164::parse(p).ok());
-        let contacts = self.store.contacts(group.key)?;
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let contacts = tx.contacts(group.key)?;
+        let phone = identify(&contacts, user);
+        let reject = |reason: String| -> Result<Vec<Effect>, ServiceError> {
+            let shown = phone.as_ref().map_or_else(|| shown_user(user), |p| p.as_str().to_owned());
+            let mut effects =
+                vec![Effect::RejectJoin { group: wa.clone(), request_id: request_id.to_owned() }];
+            if let Some(stream) = &group.stream {
+                effects.push(self.post(
+                    stream,
+                    "symphony/join_rejected",
+                    json!({"phone": shown, "reason": reason}),
+                )?);
+            }
+            Ok(effects)
+        };
+        if group.state != GroupState::Active {
+            return reject("this group is not open to new participants.".to_owned());
+        }
         match rules::join_decision(phone.as_ref(), &contacts) {
             JoinDecision::Approve => {
-                if let Some(p) = &phone {
-                    if contacts.iter().any(|c| &c.phone == p && c.state != ContactState::Joined) {
-                        self.store.set_contact_state(group.key, p, ContactState::Requested)?;
-                    }
-                    if let Some(bsuid) = &user.user_id {
-                        self.store.set_contact_bsuid(group.key, p, bsuid)?;
-                    }
+                let Some(p) = &phone else { return reject("no phone number to check".into()) };
+                if contacts.iter().any(|c| &c.phone == p && c.state != ContactState::Joined) {
+                    tx.set_contact_state(group.key, p, ContactState::Requested)?;
+                }
+                tx.set_join_request(group.key, p, Some(request_id))?;
+                if let Some(bsuid) = &user.user_id {
+                    tx.set_contact_bsuid(group.key, p, bsuid)?;
                 }
                 Ok(vec![Effect::ApproveJoin {
                     group: wa.clone(),
                     request_id: request_id.to_owned(),
+                    key: Some(group.key),
+                    phone: Some(p.clone()),
                 }])
             }
-            JoinDecision::Reject(reason) => {
-                let shown = phone
-                    .as_ref()
-                    .map_or_else(|| "an unknown number".to_owned(), |p| p.as_str().to_owned());
-                let mut effects = vec![Effect::RejectJoin {
-                    group: wa.clone(),
-                    request_id: request_id.to_owned(),
-                }];
-                if let Some(stream) = &group.stream {
-                    effects.push(self.post(
-                        stream,
-                        "symphony/join_rejected",
-                        json!({"phone": shown, "reason": reason.to_string()}),
-                    )?);
-                }
-                Ok(effects)
-            }
+            JoinDecision::Reject(reason) => reject(reason.to_string()),
         }
     }
 
-    /// `group_participants_add`: confirmed on both sides; once every invitee is in, the link is
-    /// reset so a leaked copy is dead.
+    /// `group_join_request_revoked`: the contact withdrew; nothing is pending any more.
+    pub fn on_join_request_revoked(
+        &self,
+        tx: &dyn GroupRepo,
+        wa: &GroupId,
+        user: &WaUser,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let contacts = tx.contacts(group.key)?;
+        if let Some(p) = identify(&contacts, user) {
+            tx.set_join_request(group.key, &p, None)?;
+            if contacts.iter().any(|c| c.phone == p && c.state == ContactState::Requested) {
+                tx.set_contact_state(group.key, &p, ContactState::Invited)?;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// `group_participants_add`: an entitled contact (invited, not barred) is confirmed on
+    /// both sides, and once every invitee is in the link is reset so a leaked copy is dead.
+    /// Anyone else in the group (barred, never invited, left without a new invitation) is
+    /// removed at once and the room is told.
     pub fn on_participants_added(
         &self,
+        tx: &dyn GroupRepo,
         wa: &GroupId,
         users: &[WaUser],
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
         let mut effects = Vec::new();
+        let mut confirmed = false;
+        let mut intruders = Vec::new();
         for user in users {
-            let Some(phone) =
-                user.wa_id.as_deref().or(user.input.as_deref()).and_then(|p| E164::parse(p).ok())
-            else {
+            let contacts = tx.contacts(group.key)?;
+            let phone = identify(&contacts, user);
+            let known = phone.as_ref().and_then(|p| contacts.iter().find(|c| &c.phone == p));
+            let entitled = group.state == GroupState::Active
+                && known.is_some_and(|c| {
+                    !c.barred
+                        && matches!(
+                            c.state,
+                            ContactState::Invited | ContactState::Requested | ContactState::Joined
+                        )
+                });
+            let (Some(phone), true) = (phone, entitled) else {
+                let why = match known {
+                    Some(c) if c.barred => "was removed from this group",
+                    Some(c) if c.state == ContactState::Left => "left and was not invited again",
+                    Some(_) => "is not entitled to be in it",
+                    None => "was never invited",
+                };
+                let shown = known.map_or_else(|| shown_user(user), |c| c.phone.as_str().to_owned());
+                tracing::warn!(
+                    group = group.key.0,
+                    "a participant not entitled to the group is removed"
+                );
+                intruders.push(participant_id(user, known.map(|c| &c.phone)));
+                if let Some(stream) = &group.stream {
+                    effects.push(self.post(
+                        stream,
+                        "symphony/intruder_removed",
+                        json!({"phone": shown, "reason": why}),
+                    )?);
+                }
                 continue;
             };
-            let known = self.store.contacts(group.key)?.into_iter().find(|c| c.phone == phone);
-            if known.as_ref().is_some_and(|c| c.state == ContactState::Joined) {
+            tx.set_join_request(group.key, &phone, None)?;
+            if let Some(bsuid) = &user.user_id {
+                tx.set_contact_bsuid(group.key, &phone, bsuid)?;
+            }
+            if known.is_some_and(|c| c.state == ContactState::Joined) {
                 continue; // already confirmed
             }
-            self.store.set_contact_state(group.key, &phone, ContactState::Joined)?;
+            tx.set_contact_state(group.key, &phone, ContactState::Joined)?;
+            confirmed = true;
             if let Some(stream) = &group.stream {
                 effects.push(self.post(
                     stream,
@@ -318,17 +451,169 @@ impl GroupService {
             let text = self.templates.render("whatsapp/joined", &json!({"name": group.name}))?;
             effects.push(self.notice_to(&group, wa.as_str(), Recipient::Phone(phone), text));
         }
-        if !effects.is_empty() && rules::all_invitees_joined(&self.store.contacts(group.key)?) {
+        let intruders: Vec<String> = intruders.into_iter().flatten().collect();
+        for chunk in intruders.chunks(rules::MAX_NATIVE_CONTACTS) {
+            effects.push(Effect::RemoveWaParticipants { group: wa.clone(), users: chunk.to_vec() });
+        }
+        if confirmed && rules::all_invitees_joined(&tx.contacts(group.key)?) {
             effects.push(Effect::ResetInviteLink { group: wa.clone() });
         }
         Ok(effects)
     }
+
+    /// The invite link was reset: the new one is kept (the group's state is left alone).
+    pub fn on_invite_link_reset(
+        &self,
+        tx: &dyn GroupRepo,
+        wa: &GroupId,
+        link: &str,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if let Some(group) = tx.group_by_wa(wa)? {
+            tx.set_invite_link(group.key, link)?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl GroupService {
+    /// An effect was given up: its room is told what could not be done, and why. A group whose
+    /// room or WhatsApp group could not be made is failed.
+    pub fn on_effect_failed(
+        &self,
+        tx: &dyn GroupRepo,
+        effect: &Effect,
+        reason: &str,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let group_stream = |key: GroupKey| -> Result<Option<StreamId>, ServiceError> {
+            Ok(tx.group(key)?.and_then(|g| g.stream))
+        };
+        let wa_stream = |wa: &GroupId| -> Result<Option<StreamId>, ServiceError> {
+            Ok(tx.group_by_wa(wa)?.and_then(|g| g.stream))
+        };
+        let (what, stream) = match effect {
+            // A post that failed is not reported in the room it could not reach (the log has it).
+            Effect::PostMessage { .. }
+            | Effect::PostRelayed { .. }
+            | Effect::CheckStatus { .. } => {
+                return Ok(Vec::new());
+            }
+            Effect::PostRelayedFile { .. } => return Ok(Vec::new()), // posted without the file
+            Effect::RelayFileToWhatsApp { to, stream, name, author, .. } => {
+                (format!("send {author}'s file \"{name}\" to {}", to.shown()), Some(stream.clone()))
+            }
+            Effect::RelayToWhatsApp { group, to, author, excerpt, .. } => (
+                format!("relay {author}'s message \"{excerpt}\" to {}", to.shown()),
+                group_stream(*group)?,
+            ),
+            Effect::CreateRoom { group } | Effect::CreateWaGroup { group } => {
+                if let Some(g) = tx.group(*group)?
+                    && matches!(g.state, GroupState::Creating | GroupState::AwaitingGroup)
+                {
+                    tx.set_group_state(g.key, GroupState::Failed)?;
+                }
+                let what = if matches!(effect, Effect::CreateRoom { .. }) {
+                    "create the room"
+                } else {
+                    "create the WhatsApp group"
+                };
+                (what.to_owned(), group_stream(*group)?)
+            }
+            Effect::RefreshDescription { group } => {
+                ("update the WhatsApp group description".to_owned(), group_stream(*group)?)
+            }
+            Effect::AddMember { stream, user } => {
+                (format!("add user {user} to the room"), Some(stream.clone()))
+            }
+            Effect::PromoteOwner { stream, user } => {
+                (format!("make user {user} an owner"), Some(stream.clone()))
+            }
+            Effect::RenameRoom { stream, .. } => {
+                ("rename the room".to_owned(), Some(stream.clone()))
+            }
+            Effect::RemoveMember { stream, user } => {
+                (format!("remove user {user} from the room"), Some(stream.clone()))
+            }
+            Effect::DemoteOwner { stream, user } => {
+                (format!("demote user {user}"), Some(stream.clone()))
+            }
+            // The group it is about is named in the effect (a standard group's notice is in
+            // the order of a phone, not of a WhatsApp group).
+            Effect::SendWaTemplate { group, to, order, .. } => {
+                let stream = match group {
+                    Some(key) => group_stream(*key)?,
+                    None => wa_stream(&GroupId(order.clone()))?,
+                };
+                (format!("send a WhatsApp message to {}", to.shown()), stream)
+            }
+            Effect::ApproveJoin { group, .. }
+            | Effect::RejectJoin { group, .. }
+            | Effect::ResetInviteLink { group }
+            | Effect::UpdateWaSubject { group, .. }
+            | Effect::RemoveWaParticipants { group, .. }
+            | Effect::DeleteWaGroup { group } => {
+                let what = match effect {
+                    Effect::ApproveJoin { .. } => "approve a join request",
+                    Effect::RejectJoin { .. } => "reject a join request",
+                    Effect::ResetInviteLink { .. } => "reset the invite link",
+                    Effect::UpdateWaSubject { .. } => "rename the WhatsApp group",
+                    Effect::RemoveWaParticipants { .. } => {
+                        "remove participants from the WhatsApp group"
+                    }
+                    _ => "delete the WhatsApp group",
+                };
+                (what.to_owned(), wa_stream(group)?)
+            }
+        };
+        let Some(stream) = stream else { return Ok(Vec::new()) };
+        Ok(vec![self.post(
+            &stream,
+            "symphony/effect_failed",
+            json!({"what": what, "reason": reason}),
+        )?])
+    }
+}
+
+/// The contact a WhatsApp user is: by phone (`wa_id`), else by the business-scoped user id
+/// seen before (username users come without a phone).
+fn identify(contacts: &[ContactRecord], user: &WaUser) -> Option<E164> {
+    if let Some(phone) =
+        user.wa_id.as_deref().or(user.input.as_deref()).and_then(|p| E164::parse(p).ok())
+    {
+        return Some(phone);
+    }
+    let bsuid = user.user_id.as_deref()?;
+    contacts.iter().find(|c| c.bsuid.as_deref() == Some(bsuid)).map(|c| c.phone.clone())
+}
+
+/// How a WhatsApp user without a known phone is shown.
+fn shown_user(user: &WaUser) -> String {
+    user.username
+        .as_deref()
+        .map(|u| format!("@{u}"))
+        .or_else(|| user.wa_id.as_ref().map(|w| format!("+{w}")))
+        .unwrap_or_else(|| "an unknown WhatsApp user".to_owned())
+}
+
+/// The id to name a participant by in a removal: the phone, else the business-scoped id.
+fn participant_id(user: &WaUser, phone: Option<&E164>) -> Option<String> {
+    phone
+        .map(|p| p.wa_id().to_owned())
+        .or_else(|| user.wa_id.clone())
+        .or_else(|| user.user_id.clone())
+        .or_else(|| user.input.clone())
+}
+
+/// A fresh marker for what the bot creates for a new group.
+fn new_reference() -> String {
+    use rand::Rng as _;
+    let n: u64 = rand::thread_rng().r#gen();
+    format!("wagb-{n:016x}")
 }
 
 impl GroupService {
     /// A contact's personal invitation: the invitation template, whose `group_id` parameter
     /// WhatsApp turns into the group's link.
-    fn invitation(&self, group: &crate::store::GroupRecord, wa: &GroupId, phone: E164) -> Effect {
+    fn invitation(&self, group: &GroupRecord, wa: &GroupId, phone: E164) -> Effect {
         let t = &self.settings.wa_templates.invitation;
         Effect::SendWaTemplate {
             order: wa.as_str().to_owned(),
@@ -336,20 +621,14 @@ impl GroupService {
             name: t.name.clone(),
             language: t.language.clone(),
             params: vec![TemplateParam::GroupId(wa.clone())],
-            group: Some(group.key.0),
+            group: Some(group.key),
             about: Some(format!("invitation to {}", group.name)),
         }
     }
 
     /// A notice (the `notice` template carrying `text`) to a group or a contact, in the order of
     /// `order` (a WhatsApp group id or a phone).
-    fn notice_to(
-        &self,
-        group: &crate::store::GroupRecord,
-        order: &str,
-        to: Recipient,
-        text: String,
-    ) -> Effect {
+    fn notice_to(&self, group: &GroupRecord, order: &str, to: Recipient, text: String) -> Effect {
         let t = &self.settings.wa_templates.notice;
         Effect::SendWaTemplate {
             order: order.to_owned(),
@@ -358,7 +637,7 @@ impl GroupService {
             language: t.language.clone(),
             about: Some(text.clone()),
             params: vec![TemplateParam::Text(text)],
-            group: Some(group.key.0),
+            group: Some(group.key),
         }
     }
 }
@@ -393,7 +672,8 @@ impl GroupService {
     /// 1:1 to each current contact of a standard group (prefixed with the group's name).
     fn announce(
         &self,
-        group: &crate::store::GroupRecord,
+        tx: &dyn GroupRepo,
+        group: &GroupRecord,
         template: &str,
         data: serde_json::Value,
     ) -> Result<Vec<Effect>, ServiceError> {
@@ -404,8 +684,7 @@ impl GroupService {
             }
             (GroupKind::Standard, None) => {
                 let text = format!("[{}] {text}", group.name);
-                Ok(self
-                    .store
+                Ok(tx
                     .contacts(group.key)?
                     .into_iter()
                     .filter(|c| {
@@ -425,11 +704,12 @@ impl GroupService {
     /// (read from the pod just before; `None` for commands anyone may use).
     pub fn manage(
         &self,
+        tx: &dyn GroupRepo,
         who: &Requester,
         command: Manage,
         owners: Option<&[UserId]>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_stream(&who.stream)? else {
+        let Some(group) = tx.group_by_stream(&who.stream)? else {
             return self.refuse(
                 &who.stream,
                 "This command works in the room of a WhatsApp group; use /wa create first.",
@@ -444,13 +724,13 @@ impl GroupService {
             );
         }
         let stream = &who.stream;
-        let contacts = self.store.contacts(group.key)?;
+        let contacts = tx.contacts(group.key)?;
         match command {
             Manage::Info(extras) => {
                 let name_of = |u: &UserId| {
                     extras.names.get(u).cloned().unwrap_or_else(|| format!("user {u}"))
                 };
-                let advisors = self.store.advisors(group.key)?;
+                let advisors = tx.advisors(group.key)?;
                 let owners: Vec<String> =
                     advisors.iter().filter(|(_, o)| *o).map(|(u, _)| name_of(u)).collect();
                 let all: Vec<String> = advisors.iter().map(|(u, _)| name_of(u)).collect();
@@ -500,7 +780,7 @@ impl GroupService {
                     .into_iter()
                     .map(|user| Effect::AddMember { stream: stream.clone(), user })
                     .collect();
-                effects.extend(self.invite(&group, &adding, true)?);
+                effects.extend(self.invite(tx, &group, &adding, true)?);
                 Ok(effects)
             }
             Manage::Invite(phones) => {
@@ -515,7 +795,7 @@ impl GroupService {
                         refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     return self.refuse(stream, &format!("No invitation was sent: {reason}."));
                 }
-                self.invite(&group, &phones, false)
+                self.invite(tx, &group, &phones, false)
             }
             Manage::Remove { advisors, contacts: removing } => {
                 let mut effects: Vec<Effect> = advisors
@@ -533,16 +813,30 @@ impl GroupService {
                         continue;
                     };
                     if c.barred {
-                        continue; // already removed
+                        effects.push(self.post(
+                            stream,
+                            "symphony/refused",
+                            json!({"reason": format!("{phone} was already removed from this group (and cannot join it again).")}),
+                        )?);
+                        continue;
+                    }
+                    // A pending request is rejected; an approval already queued is re-checked
+                    // when it runs, and anyone who gets in anyway is removed on arrival.
+                    if let (Some(wa), Some(request)) =
+                        (&group.wa_group, tx.join_request(group.key, phone)?)
+                    {
+                        effects.push(Effect::RejectJoin { group: wa.clone(), request_id: request });
+                        tx.set_join_request(group.key, phone, None)?;
                     }
                     let was_in = c.state == ContactState::Joined;
-                    self.store.set_contact_state(group.key, phone, ContactState::Removed)?;
+                    tx.set_contact_state(group.key, phone, ContactState::Removed)?;
                     effects.push(self.post(
                         stream,
                         "symphony/contact_removed",
                         json!({"phone": phone.as_str()}),
                     )?);
                     effects.extend(self.announce(
+                        tx,
                         &group,
                         "whatsapp/contact_removed",
                         json!({"phone": phone.as_str()}),
@@ -552,7 +846,7 @@ impl GroupService {
                     }
                 }
                 if let (Some(wa), false) = (&group.wa_group, users.is_empty()) {
-                    for chunk in users.chunks(crate::whatsapp::MAX_PARTICIPANTS) {
+                    for chunk in users.chunks(rules::MAX_NATIVE_CONTACTS) {
                         effects.push(Effect::RemoveWaParticipants {
                             group: wa.clone(),
                             users: chunk.to_vec(),
@@ -567,7 +861,8 @@ impl GroupService {
     /// Invitations (new contacts when `adding`, resends otherwise), the notice, the room reply.
     fn invite(
         &self,
-        group: &crate::store::GroupRecord,
+        tx: &dyn GroupRepo,
+        group: &GroupRecord,
         phones: &[E164],
         adding: bool,
     ) -> Result<Vec<Effect>, ServiceError> {
@@ -576,12 +871,13 @@ impl GroupService {
         }
         let mut effects = Vec::new();
         for phone in phones {
-            self.store.set_contact_state(group.key, phone, ContactState::Invited)?;
+            tx.set_contact_state(group.key, phone, ContactState::Invited)?;
             if let Some(wa) = &group.wa_group {
                 effects.push(self.invitation(group, wa, phone.clone()));
             }
             if adding {
                 effects.extend(self.announce(
+                    tx,
                     group,
                     "whatsapp/contact_added",
                     json!({"phone": phone.as_str()}),
@@ -602,21 +898,22 @@ impl GroupService {
     /// The room was renamed (by command or natively): one notice, the WhatsApp subject follows.
     pub fn on_room_renamed(
         &self,
+        tx: &dyn GroupRepo,
         stream: &StreamId,
         name: &str,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        let Some(group) = tx.group_by_stream(stream)? else { return Ok(Vec::new()) };
         if group.name == name {
             return Ok(Vec::new()); // no change: nothing to announce
         }
-        self.store.rename_group(group.key, name)?;
+        tx.rename_group(group.key, name)?;
         let mut effects = Vec::new();
         if let Some(wa) = &group.wa_group {
             let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject });
         }
-        let renamed = crate::store::GroupRecord { name: name.to_owned(), ..group };
-        effects.extend(self.announce(&renamed, "whatsapp/renamed", json!({"name": name}))?);
+        let renamed = GroupRecord { name: name.to_owned(), ..group };
+        effects.extend(self.announce(tx, &renamed, "whatsapp/renamed", json!({"name": name}))?);
         Ok(effects)
     }
 
@@ -624,20 +921,21 @@ impl GroupService {
     /// (the creator, added as an owner) keeps their flag.
     pub fn on_joined(
         &self,
+        tx: &dyn GroupRepo,
         stream: &StreamId,
         user: UserId,
         name: Option<&str>,
         bot: UserId,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
-        let owner =
-            self.store.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
-        self.on_membership(stream, user, name, Some(owner.unwrap_or(false)), bot)
+        let Some(group) = tx.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        let owner = tx.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
+        self.on_membership(tx, stream, user, name, Some(owner.unwrap_or(false)), bot)
     }
 
     /// Room membership changed: `member` is `Some(owner)` when the user is (still) in the room.
     pub fn on_membership(
         &self,
+        tx: &dyn GroupRepo,
         stream: &StreamId,
         user: UserId,
         name: Option<&str>,
@@ -647,13 +945,12 @@ impl GroupService {
         if user == bot {
             return Ok(Vec::new());
         }
-        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
-        let before =
-            self.store.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
+        let Some(group) = tx.group_by_stream(stream)? else { return Ok(Vec::new()) };
+        let before = tx.advisors(group.key)?.into_iter().find(|(u, _)| *u == user).map(|(_, o)| o);
         if before == member {
             return Ok(Vec::new()); // the store already knows: nothing to announce
         }
-        self.store.set_advisor(group.key, user, member)?;
+        tx.set_advisor(group.key, user, member)?;
         let advisor = name.map_or_else(|| user.to_string(), str::to_owned);
         let template = match (before, member) {
             (None, Some(_)) => "whatsapp/advisor_added",
@@ -662,23 +959,28 @@ impl GroupService {
             (Some(true), Some(false)) => "whatsapp/owner_demoted",
             _ => return Ok(Vec::new()),
         };
-        let mut effects = self.announce(&group, template, json!({"advisor": advisor}))?;
+        let mut effects = self.announce(tx, &group, template, json!({"advisor": advisor}))?;
         if group.wa_group.is_some()
             && matches!(template, "whatsapp/advisor_added" | "whatsapp/advisor_removed")
         {
-            effects.push(Effect::RefreshDescription { group: group.key.0 });
+            effects.push(Effect::RefreshDescription { group: group.key });
         }
         Ok(effects)
     }
 
     /// The room was deactivated: a last notice, then the WhatsApp group is deleted.
-    pub fn on_room_deactivated(&self, stream: &StreamId) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_stream(stream)? else { return Ok(Vec::new()) };
+    pub fn on_room_deactivated(
+        &self,
+        tx: &dyn GroupRepo,
+        stream: &StreamId,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group_by_stream(stream)? else { return Ok(Vec::new()) };
         if group.state == GroupState::Closed {
             return Ok(Vec::new());
         }
-        self.store.set_group_state(group.key, GroupState::Closed)?;
-        let mut effects = self.announce(&group, "whatsapp/closed", json!({"name": group.name}))?;
+        tx.set_group_state(group.key, GroupState::Closed)?;
+        let mut effects =
+            self.announce(tx, &group, "whatsapp/closed", json!({"name": group.name}))?;
         if let Some(wa) = &group.wa_group {
             effects.push(Effect::DeleteWaGroup { group: wa.clone() });
         }
@@ -688,27 +990,51 @@ impl GroupService {
     /// Contacts left (or were removed) on WhatsApp.
     pub fn on_participants_removed(
         &self,
+        tx: &dyn GroupRepo,
         wa: &GroupId,
         initiated_by: Option<&str>,
         users: &[WaUser],
+        failed: &[crate::events::whatsapp::FailedParticipant],
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_wa(wa)? else { return Ok(Vec::new()) };
-        if initiated_by == Some("business") {
-            return Ok(Vec::new()); // our own removal, already recorded and announced
-        }
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
         let mut effects = Vec::new();
+        if initiated_by == Some("business") {
+            // Our own removal, already recorded and announced; a part that failed is said.
+            if let (false, Some(stream)) = (failed.is_empty(), &group.stream) {
+                for f in failed {
+                    let who = f.input.as_deref().map_or_else(
+                        || "a participant".to_owned(),
+                        |i| E164::parse(i).map_or_else(|_| i.to_owned(), |p| p.to_string()),
+                    );
+                    let reason = f
+                        .errors
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{} ({})",
+                                e.message.clone().or_else(|| e.title.clone()).unwrap_or_default(),
+                                e.code
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    effects.push(self.post(
+                        stream,
+                        "symphony/effect_failed",
+                        json!({"what": format!("remove {who} from the WhatsApp group"), "reason": reason}),
+                    )?);
+                }
+            }
+            return Ok(effects);
+        }
         for user in users {
-            let Some(phone) = user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) else {
-                continue;
-            };
-            let Some(c) = self.store.contacts(group.key)?.into_iter().find(|c| c.phone == phone)
-            else {
-                continue;
-            };
+            let contacts = tx.contacts(group.key)?;
+            let Some(phone) = identify(&contacts, user) else { continue };
+            let Some(c) = contacts.iter().find(|c| c.phone == phone) else { continue };
             if c.state != ContactState::Joined {
                 continue;
             }
-            self.store.set_contact_state(group.key, &phone, ContactState::Left)?;
+            tx.set_contact_state(group.key, &phone, ContactState::Left)?;
             if let Some(stream) = &group.stream {
                 effects.push(self.post(
                     stream,
@@ -761,7 +1087,6 @@ mod tests {
         use crate::config::{TemplateRef, WaTemplatesConfig};
         let t = |name: &str| TemplateRef { name: name.into(), language: "en_US".into() };
         GroupService {
-            store: Store::open_in_memory().expect("store"),
             templates: std::sync::Arc::new(Templates::embedded().expect("templates")),
             settings: GroupSettings {
                 features: FeaturesConfig { native_groups: true },
@@ -779,11 +1104,20 @@ mod tests {
     #[test]
     fn a_replayed_create_queues_its_room_again_and_a_resubmitted_form_is_refused() {
         let groups = service();
+        let store = crate::store::Store::open_in_memory().expect("store");
         let who = Requester { user: UserId(7), email: None, stream: StreamId::new("im1") };
         let jane = E164::parse("+447911123456").expect("phone");
         let create = |event: &str| {
             let origin = Origin { key: "form:m1".into(), event: event.into() };
-            groups.create(&who, "Desk", &[], std::slice::from_ref(&jane), false, &origin)
+            store.transaction(|tx| {
+                let asked = NewGroup {
+                    name: "Desk",
+                    advisors: &[],
+                    contacts: std::slice::from_ref(&jane),
+                    standard: false,
+                };
+                groups.create(tx, &who, asked, &origin)
+            })
         };
         let first = create("e1").expect("first");
         assert!(matches!(

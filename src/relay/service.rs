@@ -9,10 +9,11 @@ use serde_json::json;
 use crate::effects::Effect;
 use crate::events::whatsapp::{WaError, WaUser};
 use crate::events::{ReceivedMessage, WhatsAppEvent};
-use crate::groups::rules::{ContactState, GroupKind};
 use crate::groups::service::ServiceError;
-use crate::groups::{E164, GroupId, StreamId};
-use crate::store::{GroupRecord, GroupState, Store, WaMessageRecord};
+use crate::groups::{
+    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, StreamId, WaMessageRecord,
+};
+use crate::store::GroupRepo;
 use crate::templates::Templates;
 use crate::whatsapp::Recipient;
 
@@ -23,7 +24,6 @@ use super::{EXCERPT_CHARS, MAX_TEXT_CHARS, now_ms, split_text};
 const WINDOW_CLOSED: i64 = 131_047;
 
 pub struct RelayService {
-    pub store: Store,
     pub templates: Arc<Templates>,
 }
 
@@ -85,13 +85,17 @@ impl RelayService {
         template: &str,
         data: serde_json::Value,
     ) -> Result<Effect, ServiceError> {
-        Ok(Effect::post(&self.templates, stream, template, &data)?)
+        crate::groups::service::post(&self.templates, stream, template, &data)
     }
 
     /// A Symphony member's message (not a command, not the bot's) in a stream: to the WhatsApp
     /// group (native) or to each contact (standard), prefixed with the sender's name.
-    pub fn from_room(&self, message: &ReceivedMessage) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = self.store.group_by_stream(&message.stream)? else {
+    pub fn from_room(
+        &self,
+        tx: &dyn GroupRepo,
+        message: &ReceivedMessage,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group_by_stream(&message.stream)? else {
             return Ok(Vec::new()); // not a group's room: nothing to relay
         };
         let text = super::format::to_whatsapp(&message.presentation_ml, message.data.as_deref())
@@ -124,8 +128,7 @@ impl RelayService {
             (GroupKind::Native, None) => {
                 return not_relayed("the WhatsApp group is still being created.");
             }
-            (GroupKind::Standard, _) => self
-                .store
+            (GroupKind::Standard, _) => tx
                 .contacts(group.key)?
                 .into_iter()
                 .filter(|c| {
@@ -147,7 +150,7 @@ impl RelayService {
         for to in recipients {
             for file in &message.attachments {
                 effects.push(Effect::RelayFileToWhatsApp {
-                    group: group.key.0,
+                    group: group.key,
                     to: to.clone(),
                     stream: message.stream.clone(),
                     message_id: message.message_id.clone(),
@@ -161,7 +164,7 @@ impl RelayService {
             }
             for part in split_text(&full, MAX_TEXT_CHARS) {
                 effects.push(Effect::RelayToWhatsApp {
-                    group: group.key.0,
+                    group: group.key,
                     to: to.clone(),
                     text: part,
                     symphony_message: Some(message.message_id.clone()),
@@ -177,25 +180,29 @@ impl RelayService {
     /// A WhatsApp message to the business: a group message goes to its group's room; a 1:1
     /// message to the room of the message it replies to, else the room that last wrote to the
     /// contact, else the contact's most recent group.
-    pub fn from_whatsapp(&self, m: WaInbound<'_>) -> Result<Vec<Effect>, ServiceError> {
+    pub fn from_whatsapp(
+        &self,
+        tx: &dyn GroupRepo,
+        m: WaInbound<'_>,
+    ) -> Result<Vec<Effect>, ServiceError> {
         let phone = m.from.wa_id.as_deref().and_then(|p| E164::parse(p).ok());
         let at = m.timestamp.map_or_else(now_ms, |s| s.saturating_mul(1000));
         let replied = match m.context_id {
-            Some(ctx) => self.store.wa_message(ctx)?,
+            Some(ctx) => tx.wa_message(ctx)?,
             None => None,
         };
         let group = match m.group {
             Some(wa) => {
-                self.store.open_window(wa.as_str(), at)?;
-                self.store.group_by_wa(wa)?
+                tx.open_window(wa.as_str(), at)?;
+                tx.group_by_wa(wa)?
             }
             None => {
                 let Some(phone) = &phone else {
                     tracing::info!("a 1:1 message from a user without a phone number; not routed");
                     return Ok(Vec::new());
                 };
-                self.store.open_window(phone.as_str(), at)?;
-                self.route_private(phone, replied.as_ref())?
+                tx.open_window(phone.as_str(), at)?;
+                self.route_private(tx, phone, replied.as_ref())?
             }
         };
         let Some(group) = group else {
@@ -207,7 +214,7 @@ impl RelayService {
             return Ok(Vec::new());
         }
         if let Some(p) = &phone
-            && self.store.is_barred(group.key, p)?
+            && tx.is_barred(group.key, p)?
         {
             tracing::warn!(group = group.key.0, "a message from a removed contact; not relayed");
             return Ok(Vec::new());
@@ -238,7 +245,7 @@ impl RelayService {
                 "reply": reply,
             }),
         )?;
-        self.store.record_wa_message(&WaMessageRecord {
+        tx.record_wa_message(&WaMessageRecord {
             wa_message_id: m.id.to_owned(),
             group: group.key,
             inbound: true,
@@ -265,16 +272,17 @@ impl RelayService {
     /// The room a contact's 1:1 message belongs to.
     fn route_private(
         &self,
+        tx: &dyn GroupRepo,
         phone: &E164,
         replied: Option<&WaMessageRecord>,
     ) -> Result<Option<GroupRecord>, ServiceError> {
         let mut candidates = Vec::new();
         candidates.extend(replied.map(|r| r.group));
-        candidates.extend(self.store.last_group_messaging(phone)?);
-        candidates.extend(self.store.groups_of_contact(phone)?);
+        candidates.extend(tx.last_group_messaging(phone)?);
+        candidates.extend(tx.groups_of_contact(phone)?);
         for key in candidates {
-            let Some(group) = self.store.group(key)? else { continue };
-            if group.state == GroupState::Active && !self.store.is_barred(key, phone)? {
+            let Some(group) = tx.group(key)? else { continue };
+            if group.state == GroupState::Active && !tx.is_barred(key, phone)? {
                 return Ok(Some(group));
             }
         }
@@ -287,6 +295,7 @@ impl RelayService {
     /// true, and an unknown message is "not yet").
     pub fn on_status(
         &self,
+        tx: &dyn GroupRepo,
         message_id: &str,
         status: &str,
         recipient: Option<&WaUser>,
@@ -296,7 +305,7 @@ impl RelayService {
         if status != "failed" {
             return Ok(Vec::new());
         }
-        let Some(sent) = self.store.wa_message(message_id)? else {
+        let Some(sent) = tx.wa_message(message_id)? else {
             if deferred {
                 return Err(ServiceError::NotYet(format!("message {message_id} is not recorded")));
             }
@@ -309,7 +318,7 @@ impl RelayService {
         if sent.inbound {
             return Ok(Vec::new());
         }
-        let Some(group) = self.store.group(sent.group)? else { return Ok(Vec::new()) };
+        let Some(group) = tx.group(sent.group)? else { return Ok(Vec::new()) };
         let to = match (&sent.phone, &group.wa_group) {
             (Some(p), _) => Some(Recipient::Phone(p.clone())),
             (None, Some(wa)) => Some(Recipient::Group(wa.clone())),
@@ -320,11 +329,11 @@ impl RelayService {
             && sent.kind == "text"
             && let (Some(to), Some(body)) = (to, sent.body.clone())
         {
-            if !self.store.claim_template_fallback(message_id)? {
+            if !tx.claim_template_fallback(message_id)? {
                 return Ok(Vec::new()); // already resent (a status per participant)
             }
             return Ok(vec![Effect::RelayToWhatsApp {
-                group: group.key.0,
+                group: group.key,
                 to,
                 text: body,
                 symphony_message: sent.symphony_message_id,

@@ -21,7 +21,9 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
     ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
     ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
+    ("symphony/event_failed", include_str!("../../templates/symphony/event_failed.hbs")),
     ("symphony/info", include_str!("../../templates/symphony/info.hbs")),
+    ("symphony/intruder_removed", include_str!("../../templates/symphony/intruder_removed.hbs")),
     ("symphony/join_rejected", include_str!("../../templates/symphony/join_rejected.hbs")),
     ("symphony/not_relayed", include_str!("../../templates/symphony/not_relayed.hbs")),
     ("symphony/relayed", include_str!("../../templates/symphony/relayed.hbs")),
@@ -75,6 +77,14 @@ const SAMPLE_DATA: &[(&str, &str)] = &[
     (
         "symphony/info",
         r#"{"name": "Deal & Co", "kind": "native", "created": "2025-01-31", "owners": ["Alice Ng"], "advisors": ["Alice Ng", "Bob Smith"], "contacts": [{"phone": "+447911123456", "state": "joined"}, {"phone": "+447911123457", "state": "invited"}], "attachments": [{"name": "Q3 <draft>.pdf", "size": "3.9 KB", "sender": "Alice Ng", "date": "2026-11-24 13:19 UTC"}], "link": "https://chat.whatsapp.com/AbCdEf"}"#,
+    ),
+    (
+        "symphony/event_failed",
+        r#"{"what": "a message from Alice & Bob", "attempts": 8, "reason": "template error <x>"}"#,
+    ),
+    (
+        "symphony/intruder_removed",
+        r#"{"phone": "+447911123456", "reason": "was removed from this group"}"#,
     ),
     ("symphony/join_rejected", r#"{"phone": "+447911123456", "reason": "not invited"}"#),
     ("symphony/not_relayed", r#"{"reason": "the WhatsApp group is not created yet"}"#),

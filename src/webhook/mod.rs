@@ -37,6 +37,10 @@ pub struct WebhookState {
     pub wake: Arc<Notify>,
     /// Events received (and redeliveries dropped) are counted here.
     pub metrics: Metrics,
+    /// Our phone number id: other numbers' changes are acknowledged and ignored.
+    pub phone_number_id: String,
+    /// Our WABA, when configured.
+    pub waba_id: Option<String>,
 }
 
 impl std::fmt::Debug for WebhookState {
@@ -114,7 +118,9 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         );
         return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
     }
-    let events = match parse::parse(&body) {
+    let ours =
+        parse::Ours { phone_number_id: &state.phone_number_id, waba_id: state.waba_id.as_deref() };
+    let events = match parse::parse_ours(&body, &ours) {
         Ok(events) => events,
         Err(e) => {
             tracing::warn!(error = %e, "webhook refused: unreadable body");

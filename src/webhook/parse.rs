@@ -213,8 +213,40 @@ fn status(st: &Value) -> Option<WhatsAppEvent> {
     })
 }
 
+/// Whose webhooks the bot takes: one Meta app can serve several numbers (and WABAs); the
+/// others' changes are acknowledged and ignored.
+#[derive(Debug, Clone, Default)]
+pub struct Ours<'a> {
+    /// `metadata.phone_number_id` of the changes to keep (empty: keep all).
+    pub phone_number_id: &'a str,
+    /// `entry[].id` (the WABA) to keep, when configured.
+    pub waba_id: Option<&'a str>,
+}
+
+impl Ours<'_> {
+    fn entry(&self, entry: &Value) -> bool {
+        match (self.waba_id, s(entry, "id")) {
+            (Some(ours), Some(id)) => ours == id,
+            _ => true,
+        }
+    }
+
+    fn change(&self, value: &Value) -> bool {
+        let id = value.get("metadata").and_then(|m| s(m, "phone_number_id"));
+        match id {
+            Some(id) => self.phone_number_id.is_empty() || id == self.phone_number_id,
+            None => true, // changes without metadata (account-level) are not a number's
+        }
+    }
+}
+
 /// Parses a webhook body (already authenticated) into keyed events.
 pub fn parse(body: &[u8]) -> Result<Vec<Keyed>, ParseError> {
+    parse_ours(body, &Ours::default())
+}
+
+/// [`parse`], keeping only the changes of our number (and WABA).
+pub fn parse_ours(body: &[u8], ours: &Ours<'_>) -> Result<Vec<Keyed>, ParseError> {
     let root: Value =
         serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let object = s(&root, "object").unwrap_or_default();
@@ -224,9 +256,17 @@ pub fn parse(body: &[u8]) -> Result<Vec<Keyed>, ParseError> {
     let entries = root.get("entry").and_then(Value::as_array).ok_or(ParseError::NoEntries)?;
     let mut out = Vec::new();
     for entry in entries {
+        if !ours.entry(entry) {
+            tracing::info!("webhook entry of another WhatsApp Business Account ignored");
+            continue;
+        }
         for change in arr(entry, "changes") {
             let field = s(change, "field").unwrap_or_default();
             let value = change.get("value").cloned().unwrap_or(Value::Null);
+            if !ours.change(&value) {
+                tracing::info!(%field, "webhook change for another phone number ignored");
+                continue;
+            }
             let mut produced = false;
             for g in arr(&value, "groups") {
                 produced = true;
@@ -491,6 +531,29 @@ mod tests {
         assert_eq!(
             parse(&msg).expect("m")[0].key,
             "message:wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA"
+        );
+    }
+
+    #[test]
+    fn changes_of_another_number_or_waba_are_ignored() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[
+            {"id":"W1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"111"},
+              "messages":[{"id":"wamid.A","from":"447911123456","type":"text","text":{"body":"ours"}}]}}]},
+            {"id":"W1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"222"},
+              "messages":[{"id":"wamid.B","from":"447911123456","type":"text","text":{"body":"not ours"}}]}}]},
+            {"id":"W2","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"111"},
+              "messages":[{"id":"wamid.C","from":"447911123456","type":"text","text":{"body":"other waba"}}]}}]}]}"#;
+        let keys = |ours: Ours<'_>| -> Vec<String> {
+            parse_ours(body, &ours).expect("parsed").into_iter().map(|k| k.key).collect()
+        };
+        assert_eq!(keys(Ours::default()).len(), 3, "without a configured number, all are kept");
+        assert_eq!(
+            keys(Ours { phone_number_id: "111", waba_id: None }),
+            vec!["message:wamid.A", "message:wamid.C"]
+        );
+        assert_eq!(
+            keys(Ours { phone_number_id: "111", waba_id: Some("W1") }),
+            vec!["message:wamid.A"]
         );
     }
 }

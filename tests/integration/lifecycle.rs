@@ -418,6 +418,7 @@ fn fast_reconcile() -> wa_groups_bot::app::BotTimings {
     wa_groups_bot::app::BotTimings {
         group_create_timeout: Duration::from_millis(300),
         reconcile_every: Duration::from_millis(100),
+        ..Default::default()
     }
 }
 

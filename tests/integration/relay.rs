@@ -168,7 +168,7 @@ async fn a_closed_window_turns_text_into_the_template_and_failures_are_reported(
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64;
-    bot.store.open_window(&gid, now - 23 * 3_600_000).expect("window");
+    bot.store.transaction(|tx| tx.open_window(&gid, now - 23 * 3_600_000)).expect("window");
     pod.post_message(&sid, ALICE, "<messageML>Quarterly numbers are out</messageML>")
         .expect("post");
     let resent = wait_group_message(&sim, &gid, "Quarterly numbers").await;

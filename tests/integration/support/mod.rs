@@ -162,6 +162,8 @@ pub async fn start_receiver() -> Receiver {
         verify_token: SecretString::from(WA_VERIFY.to_owned()),
         wake: std::sync::Arc::new(tokio::sync::Notify::new()),
         metrics: Default::default(),
+        phone_number_id: String::new(),
+        waba_id: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/whatsapp/webhook", listener.local_addr().expect("addr"));
@@ -175,7 +177,7 @@ impl Receiver {
     /// The WhatsApp events stored so far, in arrival order.
     pub fn events(&self) -> Vec<wa_groups_bot::events::WhatsAppEvent> {
         self.store
-            .pending_inbound(10_000)
+            .pending_inbound(0, 10_000)
             .expect("pending")
             .into_iter()
             .filter_map(|row| match serde_json::from_value(row.payload).ok()? {

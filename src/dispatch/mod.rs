@@ -1,0 +1,280 @@
+//! The dispatcher: takes persisted inbound events and decides them, in order per key (a group,
+//! a stream, a WhatsApp chat), keys in parallel. Each decision commits in one transaction with
+//! its state changes, its effects and the event's processed mark. An event that keeps failing
+//! is retried with capped backoff, then set aside (kept, counted, reported in its room, listed
+//! and retried by `wa-groups-bot events`): it never holds up another key.
+
+pub mod decide;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::router::LiveReads;
+use crate::effects::to_outbox;
+use crate::metrics::Metrics;
+use crate::store::{InboundRow, Store};
+
+pub use decide::{DecideError, Decider, Event, Route};
+
+/// How the dispatcher retries and how much it does at once.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchPolicy {
+    /// Failed attempts after which an event is set aside.
+    pub max_attempts: u32,
+    /// The first wait after a failure; doubled each time, up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long an event that came before what it refers to is tried again.
+    pub not_yet_for: Duration,
+    /// Events decided at once (of different keys).
+    pub parallel: usize,
+    /// How often the queue is read again from its start (events put back by an administrator).
+    pub rescan_every: Duration,
+}
+
+impl Default for DispatchPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            first_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            not_yet_for: Duration::from_secs(60),
+            parallel: 16,
+            rescan_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DispatchPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.first_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// The per-key queues: events waiting behind the one being decided.
+#[derive(Default)]
+struct Queues {
+    by_key: HashMap<String, VecDeque<(InboundRow, Route)>>,
+    /// Ids taken from the store and not finished yet.
+    taken: HashSet<i64>,
+}
+
+/// Decides inbound events.
+pub struct Dispatcher<L> {
+    pub store: Store,
+    pub decider: Decider<L>,
+    /// Woken when effects are queued.
+    pub effects: Arc<Notify>,
+    pub metrics: Metrics,
+    pub policy: DispatchPolicy,
+    queues: Mutex<Queues>,
+    permits: Semaphore,
+}
+
+impl<L: LiveReads + 'static> Dispatcher<L> {
+    pub fn new(
+        store: Store,
+        decider: Decider<L>,
+        effects: Arc<Notify>,
+        metrics: Metrics,
+        policy: DispatchPolicy,
+    ) -> Self {
+        let permits = Semaphore::new(policy.parallel.max(1));
+        Self { store, decider, effects, metrics, policy, queues: Mutex::default(), permits }
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs until cancelled, woken by `wake` when events are persisted.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) {
+        let mut workers: JoinSet<()> = JoinSet::new();
+        let mut cursor = 0i64;
+        let mut last_scan = Instant::now();
+        loop {
+            if last_scan.elapsed() >= self.policy.rescan_every {
+                cursor = 0; // events an administrator put back are below the cursor
+                last_scan = Instant::now();
+            }
+            let mut more = false;
+            match self.store.pending_inbound(cursor, 500) {
+                Ok(rows) => {
+                    more = rows.len() == 500;
+                    for row in rows {
+                        cursor = cursor.max(row.id);
+                        self.take(row, &mut workers);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the inbound queue cannot be read; retrying"),
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    // An event being decided is rolled back or committed whole; the rest waits
+                    // in the store for the next start.
+                    workers.abort_all();
+                    return;
+                }
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.policy.rescan_every) => {}
+                Some(done) = workers.join_next(), if !workers.is_empty() => {
+                    if let Err(e) = done && e.is_panic() {
+                        // Events are decided under catch_unwind: a panic here is the
+                        // dispatcher's own, and its key's queue is lost from memory (the events
+                        // stay in the store and are picked up on the next scan).
+                        tracing::error!("a dispatcher worker panicked");
+                        *self.queues() = Queues::default();
+                        cursor = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a row behind its key, starting the key's worker if it has none.
+    fn take(self: &Arc<Self>, row: InboundRow, workers: &mut JoinSet<()>) {
+        let route = match Event::decode(&row) {
+            Ok(event) => self.decider.route(&self.store, &event),
+            Err(_) => Route { key: format!("event:{}", row.id), stream: None, what: "an event" },
+        };
+        let mut q = self.queues();
+        if !q.taken.insert(row.id) {
+            return; // already queued or being decided
+        }
+        let key = route.key.clone();
+        let start = !q.by_key.contains_key(&key);
+        q.by_key.entry(key.clone()).or_default().push_back((row, route));
+        drop(q);
+        if start {
+            let me = self.clone();
+            workers.spawn(async move { me.work(key).await });
+        }
+    }
+
+    /// Decides a key's events one after the other until its queue is empty.
+    async fn work(self: Arc<Self>, key: String) {
+        loop {
+            let next = {
+                let mut q = self.queues();
+                match q.by_key.get(&key).and_then(|events| events.front().cloned()) {
+                    Some(next) => next,
+                    None => {
+                        q.by_key.remove(&key);
+                        return;
+                    }
+                }
+            };
+            let (row, route) = next;
+            self.handle(&row, &route).await;
+            let mut q = self.queues();
+            q.taken.remove(&row.id);
+            if let Some(events) = q.by_key.get_mut(&key) {
+                events.pop_front();
+            }
+        }
+    }
+
+    /// Decides one event: retried until it commits, or set aside.
+    #[tracing::instrument(skip_all, fields(event = row.id, key = %route.key, source = row.source.as_str()))]
+    async fn handle(&self, row: &InboundRow, route: &Route) {
+        let started = Instant::now();
+        let mut attempts = row.attempts;
+        loop {
+            let result = {
+                let Ok(_permit) = self.permits.acquire().await else { return };
+                AssertUnwindSafe(self.decide_once(row))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(DecideError::Permanent("deciding it panicked".into())))
+            };
+            let wait = match result {
+                Ok(queued) => {
+                    if queued {
+                        self.effects.notify_one();
+                    }
+                    return;
+                }
+                Err(DecideError::NotYet(reason)) => {
+                    if started.elapsed() >= self.policy.not_yet_for {
+                        let reason = format!("what it refers to never appeared ({reason})");
+                        return self.set_aside(row, route, attempts + 1, &reason);
+                    }
+                    tracing::debug!(%reason, "not yet: tried again shortly");
+                    self.policy.backoff(2)
+                }
+                Err(DecideError::Transient(reason)) => {
+                    attempts += 1;
+                    if attempts >= self.policy.max_attempts {
+                        return self.set_aside(row, route, attempts, &reason);
+                    }
+                    tracing::warn!(%reason, attempts, "event handling failed; will retry");
+                    if let Err(e) = self.store.inbound_failed(row.id, &reason, false) {
+                        tracing::warn!(error = %e, "the attempt could not be counted");
+                    }
+                    self.policy.backoff(attempts)
+                }
+                Err(DecideError::Permanent(reason)) => {
+                    return self.set_aside(row, route, attempts + 1, &reason);
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt: read live, then decide and commit. `Ok(true)` when effects were queued.
+    async fn decide_once(&self, row: &InboundRow) -> Result<bool, DecideError> {
+        let event = Event::decode(row)?;
+        let prepared = self.decider.prepare(&self.store, &event).await?;
+        self.store.transaction(|tx| {
+            if !tx.mark_processed(row.id)? {
+                return Ok(false); // decided already
+            }
+            let effects = self.decider.decide(tx, &row.dedupe_key, &event, prepared)?;
+            tx.queue_effects(&to_outbox(&effects)?)?;
+            Ok(!effects.is_empty())
+        })
+    }
+
+    /// Sets an event aside: kept for an administrator, counted, and said in its room.
+    fn set_aside(&self, row: &InboundRow, route: &Route, attempts: u32, reason: &str) {
+        tracing::error!(%reason, attempts, "an event is set aside");
+        self.metrics.event_set_aside(row.source.as_str());
+        if let Err(e) = self.store.inbound_failed(row.id, reason, true) {
+            tracing::error!(error = %e, "the event could not be set aside; it stays pending");
+            return;
+        }
+        let Some(stream) = &route.stream else { return };
+        let report = crate::groups::service::post(
+            &self.decider.templates,
+            stream,
+            "symphony/event_failed",
+            &serde_json::json!({"what": route.what, "attempts": attempts, "reason": reason}),
+        );
+        let queued = match report {
+            Ok(effect) => self.store.transaction(|tx| {
+                tx.queue_effects(
+                    &to_outbox(std::slice::from_ref(&effect)).map_err(DecideError::from)?,
+                )
+                .map_err(DecideError::from)
+            }),
+            Err(e) => Err(e.into()),
+        };
+        match queued {
+            Ok(()) => self.effects.notify_one(),
+            Err(e) => {
+                tracing::error!(error = %e, "the room could not be told of a set-aside event")
+            }
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! Performs the outbox: each due effect with the clients, retried with capped backoff
+//! (honouring `Retry-After`) across restarts, in order per order key, several keys at once. It
+//! decides nothing: what followed (a room was created, an effect was given up) goes back to the
+//! dispatcher as an [`Outcome`], in the same transaction as the effect's done mark. It only
+//! checks, right before performing, the guard of an effect that grants access.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Effect, Outcome};
+use crate::config::{RetryConfig, TemplateRef};
+use crate::groups::{ContactState, GroupKey, StreamId, WaMessageRecord};
+use crate::metrics::{Metrics, RelayDirection};
+use crate::store::{OutboxRow, Source, Store, StoreError, now_ms};
+use crate::symphony::SymphonyClient;
+use crate::templates::Templates;
+use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
+
+/// How many effects (of different order keys) run at once.
+const PARALLEL_EFFECTS: usize = 8;
+
+/// The room description and keyword prefix that mark what the bot creates for a group.
+pub const ROOM_DESCRIPTION: &str = "WhatsApp group managed by wa-groups-bot";
+
+/// Why an attempt failed.
+#[derive(Debug)]
+struct Failure {
+    retryable: bool,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+impl From<crate::symphony::SymphonyError> for Failure {
+    fn from(e: crate::symphony::SymphonyError) -> Self {
+        Failure {
+            retryable: e.is_retryable(),
+            retry_after: e.retry_after(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::whatsapp::WhatsAppError> for Failure {
+    fn from(e: crate::whatsapp::WhatsAppError) -> Self {
+        Failure { retryable: e.is_retryable(), retry_after: None, message: e.to_string() }
+    }
+}
+
+impl From<crate::templates::TemplateError> for Failure {
+    fn from(e: crate::templates::TemplateError) -> Self {
+        permanent(e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure { retryable: true, retry_after: None, message: e.to_string() }
+    }
+}
+
+fn permanent(message: impl Into<String>) -> Failure {
+    Failure { retryable: false, retry_after: None, message: message.into() }
+}
+
+/// What a performed effect leaves to record, with its done mark.
+#[derive(Debug, Default)]
+struct Done {
+    outcome: Option<Outcome>,
+    /// WhatsApp messages sent (the message map).
+    sent: Vec<WaMessageRecord>,
+    /// A WhatsApp message now carried by this Symphony message.
+    posted: Option<(String, String)>,
+}
+
+impl Done {
+    fn outcome(outcome: Outcome) -> Self {
+        Self { outcome: Some(outcome), ..Self::default() }
+    }
+}
+
+/// Performs the outbox.
+pub struct EffectExecutor {
+    pub store: Store,
+    pub symphony: SymphonyClient,
+    /// `None` when WhatsApp is not configured: WhatsApp effects then fail permanently.
+    pub whatsapp: Option<WhatsAppClient>,
+    /// The WhatsApp description and the file notice are rendered from these.
+    pub templates: Arc<Templates>,
+    /// The `message` template (relays outside the window).
+    pub message_template: TemplateRef,
+    /// Attempts and backoff (the `retry` config).
+    pub retry: RetryConfig,
+    /// Notices sent, messages relayed and retries are counted here.
+    pub metrics: Metrics,
+    /// Woken when an outcome is queued.
+    pub dispatcher: Arc<Notify>,
+}
+
+impl EffectExecutor {
+    /// Runs until `cancel`, woken by `wake` when new effects are queued. A slow effect holds
+    /// only its own key: the others go on around it.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) {
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
+        loop {
+            let mut idle = self.until_next_due();
+            while busy.len() < PARALLEL_EFFECTS {
+                let taken: Vec<i64> = busy.values().copied().collect();
+                let due = match self.store.due_outbox(PARALLEL_EFFECTS - busy.len(), &taken) {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the outbox cannot be read; retrying");
+                        idle = Duration::from_secs(1);
+                        break;
+                    }
+                };
+                if due.is_empty() {
+                    break;
+                }
+                for row in due {
+                    let me = self.clone();
+                    let id = row.id;
+                    let handle = running.spawn(async move { me.attempt(row).await });
+                    busy.insert(handle.id(), id);
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    // Stopping mid-call leaves the effects in the outbox: performed after the restart.
+                    running.abort_all();
+                    return;
+                }
+                Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                    let task = match &finished {
+                        Ok((task, ())) => *task,
+                        Err(e) => e.id(),
+                    };
+                    let row = busy.remove(&task);
+                    if let (Err(e), Some(row)) = (finished, row) && e.is_panic() {
+                        tracing::error!(id = row, "performing an effect panicked; it is given up");
+                        let _ = self.store.transaction(|tx| {
+                            tx.finish_effect(row, Some("the bot panicked performing it"))
+                        });
+                    }
+                }
+                () = wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    fn until_next_due(&self) -> Duration {
+        match self.store.next_outbox_due() {
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(10, 5_000).unsigned_abs()),
+            _ => Duration::from_secs(5),
+        }
+    }
+
+    async fn attempt(&self, row: OutboxRow) {
+        if let Err(e) = self.try_attempt(&row).await {
+            // The effect stays due: tried again on a later pass.
+            tracing::error!(id = row.id, error = %e, "the outbox could not record an attempt");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(effect = row.id, key = %row.order_key))]
+    async fn try_attempt(&self, row: &OutboxRow) -> Result<(), StoreError> {
+        let effect: Effect = match serde_json::from_value(row.effect.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(id = row.id, error = %e, "an unreadable effect is given up");
+                let reason = format!("unreadable effect: {e}");
+                return self.store.transaction(|tx| tx.finish_effect(row.id, Some(&reason)));
+            }
+        };
+        match self.perform(&effect).await {
+            Ok(done) => {
+                let outcome = done.outcome.as_ref().map(serde_json::to_value).transpose()?;
+                self.store.transaction(|tx| {
+                    for record in &done.sent {
+                        tx.record_wa_message(record)?;
+                    }
+                    if let Some((wa, symphony)) = &done.posted {
+                        tx.set_wa_message_symphony(wa, symphony)?;
+                    }
+                    if let Some(outcome) = &outcome {
+                        tx.enqueue_inbound(
+                            Source::Outcome,
+                            &format!("outbox:{}", row.id),
+                            outcome,
+                        )?;
+                    }
+                    tx.finish_effect(row.id, None)
+                })?;
+                if outcome.is_some() {
+                    self.dispatcher.notify_one();
+                }
+                Ok(())
+            }
+            Err(f)
+                if let Some(wait) =
+                    self.retry.next_wait(row.attempts + 1, f.retryable, f.retry_after) =>
+            {
+                tracing::warn!(id = row.id, attempts = row.attempts + 1, ?wait, error = %f.message, "effect failed; will retry");
+                self.metrics.outbox_retry();
+                self.store.outbox_retry(row.id, wait, &f.message)
+            }
+            Err(f) => {
+                tracing::error!(id = row.id, key = %row.order_key, error = %f.message, "effect given up");
+                // The dispatcher decides what to say, and where.
+                let outcome =
+                    serde_json::to_value(Outcome::Failed { effect, reason: f.message.clone() })?;
+                self.store.transaction(|tx| {
+                    tx.enqueue_inbound(Source::Outcome, &format!("outbox:{}", row.id), &outcome)?;
+                    tx.finish_effect(row.id, Some(&f.message))
+                })?;
+                self.dispatcher.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    fn whatsapp(&self) -> Result<&WhatsAppClient, Failure> {
+        self.whatsapp.as_ref().ok_or_else(|| {
+            permanent("WhatsApp is not configured (whatsapp.phoneNumberId, accessToken)")
+        })
+    }
+
+    fn window_open(&self, to: &Recipient) -> Result<bool, Failure> {
+        let last = self.store.read(|r| r.last_inbound(to.chat()))?;
+        Ok(last.is_some_and(|at| crate::relay::window_open(at, now_ms())))
+    }
+
+    /// Performs one effect.
+    async fn perform(&self, effect: &Effect) -> Result<Done, Failure> {
+        match effect {
+            Effect::PostMessage { stream, message_ml } => {
+                self.symphony.send_message(stream, message_ml, None).await?;
+                Ok(Done::default())
+            }
+            Effect::CreateRoom { group } => self.create_room(*group).await,
+            Effect::AddMember { stream, user } => {
+                self.symphony.add_member(stream, *user).await?;
+                Ok(Done::default())
+            }
+            Effect::PromoteOwner { stream, user } => {
+                self.symphony.promote_owner(stream, *user).await?;
+                Ok(Done::default())
+            }
+            Effect::CreateWaGroup { group } => self.create_wa_group(*group).await,
+            Effect::SendWaTemplate { to, name, language, params, group, about, .. } => {
+                let id = self.whatsapp()?.send_template(to, name, language, params).await?;
+                self.metrics.notice_sent(name);
+                let sent = group
+                    .map(|group| WaMessageRecord {
+                        wa_message_id: id,
+                        group,
+                        inbound: false,
+                        phone: to.phone().cloned(),
+                        symphony_message_id: None,
+                        author: "wa-groups-bot".to_owned(),
+                        excerpt: crate::relay::format::quote_snippet(
+                            about.as_deref().unwrap_or(name),
+                            crate::relay::EXCERPT_CHARS,
+                        ),
+                        kind: "template".to_owned(),
+                        body: None,
+                    })
+                    .into_iter()
+                    .collect();
+                Ok(Done { sent, ..Done::default() })
+            }
+            Effect::ApproveJoin { group, request_id, key, phone } => {
+                // The guard: only a contact still invited and not barred is let in. An owner's
+                // `/wa remove` decided since the request came is seen here.
+                let entitled = match (key, phone) {
+                    (Some(key), Some(phone)) => self.store.read(|r| {
+                        Ok(r.contacts(*key)?.iter().any(|c| {
+                            &c.phone == phone
+                                && !c.barred
+                                && matches!(
+                                    c.state,
+                                    ContactState::Invited | ContactState::Requested
+                                )
+                        }))
+                    })?,
+                    _ => true, // queued before guards existed: decided as it was
+                };
+                let wa = self.whatsapp()?;
+                let ids = std::slice::from_ref(request_id);
+                if !entitled {
+                    tracing::warn!(group = %group, "a join request no longer entitled is rejected instead");
+                    wa.reject_join_requests(group, ids).await?;
+                    return Ok(Done::default());
+                }
+                let outcome = wa.approve_join_requests(group, ids).await?;
+                if let Some((_, errors)) = outcome.failed.first() {
+                    let reason = errors
+                        .iter()
+                        .map(|e| format!("{} ({})", e.message.clone().unwrap_or_default(), e.code))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return Err(permanent(format!("WhatsApp did not approve it: {reason}")));
+                }
+                Ok(Done::default())
+            }
+            Effect::RejectJoin { group, request_id } => {
+                let outcome = self
+                    .whatsapp()?
+                    .reject_join_requests(group, std::slice::from_ref(request_id))
+                    .await?;
+                if let Some((_, errors)) = outcome.failed.first() {
+                    tracing::info!(
+                        ?errors,
+                        "a join request could not be rejected (settled already?)"
+                    );
+                }
+                Ok(Done::default())
+            }
+            Effect::RenameRoom { stream, name } => {
+                self.symphony.rename_room(stream, name).await?;
+                Ok(Done::default())
+            }
+            Effect::RemoveMember { stream, user } => {
+                self.symphony.remove_member(stream, *user).await?;
+                Ok(Done::default())
+            }
+            Effect::DemoteOwner { stream, user } => {
+                self.symphony.demote_owner(stream, *user).await?;
+                Ok(Done::default())
+            }
+            Effect::UpdateWaSubject { group, subject } => {
+                self.whatsapp()?.update_group(group, Some(subject), None).await?;
+                Ok(Done::default())
+            }
+            Effect::RefreshDescription { group } => {
+                let record = self.store.read(|r| r.group(*group))?;
+                let Some((wa, reference)) = record.and_then(|g| Some((g.wa_group?, g.reference)))
+                else {
+                    return Ok(Done::default());
+                };
+                let description = self.description(*group, reference.as_deref()).await?;
+                self.whatsapp()?.update_group(&wa, None, Some(&description)).await?;
+                Ok(Done::default())
+            }
+            Effect::RemoveWaParticipants { group, users } => {
+                self.whatsapp()?.remove_participants(group, users).await?;
+                Ok(Done::default())
+            }
+            Effect::DeleteWaGroup { group } => {
+                self.whatsapp()?.delete_group(group).await?;
+                Ok(Done::default())
+            }
+            Effect::RelayToWhatsApp {
+                group,
+                to,
+                text,
+                symphony_message,
+                author,
+                excerpt,
+                template_only,
+            } => {
+                let wa = self.whatsapp()?;
+                let open = !template_only && self.window_open(to)?;
+                let sent = if open {
+                    match wa.send_text(to, text).await {
+                        Ok(id) => Some((id, "text")),
+                        // Our clock said open, WhatsApp says closed: the template it is.
+                        Err(e) if e.is_window_closed() => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    None
+                };
+                let sent = match sent {
+                    Some(sent) => vec![sent],
+                    None => {
+                        let t = &self.message_template;
+                        let mut ids = Vec::new();
+                        for part in crate::relay::template_parts(text) {
+                            let param = [TemplateParam::Text(part)];
+                            ids.push((
+                                wa.send_template(to, &t.name, &t.language, &param).await?,
+                                "template",
+                            ));
+                        }
+                        ids
+                    }
+                };
+                self.metrics.relayed(RelayDirection::ToWhatsApp);
+                // Each part is recorded, so that a reply to any of them finds the message.
+                let sent = sent
+                    .into_iter()
+                    .map(|(id, kind)| WaMessageRecord {
+                        wa_message_id: id,
+                        group: *group,
+                        inbound: false,
+                        phone: to.phone().cloned(),
+                        symphony_message_id: symphony_message.clone(),
+                        author: author.clone(),
+                        excerpt: excerpt.clone(),
+                        kind: kind.to_owned(),
+                        body: Some(text.clone()),
+                    })
+                    .collect();
+                Ok(Done { sent, ..Done::default() })
+            }
+            Effect::CheckStatus { message_id, recipient, errors } => {
+                if self.store.read(|r| r.wa_message(message_id))?.is_none() {
+                    // Still not recorded: looked at again (or, after the retries, not ours).
+                    return Err(Failure {
+                        retryable: true,
+                        retry_after: None,
+                        message: format!("message {message_id} is not recorded yet"),
+                    });
+                }
+                Ok(Done::outcome(Outcome::DeliveryFailed {
+                    message_id: message_id.clone(),
+                    recipient: recipient.clone(),
+                    errors: errors.clone(),
+                }))
+            }
+            Effect::RelayFileToWhatsApp {
+                group,
+                to,
+                stream,
+                message_id,
+                file_id,
+                name,
+                author,
+            } => self.relay_file(*group, to, stream, message_id, file_id, name, author).await,
+            Effect::PostRelayedFile {
+                stream,
+                message_ml,
+                wa_message,
+                media_id,
+                kind,
+                filename,
+            } => {
+                let file = match self.whatsapp()?.download_media(media_id).await {
+                    Ok((bytes, mime)) => Ok(crate::symphony::Attachment {
+                        name: crate::relay::file_name(filename.as_deref(), kind, &mime),
+                        content_type: mime,
+                        bytes: bytes.into(),
+                    }),
+                    Err(e) if e.is_retryable() => return Err(e.into()),
+                    Err(e) => {
+                        // The message still reaches the room, saying why its file does not.
+                        tracing::warn!(error = %e, "a WhatsApp file could not be fetched");
+                        Err(format!("it could not be fetched from WhatsApp: {e}"))
+                    }
+                };
+                let without_file = |why: &str| {
+                    let note = format!(
+                        "<p><i>(the file is not attached: {})</i></p></messageML>",
+                        crate::templates::escape_message_ml(why)
+                    );
+                    message_ml.replacen("</messageML>", &note, 1)
+                };
+                let sent = match &file {
+                    Ok(f) => match self
+                        .symphony
+                        .send_message_with_attachments(
+                            stream,
+                            message_ml,
+                            None,
+                            std::slice::from_ref(f),
+                        )
+                        .await
+                    {
+                        Ok(sent) => sent,
+                        Err(e) if e.is_retryable() => return Err(e.into()),
+                        // Symphony refused the file (size, type, policy): the words still go.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Symphony refused a WhatsApp file");
+                            let ml = without_file(&format!("Symphony refused it: {e}"));
+                            self.symphony.send_message(stream, &ml, None).await?
+                        }
+                    },
+                    Err(why) => {
+                        let ml = without_file(why);
+                        self.symphony.send_message(stream, &ml, None).await?
+                    }
+                };
+                self.metrics.relayed(RelayDirection::ToSymphony);
+                Ok(Done { posted: Some((wa_message.clone(), sent.message_id)), ..Done::default() })
+            }
+            Effect::PostRelayed { stream, message_ml, wa_message } => {
+                let sent = self.symphony.send_message(stream, message_ml, None).await?;
+                self.metrics.relayed(RelayDirection::ToSymphony);
+                Ok(Done { posted: Some((wa_message.clone(), sent.message_id)), ..Done::default() })
+            }
+            Effect::ResetInviteLink { group } => {
+                let link = self.whatsapp()?.reset_invite_link(group).await?;
+                Ok(Done::outcome(Outcome::InviteLinkReset {
+                    group: group.clone(),
+                    invite_link: link,
+                }))
+            }
+        }
+    }
+
+    /// The group's room: recognised by its marker if a lost earlier attempt made it, else made.
+    async fn create_room(&self, key: GroupKey) -> Result<Done, Failure> {
+        let record = self
+            .store
+            .read(|r| r.group(key))?
+            .ok_or_else(|| permanent(format!("group {} is not stored", key.0)))?;
+        if let Some(stream) = record.stream {
+            return Ok(Done::outcome(Outcome::RoomCreated { group: key, stream }));
+        }
+        let description = room_description(record.reference.as_deref());
+        let earlier = self.store.transaction(|tx| tx.mark_create_attempt(key, true))?;
+        if earlier && let Some(stream) = self.find_room(&record.name, &description).await? {
+            tracing::warn!(room = %stream, "the room a lost attempt created is adopted by its marker");
+            return Ok(Done::outcome(Outcome::RoomCreated { group: key, stream }));
+        }
+        let room = self.symphony.create_room(&record.name, &description).await?;
+        Ok(Done::outcome(Outcome::RoomCreated { group: key, stream: room.stream }))
+    }
+
+    /// A room of the bot's named `name` whose description is exactly `description` (which
+    /// carries the group's marker) and that no group has: what a lost create made.
+    async fn find_room(&self, name: &str, description: &str) -> Result<Option<StreamId>, Failure> {
+        for (sid, room_name) in self.symphony.my_rooms().await? {
+            if room_name != name || self.store.read(|r| r.group_by_stream(&sid))?.is_some() {
+                continue;
+            }
+            if self.symphony.room_info(&sid).await?.description == description {
+                return Ok(Some(sid));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The WhatsApp group: recognised by its marker if a lost earlier attempt made it, else
+    /// asked for (its id and link come by webhook).
+    async fn create_wa_group(&self, key: GroupKey) -> Result<Done, Failure> {
+        let record = self
+            .store
+            .read(|r| r.group(key))?
+            .ok_or_else(|| permanent(format!("group {} is not stored", key.0)))?;
+        if record.create_request_id.is_some() || record.wa_group.is_some() {
+            return Ok(Done::default()); // already asked; the webhook will come
+        }
+        let wa = self.whatsapp()?;
+        let earlier = self.store.transaction(|tx| tx.mark_create_attempt(key, false))?;
+        if earlier
+            && let Some(marker) = record.reference.as_deref()
+            && let Some(found) = self.find_marked_wa_group(marker).await?
+        {
+            tracing::warn!(group = %found, "the WhatsApp group a lost attempt created is adopted by its marker");
+            let link = wa.invite_link(&found).await?;
+            return Ok(Done::outcome(Outcome::WaGroupFound {
+                group: key,
+                wa_group: found,
+                invite_link: Some(link),
+            }));
+        }
+        let description = self.description(key, record.reference.as_deref()).await?;
+        let request_id = wa.create_group(&record.name, &description, true).await?;
+        Ok(Done::outcome(Outcome::WaGroupRequested { group: key, request_id }))
+    }
+
+    /// A WhatsApp group of this number, linked to no group, whose description carries `marker`
+    /// (the reconciler's look-up; the error says why the list could not be read).
+    pub async fn find_wa_group(
+        &self,
+        marker: &str,
+    ) -> Result<Option<crate::groups::GroupId>, String> {
+        self.find_marked_wa_group(marker).await.map_err(|f| f.message)
+    }
+
+    async fn find_marked_wa_group(
+        &self,
+        marker: &str,
+    ) -> Result<Option<crate::groups::GroupId>, Failure> {
+        let wa = self.whatsapp()?;
+        for g in wa.all_groups().await? {
+            if self.store.read(|r| r.group_by_wa(&g.id))?.is_some() {
+                continue;
+            }
+            let info = wa.group_info(&g.id).await?;
+            if info.description.as_deref().is_some_and(|d| carries_marker(d, marker)) {
+                return Ok(Some(g.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The WhatsApp group description: the advisors' current display names, then the marker.
+    async fn description(&self, key: GroupKey, marker: Option<&str>) -> Result<String, Failure> {
+        let mut names = Vec::new();
+        for (user, _) in self.store.read(|r| r.advisors(key))? {
+            let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
+            names.push(shown.unwrap_or_else(|| user.to_string()));
+        }
+        let text = self
+            .templates
+            .render("whatsapp/description", &serde_json::json!({"members": names}))?;
+        Ok(wa_description(&text, marker))
+    }
+
+    /// A Symphony file to WhatsApp as media, or, outside the window (WhatsApp takes no free
+    /// media then), a notice through the template that a file was shared, and the room told.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_file(
+        &self,
+        group: GroupKey,
+        to: &Recipient,
+        stream: &StreamId,
+        message_id: &str,
+        file_id: &str,
+        name: &str,
+        author: &str,
+    ) -> Result<Done, Failure> {
+        let wa = self.whatsapp()?;
+        let record = |id: String, kind: &str| WaMessageRecord {
+            wa_message_id: id,
+            group,
+            inbound: false,
+            phone: to.phone().cloned(),
+            symphony_message_id: Some(message_id.to_owned()),
+            author: author.to_owned(),
+            excerpt: name.to_owned(),
+            kind: kind.to_owned(),
+            body: None,
+        };
+        if !self.window_open(to)? {
+            let t = &self.message_template;
+            let text = self.templates.render(
+                "whatsapp/file_shared",
+                &serde_json::json!({"sender": author, "name": name}),
+            )?;
+            // The notice is short (a name): one part.
+            let part = crate::relay::template_parts(&text).concat();
+            let id =
+                wa.send_template(to, &t.name, &t.language, &[TemplateParam::Text(part)]).await?;
+            return Ok(Done {
+                sent: vec![record(id, "template")],
+                outcome: Some(Outcome::FileNotSent {
+                    stream: stream.clone(),
+                    name: name.to_owned(),
+                }),
+                posted: None,
+            });
+        }
+        let bytes = self.symphony.download_attachment(stream, message_id, file_id).await?;
+        let mime = mime_guess::from_path(name).first_or_octet_stream().essence_str().to_owned();
+        let kind = crate::whatsapp::media::MediaKind::for_mime(&mime)
+            .ok_or_else(|| permanent(format!("WhatsApp does not take {mime} files")))?;
+        let file =
+            crate::whatsapp::OutgoingFile { filename: name.to_owned(), mime, bytes: bytes.into() };
+        let caption = format!("*{author}*");
+        let caption = kind.takes_caption().then_some(caption.as_str());
+        let id = wa.send_file(to, kind, &file, caption).await?;
+        self.metrics.relayed(RelayDirection::ToWhatsApp);
+        Ok(Done { sent: vec![record(id, "media")], ..Done::default() })
+    }
+}
+
+/// The description of a group's room: fixed words and the group's marker.
+pub fn room_description(marker: Option<&str>) -> String {
+    match marker {
+        Some(m) => format!("{ROOM_DESCRIPTION} (ref {m})"),
+        None => ROOM_DESCRIPTION.to_owned(),
+    }
+}
+
+/// The WhatsApp description: `text` cut to fit, then the marker on its own last line.
+pub fn wa_description(text: &str, marker: Option<&str>) -> String {
+    let Some(marker) = marker else {
+        return text.chars().take(crate::whatsapp::MAX_DESCRIPTION_CHARS).collect();
+    };
+    let tail = format!("\nref {marker}");
+    let room = crate::whatsapp::MAX_DESCRIPTION_CHARS.saturating_sub(tail.chars().count());
+    let mut out: String = text.trim_end().chars().take(room).collect();
+    out.push_str(&tail);
+    out
+}
+
+/// Whether a WhatsApp description ends with the marker line of [`wa_description`].
+pub fn carries_marker(description: &str, marker: &str) -> bool {
+    description.trim_end().lines().last().is_some_and(|l| l.trim() == format!("ref {marker}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_survives_a_description_at_the_limit_and_is_recognised_exactly() {
+        let long = "x".repeat(5_000);
+        let d = wa_description(&long, Some("wagb-1a2b3c"));
+        assert_eq!(d.chars().count(), crate::whatsapp::MAX_DESCRIPTION_CHARS);
+        assert!(carries_marker(&d, "wagb-1a2b3c"));
+        assert!(!carries_marker(&d, "wagb-1a2b3"), "a prefix is not the marker");
+        assert!(!carries_marker("Alice, Bob\nref wagb-other", "wagb-1a2b3c"));
+        assert!(!carries_marker("Alice, Bob", "wagb-1a2b3c"), "same names, no marker");
+        assert_eq!(room_description(Some("wagb-9")), format!("{ROOM_DESCRIPTION} (ref wagb-9)"));
+    }
+}
