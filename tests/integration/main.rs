@@ -9,6 +9,7 @@ mod burst;
 mod console;
 mod create_form;
 mod demo;
+mod guarantees;
 mod lifecycle;
 mod media;
 mod mock_pod;

@@ -239,6 +239,22 @@ pub async fn start_bot_with_whatsapp_config(
     timings: wa_groups_bot::app::BotTimings,
     extra: &str,
 ) -> Bot {
+    start_bot_with_whatsapp_loaded(pod, sim, dir, advisors, timings, extra, || {
+        Templates::embedded().expect("templates")
+    })
+    .await
+}
+
+/// [`start_bot_with_whatsapp_config`] with its templates from `templates`.
+pub async fn start_bot_with_whatsapp_loaded(
+    pod: &MockPod,
+    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    dir: &std::path::Path,
+    advisors: &str,
+    timings: wa_groups_bot::app::BotTimings,
+    extra: &str,
+    templates: impl FnOnce() -> Templates,
+) -> Bot {
     let yaml = format!(
         "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
@@ -265,14 +281,10 @@ pub async fn start_bot_with_whatsapp_config(
         Config::load_from(&ConfigSource { file: Some(file), env: Some(Default::default()) })
             .expect("valid config");
     let path = config.whatsapp.webhook.path.clone();
-    let bot = Bot::start_with(
-        config,
-        Templates::embedded().expect("templates"),
-        tokio_util::sync::CancellationToken::new(),
-        timings,
-    )
-    .await
-    .expect("bot starts");
+    let bot =
+        Bot::start_with(config, templates(), tokio_util::sync::CancellationToken::new(), timings)
+            .await
+            .expect("bot starts");
     let addr = bot.webhook_addr.expect("the webhook receiver runs");
     sim.set_webhook_url(&format!("http://{addr}{path}"));
     bot
