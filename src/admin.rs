@@ -1,6 +1,7 @@
 //! The admin's tools: `check-config` (every problem of the configuration, the key file and the
 //! templates at once; with `--connect`, one login to the pod and one Graph API call) and
-//! `render` (a template preview). Reports never show a secret.
+//! `render` (a template preview), and `events failed` (the events set aside). Reports never
+//! show a secret.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -263,4 +264,44 @@ pub fn render_preview(
     let data: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| RenderError::BadJson { path: data_file.to_owned(), reason: e.to_string() })?;
     Ok(Templates::preview(templates_dir, name, &data)?)
+}
+
+/// The set-aside events as a table: id, source, attempts, what it is, why it failed. Message
+/// texts stay out (they can be confidential): the event's kind is shown.
+pub fn failed_events(store: &crate::store::Store) -> Result<String, crate::store::StoreError> {
+    let rows = store.failed_inbound(1_000)?;
+    if rows.is_empty() {
+        return Ok("No event is set aside.\n".to_owned());
+    }
+    let mut out =
+        format!("{:>8}  {:<9}  {:>8}  {:<28}  reason\n", "id", "source", "attempts", "event");
+    for row in rows {
+        let kind = event_kind(&row.payload);
+        let reason = row.last_error.unwrap_or_default().replace('\n', " ");
+        out.push_str(&format!(
+            "{:>8}  {:<9}  {:>8}  {:<28}  {reason}\n",
+            row.id,
+            row.source.as_str(),
+            row.attempts,
+            kind
+        ));
+    }
+    out.push_str("Put one back with `wa-groups-bot events retry ID`, or all with `--all`.\n");
+    Ok(out)
+}
+
+/// What a stored event is (`symphony/messageSent`, `whatsapp/participantsAdded`, `outcome/failed`).
+fn event_kind(payload: &serde_json::Value) -> String {
+    let inner = payload.get("event").unwrap_or(payload);
+    let source = payload.get("source").and_then(|s| s.as_str());
+    let kind = inner
+        .get("kind")
+        .and_then(|k| k.get("type"))
+        .or_else(|| inner.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("?");
+    match source {
+        Some(s) => format!("{s}/{kind}"),
+        None => format!("outcome/{kind}"),
+    }
 }

@@ -83,6 +83,14 @@ enum Cmd {
         #[arg(long)]
         connect: bool,
     },
+    /// Events that kept failing and were set aside: list them, or put them back in the queue
+    /// (a running bot picks them up within seconds).
+    Events {
+        #[command(subcommand)]
+        action: EventsCmd,
+        #[arg(long, default_value = "bot-config.yaml", global = true)]
+        config: PathBuf,
+    },
     /// Preview a template: render it with JSON data (strict mode, as the bot renders it).
     Render {
         /// The template's name, e.g. symphony/group_ready or whatsapp/renamed.
@@ -93,6 +101,19 @@ enum Cmd {
         /// The templates folder.
         #[arg(long, default_value = "templates")]
         templates: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// List the set-aside events: id, source, attempts, what it was, why it failed.
+    Failed,
+    /// Put a set-aside event back in the queue (or all of them with --all).
+    Retry {
+        /// The event's id (from `events failed`).
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
 }
 
@@ -142,6 +163,23 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
             if !report.passed() {
                 std::process::exit(1);
+            }
+        }
+        Cmd::Events { action, config } => {
+            let config = Config::load(&config)?;
+            let store = wa_groups_bot::store::Store::open(&config.store.path)?;
+            match action {
+                EventsCmd::Failed => print!("{}", admin::failed_events(&store)?),
+                EventsCmd::Retry { id, all } => {
+                    if id.is_none() && !all {
+                        anyhow::bail!("give an event id (see `events failed`) or --all");
+                    }
+                    let n = store.retry_inbound(id)?;
+                    if n == 0 && id.is_some() {
+                        anyhow::bail!("no set-aside event has that id (see `events failed`)");
+                    }
+                    println!("{n} event(s) put back in the queue");
+                }
             }
         }
         Cmd::Render { template, data, templates } => {

@@ -224,10 +224,25 @@ async fn a_poison_event_is_set_aside_whole_and_the_rest_flows_until_it_is_retrie
     std::fs::write(templates.join("whatsapp/contact_removed.hbs"), "{{phone}} was removed")
         .expect("fix the template");
     let timings = wa_groups_bot::app::BotTimings::default();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wa-groups-bot"))
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("bot-config.yaml"))
+            .output()
+            .expect("run the binary");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["events", "failed"]);
+    assert!(
+        listed.contains("symphony/messageSent") && listed.contains("oops"),
+        "the set-aside event is listed: {listed}"
+    );
     let bot =
         start_bot_with_whatsapp_templates(&pod, &sim, dir.path(), timings, &extra, &templates)
             .await;
-    assert_eq!(bot.store.retry_inbound(None).expect("retry"), 1);
+    assert!(cli(&["events", "retry", "--all"]).contains("1 event(s) put back"));
     wait_for("Jane removed", Duration::from_secs(15), || {
         let p = participants(&sim, &gid);
         async move { (p == json!([])).then_some(()) }
