@@ -202,6 +202,7 @@ impl Bot {
                             .map_err(|e| e.to_string())?;
                         metrics.inbound_event(EventSource::Symphony, new);
                     }
+                    crate::crashpoint::reached("a datafeed batch persisted");
                     wake.notify_one();
                     Ok(())
                 })

@@ -12,6 +12,7 @@
 //! - [`symphony`]: RS512 login, Datafeed v2 loop, pod/agent endpoints, MessageML/PresentationML.
 //! - [`whatsapp`]: typed Meta Cloud API client (groups, invite links, join requests, messages).
 //! - [`webhook`]: signed WhatsApp webhook receiver (verify, persist, then 200).
+//! - [`crashpoint`]: `WAGB_CRASH_AT=k` aborts at the k-th commit (the crash tests).
 //! - [`dispatch`]: decides persisted events, in order per group, groups in parallel; one
 //!   transaction per event; events that keep failing are set aside.
 //! - [`effects`]: side effects as data, queued in the outbox and performed with retries; what
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod commands;
 pub mod config;
+pub mod crashpoint;
 pub mod dispatch;
 pub mod effects;
 pub mod events;

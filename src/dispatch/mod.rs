@@ -236,14 +236,16 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     async fn decide_once(&self, row: &InboundRow) -> Result<bool, DecideError> {
         let event = Event::decode(row)?;
         let prepared = self.decider.prepare(&self.store, &event).await?;
-        self.store.transaction(|tx| {
+        let queued = self.store.transaction(|tx| -> Result<bool, DecideError> {
             if !tx.mark_processed(row.id)? {
                 return Ok(false); // decided already
             }
             let effects = self.decider.decide(tx, &row.dedupe_key, &event, prepared)?;
             tx.queue_effects(&to_outbox(&effects)?)?;
             Ok(!effects.is_empty())
-        })
+        })?;
+        crate::crashpoint::reached("an event decided");
+        Ok(queued)
     }
 
     /// Sets an event aside: kept for an administrator, counted, and said in its room.

@@ -198,6 +198,7 @@ impl EffectExecutor {
                     }
                     tx.finish_effect(row.id, None)
                 })?;
+                crate::crashpoint::reached("an effect done");
                 if outcome.is_some() {
                     self.dispatcher.notify_one();
                 }

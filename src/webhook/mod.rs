@@ -149,6 +149,7 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         }
     }
     if stored > 0 {
+        crate::crashpoint::reached("a webhook persisted");
         state.wake.notify_one();
     }
     StatusCode::OK.into_response()

@@ -7,6 +7,7 @@ mod admin;
 mod bdk_interop;
 mod burst;
 mod console;
+mod crash;
 mod create_form;
 mod demo;
 mod guarantees;
