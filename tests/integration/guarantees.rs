@@ -88,7 +88,7 @@ async fn info_state(pod: &MockPod, sid: &str, phone: &str) -> String {
 /// room is told; `/wa info` and the simulator agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contact_removed_while_their_approval_is_under_way_is_removed_on_arrival() {
-    let pod = crate::support::start_pod().await;
+    let pod = start_pod().await;
     let sim = start_sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
