@@ -17,16 +17,14 @@ use crate::commands::router::CommandRouter;
 use crate::config::Config;
 use crate::dispatch::{Decider, DispatchPolicy, Dispatcher};
 use crate::effects::{EffectExecutor, Outcome};
-use crate::events::{InboundEvent, SymphonyEvent};
 use crate::groups::UserId;
 use crate::groups::service::{GroupService, GroupSettings};
-use crate::metrics::{EventSource, Metrics, TaskState};
+use crate::metrics::{Metrics, TaskState};
 use crate::relay::RelayService;
 use crate::sandbox::console::{Console, ConsoleConfig, Directory, DirectoryContact, DirectoryUser};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::store::{Source, Store, StoreError, now_ms};
-use crate::symphony::datafeed::BatchHandler;
 use crate::symphony::{DatafeedLoop, SymphonyClient, SymphonyError};
 use crate::templates::{TemplateError, Templates};
 use crate::whatsapp::WhatsAppClient;
@@ -181,32 +179,18 @@ impl Bot {
         tracing::info!(addr = %http_addr, "serving /healthz and /metrics");
 
         // Datafeed → store: a batch is acknowledged only once every event is persisted.
+        // Persisting lives in `intake` (messages keyed by message id, the
+        // watermark advanced); each new feed first catches up on what was posted without one.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let feed =
-            DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry).on_ready(ready_tx);
-        let feed_store = store.clone();
-        let feed_metrics = metrics.clone();
-        let feed_wake = wake.clone();
+        let feed = DatafeedLoop::new(symphony.clone(), config.symphony.datafeed.retry)
+            .on_ready(ready_tx)
+            .on_new_feed(crate::intake::catch_up_hook(
+                store.clone(),
+                crate::symphony::CatchUp::new(symphony.clone(), bot_user),
+            ));
+        let handler = crate::intake::batch_handler(store.clone(), metrics.clone(), wake.clone());
         let feed_cancel = cancel.clone();
         supervisor.spawn("datafeed", async move {
-            let handler: BatchHandler = Box::new(move |events: Vec<SymphonyEvent>| {
-                let store = feed_store.clone();
-                let metrics = feed_metrics.clone();
-                let wake = feed_wake.clone();
-                Box::pin(async move {
-                    for event in events {
-                        let payload = serde_json::to_value(InboundEvent::Symphony(event.clone()))
-                            .map_err(|e| e.to_string())?;
-                        let new = store
-                            .enqueue_inbound(Source::Symphony, &event.id, &payload)
-                            .map_err(|e| e.to_string())?;
-                        metrics.inbound_event(EventSource::Symphony, new);
-                    }
-                    crate::crashpoint::reached("a datafeed batch persisted");
-                    wake.notify_one();
-                    Ok(())
-                })
-            });
             feed.run(handler, feed_cancel).await.map_err(|e| e.to_string())
         });
 

@@ -21,6 +21,7 @@
 //! - [`commands`]: `/wa …` parsing, the create form, and the router (checks, live reads, replies).
 //! - [`groups`]: validated id newtypes and group rules.
 //! - [`relay`]: the chat relay (room ↔ WhatsApp group or contacts), its formatting and windows.
+//! - [`intake`]: Symphony events (datafeed and catch-up after a feed loss) into the store.
 //! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
 //! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
@@ -39,6 +40,7 @@ pub mod dispatch;
 pub mod effects;
 pub mod events;
 pub mod groups;
+pub mod intake;
 pub mod keys;
 pub mod metrics;
 pub mod monitoring;

@@ -19,6 +19,23 @@ pub struct SymphonyEvent {
     pub kind: SymphonyEventKind,
 }
 
+impl SymphonyEvent {
+    /// The key the inbound queue recognises the event by, whichever way it came: a message by
+    /// its message id ([`message_key`]: the datafeed and the catch-up after a feed loss may
+    /// both bring it), any other event by its datafeed event id.
+    pub fn dedupe_key(&self) -> String {
+        match &self.kind {
+            SymphonyEventKind::MessageSent(m) => message_key(&m.message_id),
+            _ => self.id.clone(),
+        }
+    }
+}
+
+/// `msg:<message id>`, the id in its URL-safe form (datafeed payloads may carry standard base64).
+pub fn message_key(message_id: &str) -> String {
+    format!("msg:{}", crate::groups::model::to_url_safe_id(message_id))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum SymphonyEventKind {

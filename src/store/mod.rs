@@ -267,6 +267,21 @@ pub trait StateStore: Send + Sync {
         &self,
         body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
+
+    // ----- [feed-catchup] the Symphony watermark (catch-up after a datafeed loss) -----
+    /// The pod timestamps of the latest and the first Symphony event persisted, if any.
+    fn symphony_watermark(&self) -> Result<Option<Watermark>, StoreError>;
+    /// Symphony events up to `at_ms` (pod time) are persisted; the watermark never goes back.
+    fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError>;
+}
+
+/// How far the Symphony side has been received, in pod time (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The latest event persisted.
+    pub latest_ms: i64,
+    /// The first event ever recorded: messages before it were stored under other keys.
+    pub first_ms: i64,
 }
 
 /// A shared handle on the store (cheap to clone).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::repo::SqlTx;
-use super::{InboundRow, OutboxRow, Pruned, Source, StateStore, StoreError, Tx, now_ms};
+use super::{InboundRow, OutboxRow, Pruned, Source, StateStore, StoreError, Tx, Watermark, now_ms};
 
 /// Numbered migrations; the index + 1 is the schema version it leads to.
 const MIGRATIONS: &[&str] = &[
@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_health.sql"),
     include_str!("migrations/0007_origin.sql"),
     include_str!("migrations/0008_decision_core.sql"),
+    include_str!("migrations/0009_symphony_watermark.sql"),
 ];
 
 /// The due heads of the outbox: read from the heads' partial index, whatever the backlog.
@@ -355,6 +356,26 @@ impl StateStore for SqliteStore {
         if body(&SqlTx(&tx))? {
             tx.commit()?;
         }
+        Ok(())
+    }
+
+    // [feed-catchup]
+    fn symphony_watermark(&self) -> Result<Option<Watermark>, StoreError> {
+        let found = self
+            .conn()?
+            .query_row("SELECT latest_ms, first_ms FROM symphony_watermark WHERE id = 1", [], |r| {
+                Ok(Watermark { latest_ms: r.get(0)?, first_ms: r.get(1)? })
+            })
+            .optional()?;
+        Ok(found)
+    }
+
+    fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO symphony_watermark (id, latest_ms, first_ms) VALUES (1, ?1, ?1)
+             ON CONFLICT (id) DO UPDATE SET latest_ms = MAX(latest_ms, excluded.latest_ms)",
+            [at_ms],
+        )?;
         Ok(())
     }
 }

@@ -358,3 +358,19 @@ fn a_corrupt_file_is_a_clear_error() {
     let err = SqliteStore::open(&path).expect_err("corrupt");
     assert!(err.to_string().contains("bot.db"), "{err}");
 }
+
+// [feed-catchup]
+#[test]
+fn the_symphony_watermark_only_moves_forward_and_keeps_its_start() {
+    for (name, store) in backends() {
+        assert_eq!(store.symphony_watermark().expect("read"), None, "{name}");
+        store.advance_symphony_watermark(1_000).expect("first");
+        store.advance_symphony_watermark(3_000).expect("later");
+        store.advance_symphony_watermark(2_000).expect("out of order");
+        assert_eq!(
+            store.symphony_watermark().expect("read"),
+            Some(Watermark { latest_ms: 3_000, first_ms: 1_000 }),
+            "{name}"
+        );
+    }
+}

@@ -2,7 +2,9 @@
 //! a handler and acknowledge it (with the next read) only once the handler succeeded. A 400
 //! means the feed is gone: delete it, create a new one, start again from `ackId ""`. A 401 is a
 //! re-login (inside the client) on the same feed. Throttling, server and network errors back
-//! off exponentially (capped), honouring `Retry-After`.
+//! off exponentially (capped), honouring `Retry-After`. Each time the loop has a feed (at start
+//! and after a re-creation) an optional hook catches up on what was posted while no feed was
+//! read, before the first read.
 
 use std::time::Duration;
 
@@ -20,6 +22,11 @@ use crate::events::SymphonyEvent;
 pub type BatchHandler =
     Box<dyn FnMut(Vec<SymphonyEvent>) -> BoxFuture<'static, Result<(), String>> + Send>;
 
+/// Called each time the loop has a feed (at start and after every re-creation), before its
+/// first read: the events missed while no feed was read (see [`super::catchup`]), handed to the
+/// [`BatchHandler`] like a batch. Failures are the hook's to report: it returns what it found.
+pub type CatchUpHook = Box<dyn FnMut() -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
+
 /// Whether a feed id is a datafeed (`…_f` or `…_f_…`), not a datahose feed.
 fn is_datafeed_id(id: &str) -> bool {
     let mut parts = id.split('_');
@@ -35,19 +42,64 @@ pub struct DatafeedLoop {
     client: SymphonyClient,
     retry: RetryConfig,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
+    catch_up: Option<CatchUpHook>,
 }
 
 impl DatafeedLoop {
     /// `retry` is `datafeed.retry` (for ever by default). Reads time out after the client's read
     /// timeout, which must exceed the server's hold (~20 s on a real pod).
     pub fn new(client: SymphonyClient, retry: RetryConfig) -> Self {
-        Self { client, retry, ready: None }
+        Self { client, retry, ready: None, catch_up: None }
     }
 
     /// `ready` fires once the feed exists: from then on no event is missed.
     pub fn on_ready(mut self, ready: tokio::sync::oneshot::Sender<()>) -> Self {
         self.ready = Some(ready);
         self
+    }
+
+    /// `hook` brings back what was missed each time the loop gets a feed.
+    pub fn on_new_feed(mut self, hook: CatchUpHook) -> Self {
+        self.catch_up = Some(hook);
+        self
+    }
+
+    /// Runs the catch-up hook and hands what it found to `handler`, retried (per
+    /// `datafeed.retry`) until it is taken: unlike a batch, nobody would deliver it again.
+    async fn catch_up(&mut self, handler: &mut BatchHandler, cancel: &CancellationToken) {
+        let found = match self.catch_up.as_mut() {
+            Some(hook) => hook(),
+            None => return,
+        };
+        let events = tokio::select! {
+            () = cancel.cancelled() => return,
+            events = found => events,
+        };
+        if events.is_empty() {
+            return;
+        }
+        let count = events.len();
+        let mut failures = 0u32;
+        loop {
+            match handler(events.clone()).await {
+                Ok(()) => {
+                    tracing::info!(count, "missed messages caught up");
+                    return;
+                }
+                Err(reason) => {
+                    failures += 1;
+                    let Some(wait) = self.retry.next_wait(failures, true, None) else {
+                        tracing::error!(%reason, count, "missed messages could not be taken; they are lost");
+                        return;
+                    };
+                    tracing::warn!(%reason, count, ?wait, "missed messages not taken yet; retrying");
+                    self.pause(cancel, wait).await;
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn list(&self) -> Result<Vec<Datafeed>, SymphonyError> {
@@ -127,6 +179,8 @@ impl DatafeedLoop {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
+        // A restart may follow an outage (the feed then expired) or a crash in a catch-up.
+        self.catch_up(&mut handler, &cancel).await;
         let mut ack_id = String::new();
         let mut failures = 0u32;
         loop {
@@ -173,6 +227,8 @@ impl DatafeedLoop {
                         None => return Ok(()),
                     };
                     ack_id.clear();
+                    // What was posted between the old feed's end and the new one's start.
+                    self.catch_up(&mut handler, &cancel).await;
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;

@@ -3,6 +3,7 @@
 //! on a 401 and retries throttling and server errors with capped backoff honouring `Retry-After`.
 
 pub mod auth;
+pub mod catchup;
 pub mod datafeed;
 pub mod messageml;
 pub mod model;
@@ -19,6 +20,7 @@ use crate::config::{RetryConfig, SymphonyConfig};
 use crate::groups::{StreamId, UserId};
 use crate::metrics::{ApiClient, Metrics};
 
+pub use catchup::CatchUp;
 pub use datafeed::DatafeedLoop;
 pub use model::{AttachmentInfo, RoomInfo, RoomMember, SentMessage, UserInfo};
 

@@ -109,7 +109,16 @@ pub(crate) struct StreamRef {
 pub(crate) struct StreamAttributes {
     pub id: String,
     #[serde(default)]
+    pub stream_type: Option<StreamType>,
+    #[serde(default)]
     pub room_attributes: Option<RoomNameOnly>,
+}
+
+/// `StreamType`: `{"type": "IM" | "MIM" | "ROOM" | "POST"}`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct StreamType {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,7 +273,8 @@ pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
     Some(SymphonyEvent { id, timestamp, initiator, affected_name, kind })
 }
 
-fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> {
+/// Maps one `V4Message` (a datafeed MESSAGESENT's or one of the message history's).
+pub(crate) fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> {
     let presentation_ml = m.get("message")?.as_str()?.to_owned();
     let data = m.get("data").and_then(Value::as_str).map(str::to_owned);
     let parsed = messageml::parse(&presentation_ml, data.as_deref()).ok();

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod bdk_interop;
 mod burst;
+mod catch_up;
 mod console;
 mod crash;
 mod create_form;

@@ -695,6 +695,10 @@ async fn message_create(
     response
 }
 
+/// `GET /agent/v4/stream/{sid}/message?since=&until=&skip=&limit=`: the stream's messages with
+/// `since <= timestamp <= until`, oldest first, after skipping `skip` of them, at most `limit`
+/// (default 50, at most 500); 204 when there are none. `since` is required (400 without it); a
+/// stream the caller is not in is 403 (the spec knows 400, 401, 403 and 500 here).
 async fn message_list(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -703,23 +707,49 @@ async fn message_list(
 ) -> Response {
     let user = caller!(shared, headers, true);
     let id = to_url_safe_id(&id);
-    let since: i64 = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let limit: usize = q.get("limit").and_then(|s| s.parse().ok()).unwrap_or(50).min(500);
-    let st = shared.lock();
-    let Some(s) = st.streams.get(&id).filter(|s| s.member(user).is_some()) else {
-        return error(404, "Stream not found");
+    let number = |name: &str| -> Result<Option<i64>, Response> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(Some)
+                .ok_or_else(|| error(400, format!("{name} must be a non-negative integer"))),
+        }
     };
-    let messages: Vec<Value> = s
+    let (since, until, skip, limit) =
+        match (number("since"), number("until"), number("skip"), number("limit")) {
+            (Ok(Some(since)), Ok(until), Ok(skip), Ok(limit)) => (since, until, skip, limit),
+            (Ok(None), ..) => return error(400, "since is required"),
+            (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (.., Err(r)) => return r,
+        };
+    // "If no value is provided, 50 is the default. The maximum supported value is 500."
+    let limit = match limit {
+        None | Some(0) => 50,
+        Some(n) => n.min(500) as usize,
+    };
+    let mut st = shared.lock();
+    st.stats.history_reads += 1;
+    let Some(s) = st.streams.get(&id).filter(|s| s.member(user).is_some()) else {
+        return error(403, "The user is not a member of the stream");
+    };
+    let mut messages: Vec<&super::state::StoredMessage> = s
         .messages
         .iter()
-        .filter(|m| m.timestamp >= since)
+        .filter(|m| m.timestamp >= since && until.is_none_or(|u| m.timestamp <= u))
+        .collect();
+    messages.sort_by_key(|m| m.timestamp);
+    let page: Vec<Value> = messages
+        .into_iter()
+        .skip(skip.unwrap_or(0) as usize)
         .take(limit)
         .map(|m| st.v4_message(&id, m))
         .collect();
-    if messages.is_empty() {
+    if page.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    Json(messages).into_response()
+    Json(page).into_response()
 }
 
 // ----- datafeed v2 -----

@@ -143,6 +143,11 @@ pub struct PodStats {
     /// Events handed out more than once (unacknowledged batches redelivered).
     pub redeliveries: u64,
     pub faults_served: u64,
+    /// Events a bot (a user who logs in) never got because it had no live datafeed then: what a
+    /// feed loss costs a bot that does not catch up.
+    pub missed_events: u64,
+    /// `GET /agent/v4/stream/{sid}/message` calls (message history reads).
+    pub history_reads: u64,
 }
 
 #[derive(Debug)]
@@ -253,6 +258,12 @@ impl PodState {
             event["messageId"] = json!(mid);
         }
         let now = Instant::now();
+        let missed = recipients
+            .iter()
+            .filter(|r| self.users.get(r).is_some_and(|u| u.kind == UserKind::Bot))
+            .filter(|r| !self.feeds.values().any(|f| f.user == **r && !f.expired))
+            .count();
+        self.stats.missed_events += missed as u64;
         for feed in self.feeds.values_mut() {
             if recipients.contains(&feed.user) && !feed.expired {
                 feed.queue.push_back(QueuedEvent {

@@ -1,0 +1,105 @@
+//! The Symphony side's way into the inbound queue: datafeed batches and the catch-up after a
+//! feed loss are persisted alike, a message under its message id (`msg:<id>`) whichever way it
+//! came, so that a message both bring is handled once; and the watermark (the latest event's pod
+//! timestamp) the next catch-up starts from moves forward with each batch.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::events::{InboundEvent, SymphonyEvent};
+use crate::metrics::{EventSource, Metrics};
+use crate::store::{Source, Store, StoreError};
+use crate::symphony::catchup::{self, CatchUp};
+use crate::symphony::datafeed::{BatchHandler, CatchUpHook};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Persists each batch (new events are counted, redeliveries recognised), advances the
+/// watermark, then wakes the dispatcher. An error leaves the batch unacknowledged.
+pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> BatchHandler {
+    Box::new(move |events: Vec<SymphonyEvent>| {
+        let (store, metrics, wake) = (store.clone(), metrics.clone(), wake.clone());
+        Box::pin(async move {
+            persist(&store, &metrics, &events).map_err(|e| e.to_string())?;
+            crate::crashpoint::reached("a datafeed batch persisted");
+            wake.notify_one();
+            Ok(())
+        })
+    })
+}
+
+/// Enqueues the events, then records the latest timestamp: a crash in between only makes the
+/// next catch-up read a little more.
+pub fn persist(
+    store: &Store,
+    metrics: &Metrics,
+    events: &[SymphonyEvent],
+) -> Result<(), IntakeError> {
+    let mut latest = None;
+    for event in events {
+        let payload = serde_json::to_value(InboundEvent::Symphony(event.clone()))?;
+        let new = store.enqueue_inbound(Source::Symphony, &event.dedupe_key(), &payload)?;
+        metrics.inbound_event(EventSource::Symphony, new);
+        if event.timestamp > 0 {
+            latest = latest.max(Some(event.timestamp));
+        }
+    }
+    if let Some(at) = latest {
+        store.advance_symphony_watermark(at)?;
+    }
+    Ok(())
+}
+
+/// The catch-up the datafeed loop runs each time it has a feed: the messages posted since the
+/// watermark (see [`catchup::start_of`]). Nothing before the first event the store ever recorded:
+/// a fresh bot does not answer yesterday's commands.
+pub fn catch_up_hook(store: Store, catch_up: CatchUp) -> CatchUpHook {
+    let catch_up = Arc::new(catch_up);
+    Box::new(move || {
+        let (store, catch_up) = (store.clone(), catch_up.clone());
+        Box::pin(async move {
+            let mark = match store.symphony_watermark() {
+                Ok(Some(mark)) => mark,
+                Ok(None) => {
+                    tracing::info!("no Symphony event received yet: nothing to catch up on");
+                    return Vec::new();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the watermark: no catch-up");
+                    return Vec::new();
+                }
+            };
+            let since = catchup::start_of(mark.latest_ms, mark.first_ms, now_ms());
+            match catch_up.messages_since(since).await {
+                Ok(found) => {
+                    for (stream, error) in &found.failed {
+                        tracing::error!(%stream, %error, "cannot read a stream's recent messages: those missed there are lost");
+                    }
+                    tracing::info!(
+                        since,
+                        streams = found.streams,
+                        messages = found.events.len(),
+                        "caught up on the messages posted while no datafeed was read"
+                    );
+                    found.events
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "catch-up failed: messages posted while no datafeed was read are lost");
+                    Vec::new()
+                }
+            }
+        })
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
