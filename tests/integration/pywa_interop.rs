@@ -1,8 +1,8 @@
 //! Fidelity of the WhatsApp simulator: pywa (a real third-party Cloud API client with the Groups
 //! API, pinned 4.5.0 from PyPI) makes every Groups call it offers against it: create, list, read,
 //! update settings (multipart), invite link get/reset, join requests list/approve/reject (a
-//! partial rejection: 206), remove participants (by phone and by BSUID), send to the group and
-//! delete; the webhooks that follow reach the bot's own receiver.
+//! partial rejection: 206), remove participants (by phone and by BSUID), send to the group, pin
+//! and unpin a message, and delete; the webhooks that follow reach the bot's own receiver.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -123,6 +123,8 @@ async fn pywa_manages_a_group_on_the_simulator() {
     assert!(sim.group(&group).expect("group")["picture"].is_string());
 
     assert!(steps["sent"].as_str().is_some_and(|id| id.starts_with("wamid.")));
+    // Pin and unpin the business's message; a message of no group cannot be pinned.
+    assert_eq!(steps["pin"], json!({"pinned": true, "after_unpin": [], "refused": 100}));
     assert_eq!(steps["reset"], json!({"changed": true, "old_link": "refused", "current": true}));
 
     // Removed by phone number and by BSUID; both are barred from the link.
@@ -187,7 +189,13 @@ async fn pywa_manages_a_group_on_the_simulator() {
         );
     }
     let not_ok: Vec<_> = calls.iter().filter(|c| c.2 != 200).collect();
-    assert_eq!(not_ok, vec![&("DELETE".to_owned(), "{group}/join_requests".to_owned(), 206)]);
+    assert_eq!(
+        not_ok,
+        vec![
+            &("DELETE".to_owned(), "{group}/join_requests".to_owned(), 206),
+            &("POST".to_owned(), "106540352242922/messages".to_owned(), 400),
+        ]
+    );
     let sim_group = sim.group(&group).expect("group");
     assert_eq!(
         sim_group["messages"]

@@ -126,6 +126,16 @@ def main(sim_url, token, phone_id, control_url):
     sent = wa.send_message(to=group_id, text="hello group, from pywa")
     step("sent", sent.id)
 
+    wa.pin_message(group_id, sent.id, expiration_days=7)
+    pinned = control(f"/_sandbox/wa/groups/{group_id}")["pinned"]
+    wa.unpin_message(group_id, sent.id)
+    try:
+        wa.pin_message(group_id, "wamid.not-in-this-group", expiration_days=7)
+        refused = None
+    except Exception as e:  # noqa: BLE001 - the refusal is what this step records
+        refused = getattr(e, "code", type(e).__name__)
+    step("pin", {"pinned": pinned == [sent.id], "after_unpin": control(f"/_sandbox/wa/groups/{group_id}")["pinned"], "refused": refused})
+
     new_link = wa.reset_group_invite_link(group_id).link
     old = control(f"/_sandbox/wa/phones/{BEN}/tap", {"link": link})
     step("reset", {"changed": new_link != link, "old_link": old["result"], "current": wa.get_group_invite_link(group_id).link == new_link})

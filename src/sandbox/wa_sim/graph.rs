@@ -232,6 +232,7 @@ async fn group_create(
         active: true,
         suspended: false,
         picture: None,
+        pinned: Vec::new(),
         window_until: None,
         messages: Vec::new(),
     };
@@ -1015,6 +1016,12 @@ async fn send_message(
     }
     let recipient_type = body.get("recipient_type").and_then(Value::as_str).unwrap_or("individual");
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("text").to_owned();
+    if kind == "pin" {
+        return match pin(&mut st, recipient_type, &to, body.get("pin")) {
+            Ok(()) => Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid()}]})).into_response(),
+            Err(r) => r,
+        };
+    }
     let mut media_ref = None;
     // A media file that does not fit its kind is accepted, then fails (131053) by webhook.
     let mut media_failure = None;
@@ -1152,6 +1159,63 @@ async fn send_message(
         shared.emit("messages", v);
     }
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]})).into_response()
+}
+
+/// At most this many messages are pinned in a group at once.
+const MAX_PINNED: usize = 3;
+
+/// `type: "pin"` (groups only, Meta's groups-messaging docs): `pin: {type: "pin", message_id,
+/// expiration_days: 1..30}` pins a message of the group, `{type: "unpin", message_id}` unpins it.
+fn pin(
+    st: &mut SimState,
+    recipient_type: &str,
+    to: &str,
+    pin: Option<&Value>,
+) -> Result<(), Response> {
+    if recipient_type != "group" {
+        return Err(invalid("pin: only messages in groups can be pinned (recipient_type group)"));
+    }
+    let pin = pin.ok_or_else(|| invalid("pin is required"))?;
+    let message_id = pin
+        .get("message_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("pin.message_id is required"))?
+        .to_owned();
+    let g = group_mut(st, to)?;
+    if g.suspended {
+        return Err(graph_error(403, 131207, "Group suspended"));
+    }
+    let now = now_secs();
+    g.pinned.retain(|(_, until)| *until > now);
+    match pin.get("type").and_then(Value::as_str) {
+        Some("pin") => {
+            let days = pin
+                .get("expiration_days")
+                .and_then(Value::as_i64)
+                .filter(|d| (1..=30).contains(d))
+                .ok_or_else(|| invalid("pin.expiration_days must be 1 to 30"))?;
+            if !g.messages.iter().any(|m| m.id == message_id) {
+                return Err(invalid(&format!(
+                    "pin.message_id: {message_id} is not a message of this group"
+                )));
+            }
+            g.pinned.retain(|(id, _)| *id != message_id);
+            if g.pinned.len() >= MAX_PINNED {
+                return Err(invalid("pin: a group has at most 3 pinned messages; unpin one first"));
+            }
+            g.pinned.push((message_id, now + days * 24 * 3600));
+            Ok(())
+        }
+        Some("unpin") => {
+            let before = g.pinned.len();
+            g.pinned.retain(|(id, _)| *id != message_id);
+            if g.pinned.len() == before {
+                return Err(invalid(&format!("pin.message_id: {message_id} is not pinned")));
+            }
+            Ok(())
+        }
+        _ => Err(invalid("pin.type must be pin or unpin")),
+    }
 }
 
 /// Reads the `image`/`document`/… object of a media message: sent by `id` (the simulator

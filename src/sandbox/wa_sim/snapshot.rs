@@ -52,6 +52,9 @@ struct SavedGroup {
     suspended: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     picture: Option<String>,
+    /// Pinned messages and until when (unix seconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pinned: Vec<(String, i64)>,
     /// Unix seconds when the open window closes.
     window_until: Option<i64>,
     messages: Vec<SavedMessage>,
@@ -163,6 +166,7 @@ pub(crate) fn export(st: &SimState) -> Value {
             active: g.active,
             suspended: g.suspended,
             picture: g.picture.clone(),
+            pinned: g.pinned.clone(),
             window_until: window_to_unix(g.window_until),
             messages: g.messages.iter().map(save_message).collect(),
         })
@@ -230,6 +234,7 @@ pub(crate) fn import(st: &mut SimState, document: &Value) -> Result<(), String> 
             active: g.active,
             suspended: g.suspended,
             picture: g.picture,
+            pinned: g.pinned,
             window_until: window_from_unix(g.window_until),
             messages: g.messages.into_iter().map(load_message).collect(),
         };
@@ -319,6 +324,7 @@ mod tests {
                     active: true,
                     suspended: false,
                     picture: None,
+                    pinned: Vec::new(),
                     window_until: open,
                     messages: vec![message("m1", "447911123456", Some(id))],
                 },

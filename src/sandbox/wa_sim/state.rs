@@ -165,6 +165,8 @@ pub(crate) struct Group {
     pub suspended: bool,
     /// The sha256 (base64) of the group picture set by the business.
     pub picture: Option<String>,
+    /// Pinned messages: (message id, pinned until, unix seconds).
+    pub pinned: Vec<(String, i64)>,
     /// The group's customer-service window, opened by any participant's message.
     pub window_until: Option<Instant>,
     pub messages: Vec<Delivered>,
@@ -192,6 +194,7 @@ impl Group {
             "active": self.active,
             "suspended": self.suspended,
             "picture": self.picture,
+            "pinned": self.pinned.iter().filter(|(_, until)| *until > now_secs()).map(|(id, _)| id.clone()).collect::<Vec<_>>(),
             "messages": self.messages.iter().map(|m| {
                 let mut v = json!({"id": m.id, "from": m.from, "type": m.kind, "text": m.text});
                 if let Some(t) = &m.template { v["template"] = t.clone(); }
