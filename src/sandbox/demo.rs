@@ -60,7 +60,7 @@ fn step_error(step: &str, reason: impl Into<String>) -> DemoError {
 
 /// Escapes text typed into the Symphony composer for MessageML.
 fn typed(text: &str) -> String {
-    format!("<messageML>{}</messageML>", crate::templates::escape_message_ml(text))
+    format!("<messageML>{}</messageML>", crate::sandbox::symphony_rules::escape_message_ml(text))
 }
 
 impl Demo {

@@ -9,4 +9,5 @@ pub mod demo;
 pub mod faults;
 pub mod mock_pod;
 pub mod persist;
+mod symphony_rules;
 pub mod wa_sim;

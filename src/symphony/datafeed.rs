@@ -149,7 +149,7 @@ impl DatafeedLoop {
         &self,
         feed: &str,
         ack_id: &str,
-    ) -> Result<(Vec<serde_json::Value>, String), SymphonyError> {
+    ) -> Result<(Vec<serde_json::Value>, Option<String>), SymphonyError> {
         let path = format!("/agent/v5/datafeeds/{feed}/read");
         let body = json!({"ackId": ack_id});
         let list: Option<EventList> = self
@@ -192,8 +192,12 @@ impl DatafeedLoop {
                 Ok((raw, next_ack)) => {
                     failures = 0;
                     self.client.metrics.datafeed_read();
+                    // No `ackId` in the answer: the last one stays in force (what was read may
+                    // come again; handling is idempotent).
                     if raw.is_empty() {
-                        ack_id = next_ack;
+                        if let Some(next) = next_ack {
+                            ack_id = next;
+                        }
                         continue;
                     }
                     let events: Vec<SymphonyEvent> = raw
@@ -210,7 +214,9 @@ impl DatafeedLoop {
                     match handler(events).await {
                         Ok(()) => {
                             tracing::debug!(count, "datafeed batch handed over");
-                            ack_id = next_ack;
+                            if let Some(next) = next_ack {
+                                ack_id = next;
+                            }
                         }
                         Err(reason) => {
                             // Not acknowledged: the pod hands the batch out again later.

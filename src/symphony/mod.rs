@@ -556,16 +556,41 @@ impl SymphonyClient {
         }
     }
 
-    /// `GET /pod/v1/streams/{sid}/attachments`
+    /// `GET /pod/v1/streams/{sid}/attachments`: every attachment of the stream, oldest first.
+    /// The pod answers at most `limit` (≤ 100) per call, so this pages with `since` = the last
+    /// `ingestionDate` seen (inclusive: what was already listed is skipped).
     pub async fn stream_attachments(
         &self,
         sid: &StreamId,
     ) -> Result<Vec<AttachmentInfo>, SymphonyError> {
+        const PAGE: usize = 100;
         let path = format!("/pod/v1/streams/{sid}/attachments");
-        Ok(self
-            .call(Service::Pod, Method::GET, &path, Retry::Standard, |r| r)
-            .await?
-            .unwrap_or_default())
+        let mut out: Vec<AttachmentInfo> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut since: Option<i64> = None;
+        loop {
+            let mut query = vec![("limit", PAGE.to_string()), ("sortDir", "ASC".to_owned())];
+            if let Some(t) = since {
+                query.push(("since", t.to_string()));
+            }
+            let page: Vec<AttachmentInfo> = self
+                .call(Service::Pod, Method::GET, &path, Retry::Standard, |r| r.query(&query))
+                .await?
+                .unwrap_or_default();
+            let full = page.len() >= PAGE;
+            let mut fresh = 0;
+            for a in page {
+                if seen.insert((a.message_id.clone(), a.file_id.clone())) {
+                    since = since.max(a.ingestion_date);
+                    out.push(a);
+                    fresh += 1;
+                }
+            }
+            // A short page is the last; a page with nothing new cannot move `since` on.
+            if !full || fresh == 0 || since.is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     /// `GET /agent/v1/stream/{sid}/attachment?fileId=&messageId=`: the file's bytes (the agent

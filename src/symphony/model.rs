@@ -165,7 +165,9 @@ pub(crate) struct Datafeed {
 pub(crate) struct EventList {
     #[serde(default)]
     pub events: Option<Vec<Value>>,
-    pub ack_id: String,
+    /// Optional in the spec: a read may answer without one (then the last one stays in force).
+    #[serde(default)]
+    pub ack_id: Option<String>,
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {

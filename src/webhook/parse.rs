@@ -70,8 +70,17 @@ fn digest(v: &Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))[..32].to_owned()
 }
 
-fn setting(v: Option<&Value>) -> Option<SettingOutcome> {
+/// A setting of a `group_settings_update`: the docs' `{text, update_successful, errors}`, or the
+/// v23 spec's flat string (the new value; it succeeded unless the item carries errors).
+fn setting(v: Option<&Value>, item_failed: bool) -> Option<SettingOutcome> {
     let v = v?;
+    if let Value::String(text) = v {
+        return Some(SettingOutcome {
+            text: Some(text.clone()),
+            successful: !item_failed,
+            errors: Vec::new(),
+        });
+    }
     Some(SettingOutcome {
         text: s(v, "text"),
         successful: v.get("update_successful").and_then(Value::as_bool).unwrap_or(false),
@@ -150,8 +159,14 @@ fn group_item(field: &str, g: &Value) -> WhatsAppEvent {
         Some("group_settings_update") => WhatsAppEvent::SettingsUpdated {
             group_id: group,
             request_id,
-            subject: setting(g.get("group_subject").or_else(|| g.get("subject"))),
-            description: setting(g.get("group_description").or_else(|| g.get("description"))),
+            subject: setting(
+                g.get("group_subject").or_else(|| g.get("subject")),
+                !errors(g).is_empty(),
+            ),
+            description: setting(
+                g.get("group_description").or_else(|| g.get("description")),
+                !errors(g).is_empty(),
+            ),
             errors: errors(g),
         },
         Some("group_suspend") => WhatsAppEvent::GroupSuspended { group_id: group },
@@ -194,14 +209,24 @@ fn message(m: &Value, contacts: &[Value]) -> Option<WhatsAppEvent> {
 }
 
 fn status(st: &Value) -> Option<WhatsAppEvent> {
-    let participant_id =
+    let mut participant_id =
         s(st, "recipient_participant_id").or_else(|| s(st, "participant_recipient_id"));
     let participant_user = s(st, "recipient_participant_user_id");
+    let mut recipient_id = s(st, "recipient_id");
+    let mut recipient_type = s(st, "recipient_type");
+    // The v23 spec's shape of a group status: `group_id` beside `recipient_id` = the participant.
+    if let Some(group) = s(st, "group_id") {
+        if recipient_id.as_deref() != Some(group.as_str()) {
+            participant_id = participant_id.or(recipient_id.take());
+        }
+        recipient_id = Some(group);
+        recipient_type = Some("group".to_owned());
+    }
     Some(WhatsAppEvent::Status {
         message_id: s(st, "id")?,
         status: s(st, "status")?,
-        recipient_id: s(st, "recipient_id"),
-        recipient_type: s(st, "recipient_type"),
+        recipient_id,
+        recipient_type,
         participant: (participant_id.is_some() || participant_user.is_some()).then_some(WaUser {
             wa_id: participant_id,
             user_id: participant_user,
@@ -422,6 +447,22 @@ mod tests {
             Some((Some("Q3 review (FX)".into()), true))
         );
         assert_eq!(description.map(|d| (d.successful, d.errors.len())), Some((false, 1)));
+        // The v23 spec's flat shape: the new values, successful.
+        let WhatsAppEvent::SettingsUpdated { group_id, request_id, subject, description, errors } =
+            one("group_settings_update_flat.json")
+        else {
+            panic!()
+        };
+        assert_eq!((group_id, request_id.as_deref()), (g(), Some("6f8d2a4b-req-0009")));
+        assert_eq!(
+            subject.map(|s| (s.text, s.successful)),
+            Some((Some("Q3 review (FX)".into()), true))
+        );
+        assert_eq!(
+            description.map(|d| (d.text, d.successful)),
+            Some((Some("Symphony: Ann, Bob".into()), true))
+        );
+        assert!(errors.is_empty());
         assert_eq!(one("group_suspend.json"), WhatsAppEvent::GroupSuspended { group_id: g() });
         assert_eq!(
             one("group_suspend_cleared.json"),
@@ -491,6 +532,16 @@ mod tests {
             panic!()
         };
         assert_eq!(participant, Some(jane()));
+        // The v23 spec's shape: `group_id`, and `recipient_id` is the participant.
+        let WhatsAppEvent::Status { recipient_id, recipient_type, participant, status, .. } =
+            one("status_delivered_group_spec.json")
+        else {
+            panic!()
+        };
+        assert_eq!(status, "delivered");
+        assert_eq!(recipient_id.as_deref(), Some(G));
+        assert_eq!(recipient_type.as_deref(), Some("group"));
+        assert_eq!(participant.and_then(|p| p.wa_id).as_deref(), Some("447911123456"));
     }
 
     #[test]

@@ -508,7 +508,8 @@ impl WhatsAppClient {
                 TemplateParam::GroupId(g) => json!({"type": "group_id", "group_id": g.as_str()}),
             })
             .collect();
-        let mut template = json!({"name": name, "language": {"code": language}});
+        let mut template =
+            json!({"name": name, "language": {"policy": "deterministic", "code": language}});
         if !parameters.is_empty() {
             template["components"] = json!([{"type": "body", "parameters": parameters}]);
         }

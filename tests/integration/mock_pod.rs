@@ -534,3 +534,151 @@ async fn a_form_the_bot_sends_is_rendered_and_its_submission_reaches_the_bot() {
         json!({"action": "send", "item": "Bonds", "who": [BOB], "note": "asap", "signed": "yes"})
     );
 }
+
+/// A room (Alice's, the bot in it) whose `messages` messages carry `per_message` attachments each,
+/// posted through the control API. Returns the stream id.
+pub(crate) async fn room_with_attachments(
+    url: &str,
+    messages: usize,
+    per_message: usize,
+) -> String {
+    let (status, room) = control(
+        url,
+        "/_sandbox/rooms",
+        json!({"as": ALICE, "name": "Files", "members": [ALICE, BOT]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    let sid = room["streamId"].as_str().expect("stream").to_owned();
+    for m in 0..messages {
+        let attachments: Vec<Value> = (0..per_message)
+            .map(|a| json!({"name": format!("f{m}-{a}.txt"), "contentType": "text/plain", "dataBase64": "aGk="}))
+            .collect();
+        let (status, v) = control(
+            url,
+            &format!("/_sandbox/streams/{sid}/messages"),
+            json!({"as": ALICE, "messageML": format!("<messageML>file {m}</messageML>"), "attachments": attachments}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    sid
+}
+
+#[tokio::test]
+async fn stream_attachments_page_as_the_spec_says() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let sid = room_with_attachments(&pod.url(), 40, 3).await;
+    let list = |query: &'static str| {
+        let r = s.req(reqwest::Method::GET, &format!("/pod/v1/streams/{sid}/attachments{query}"));
+        async move {
+            let r = r.send().await.expect("list");
+            (r.status(), r.json::<Value>().await.expect("json"))
+        }
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|a| a["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    // 50 by default, at most 100, oldest first.
+    let (status, page) = list("").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(names(&page).len(), 50);
+    assert_eq!(names(&page)[0], "f0-0.txt");
+    let (_, page) = list("?limit=100").await;
+    assert_eq!(names(&page).len(), 100);
+    assert_eq!(names(&page)[99], "f33-0.txt");
+    // Newest first on request.
+    let (_, page) = list("?limit=2&sortDir=DESC").await;
+    assert_eq!(names(&page), vec!["f39-2.txt", "f39-1.txt"]);
+    // `since` / `to` (inclusive) select by ingestion date: messages get distinct timestamps.
+    let all: Vec<Value> = page_all(&s, &sid).await;
+    let stamps: Vec<i64> = all.iter().map(|a| a["ingestionDate"].as_i64().expect("date")).collect();
+    assert!(stamps.windows(4).all(|w| w[0] < w[3]), "{stamps:?}");
+    let since = stamps[99];
+    let r = s
+        .req(reqwest::Method::GET, &format!("/pod/v1/streams/{sid}/attachments?since={since}"))
+        .send()
+        .await
+        .expect("since");
+    let rest: Value = r.json().await.expect("json");
+    assert_eq!(names(&rest).first().map(String::as_str), Some("f33-0.txt"));
+    assert_eq!(names(&rest).len(), 21);
+    // Refusals are the spec's {code, message}.
+    for bad in ["?limit=0", "?limit=101", "?limit=x", "?sortDir=UP", "?since=yesterday"] {
+        let (status, body) = list(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["code"], 400, "{bad}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: {body}");
+    }
+}
+
+/// Every attachment of a stream through raw paging (limit 100, `since` = last date seen).
+async fn page_all(s: &Session, sid: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut since = 0i64;
+    loop {
+        let r = s
+            .req(
+                reqwest::Method::GET,
+                &format!("/pod/v1/streams/{sid}/attachments?limit=100&since={since}"),
+            )
+            .send()
+            .await
+            .expect("page");
+        let page: Vec<Value> = r.json().await.expect("json");
+        let n = page.len();
+        for a in page {
+            if !out.iter().any(|o| o["fileId"] == a["fileId"]) {
+                since = since.max(a["ingestionDate"].as_i64().unwrap_or(0));
+                out.push(a);
+            }
+        }
+        if n < 100 {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_pod_refusal_is_code_and_message() {
+    let pod = start_pod().await;
+    let s = Session::login(&pod.url()).await;
+    let http = reqwest::Client::new();
+    let check = |what: &'static str, status: StatusCode, body: Value, want: u16| {
+        assert_eq!(status.as_u16(), want, "{what}: {body}");
+        assert_eq!(body["code"], want, "{what}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{what}: {body}");
+    };
+    // No token, an unknown path, a method a path does not take.
+    let r = http.get(format!("{}/pod/v2/sessioninfo", pod.url())).send().await.expect("call");
+    check("no token", r.status(), r.json().await.expect("json"), 401);
+    let r = s.req(reqwest::Method::GET, "/pod/v9/nothing").send().await.expect("call");
+    check("unknown path", r.status(), r.json().await.expect("json"), 404);
+    let r = s.req(reqwest::Method::DELETE, "/pod/v2/sessioninfo").send().await.expect("call");
+    let status = r.status();
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        status.is_client_error() && body["code"] == status.as_u16() && body["message"].is_string(),
+        "{status} {body}"
+    );
+    // A message that is not multipart.
+    let im = pod.create_im(&[BOT, ALICE]).expect("im");
+    let r = s
+        .req(reqwest::Method::POST, &format!("/agent/v4/stream/{im}/message/create"))
+        .json(&json!({"message": "<messageML>hi</messageML>"}))
+        .send()
+        .await
+        .expect("call");
+    check("not multipart", r.status(), r.json().await.expect("json"), 400);
+    // The control API keeps its own {"error"} shape.
+    let r = http.get(format!("{}/_sandbox/nothing", pod.url())).send().await.expect("call");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.expect("json");
+    assert!(body["error"].is_string(), "{body}");
+}

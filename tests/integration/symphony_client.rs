@@ -365,3 +365,106 @@ async fn one_slow_stream_does_not_hold_up_the_others() {
     assert_eq!(replies(&pod, &slow), 0, "the slow stream's reply is still under way");
     bot.stop().await;
 }
+
+#[tokio::test]
+async fn a_room_with_120_attachments_is_fully_listed() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client =
+        SymphonyClient::new(&support::bot_config(&pod, dir.path(), "keys/bot-pkcs8.pem").symphony)
+            .expect("client");
+    client.authenticate().await.expect("login");
+    // 40 messages of 3 files: more than one page of 100, pages ending inside a message.
+    let sid = crate::mock_pod::room_with_attachments(&pod.url(), 40, 3).await;
+    let listed = client.stream_attachments(&StreamId::new(sid)).await.expect("attachments");
+    let names: Vec<String> = listed.iter().map(|a| a.name.clone()).collect();
+    let expected: Vec<String> =
+        (0..40).flat_map(|m| (0..3).map(move |a| format!("f{m}-{a}.txt"))).collect();
+    assert_eq!(names, expected);
+}
+
+/// A proxy in front of the pod that drops `ackId` from every datafeed read answer (the spec
+/// makes it optional). Returns its port.
+async fn without_ack_ids(pod_url: String) -> u16 {
+    use axum::body::Bytes;
+    use axum::extract::{Request, State};
+    use axum::response::{IntoResponse, Response};
+    async fn forward(State(target): State<String>, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let mut out = reqwest::Client::new()
+            .request(parts.method.clone(), format!("{target}{path}"))
+            .body(body);
+        for (name, value) in &parts.headers {
+            if name != "host" && name != "content-length" {
+                out = out.header(name, value);
+            }
+        }
+        let Ok(answer) = out.send().await else {
+            return axum::http::StatusCode::BAD_GATEWAY.into_response();
+        };
+        let status = answer.status();
+        let kind = answer.headers().get("content-type").cloned();
+        let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
+        if parts.uri.path().ends_with("/read")
+            && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("ackId");
+            bytes = v.to_string().into_bytes();
+        }
+        let mut r = (status, bytes).into_response();
+        if let Some(k) = kind {
+            r.headers_mut().insert("content-type", k);
+        }
+        r
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new().fallback(forward).with_state(pod_url);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+#[tokio::test]
+async fn a_datafeed_answer_without_ack_id_is_read_not_an_error() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = without_ack_ids(pod.url()).await;
+    let config = support::bot_config(&pod, dir.path(), "keys/bot-pkcs8.pem");
+    let file = dir.path().join("bot-config.yaml");
+    let yaml = std::fs::read_to_string(&file).expect("config");
+    let yaml = yaml.replace(&format!("port: {}\n", pod.addr().port()), &format!("port: {port}\n"));
+    std::fs::write(&file, yaml).expect("write config");
+    drop(config);
+    let config = wa_groups_bot::config::Config::load_from(&wa_groups_bot::config::ConfigSource {
+        file: Some(file),
+        env: Some(Default::default()),
+    })
+    .expect("config");
+    let bot = wa_groups_bot::app::Bot::start(
+        config,
+        wa_groups_bot::templates::Templates::embedded().expect("templates"),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("bot starts");
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("post");
+    wait_for_message(&pod, &im, BOT, is_help).await;
+    // Never acknowledged, the batch comes back (and the bot reads on after it); it still
+    // answers once.
+    let reads = wait_for("a redelivery", Duration::from_secs(10), || {
+        let st = pod.stats();
+        async move { (st.redeliveries > 0).then_some(st.feed_reads) }
+    })
+    .await;
+    wait_for("two more reads", Duration::from_secs(10), || {
+        let n = pod.stats().feed_reads;
+        async move { (n >= reads + 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(replies(&pod, &im), 1);
+    bot.stop().await;
+}

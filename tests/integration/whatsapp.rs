@@ -521,3 +521,256 @@ async fn cancelled_requests_and_reordered_deliveries_reach_the_receiver() {
         "the second pair arrived swapped"
     );
 }
+
+/// A group (auto-approve) that `phones` joined by its link, each having written once.
+async fn joined_group(
+    c: &WhatsAppClient,
+    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    rx: &Receiver,
+    subject: &str,
+    phones: &[&str],
+) -> GroupId {
+    let (group, link) = create(c, rx, subject, false).await;
+    for p in phones {
+        assert_eq!(sim.tap(p, &link)["result"], "joined");
+        sim.send_as_phone(p, Some(group.as_str()), "hello", None).expect("writes");
+    }
+    group
+}
+
+fn graph_code(e: &WhatsAppError) -> Option<(u16, i64)> {
+    match e {
+        WhatsAppError::Graph(g) => Some((g.status, g.code)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_group_refuses_sends_until_the_suspension_is_lifted() {
+    let sim = start_sim().await;
+    let rx = start_receiver().await;
+    sim.set_webhook_url(&rx.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client(&sim.url(), dir.path(), "v23.0");
+    let group = joined_group(&c, &sim, &rx, "Moderated", &[JANE]).await;
+    let to = Recipient::Group(group.clone());
+
+    let answer =
+        control(&sim.url(), &format!("/_sandbox/wa/groups/{group}/suspend"), json!({})).await;
+    assert_eq!(answer, json!({"id": group.as_str(), "suspended": true}));
+    rx.wait_event("group_suspend", |e| match e {
+        WhatsAppEvent::GroupSuspended { group_id } if *group_id == group => Some(()),
+        _ => None,
+    })
+    .await;
+    let refused = c.send_text(&to, "anyone there?").await.expect_err("suspended");
+    assert_eq!(graph_code(&refused), Some((403, 131207)), "{refused}");
+    assert_eq!(c.group_info(&group).await.expect("info").suspended, Some(true));
+
+    let answer = control(
+        &sim.url(),
+        &format!("/_sandbox/wa/groups/{group}/suspend"),
+        json!({"suspended": false}),
+    )
+    .await;
+    assert_eq!(answer["suspended"], false);
+    rx.wait_event("group_suspend_cleared", |e| match e {
+        WhatsAppEvent::GroupSuspendCleared { group_id } if *group_id == group => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(c.send_text(&to, "back again").await.expect("sent").starts_with("wamid."));
+    assert_eq!(sim.inbox(JANE).last().map(|m| m["text"].clone()), Some(json!("back again")));
+
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/groups/nope/suspend", sim.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.json::<Value>().await.expect("json")["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_username_user_is_known_by_user_id_until_a_one_to_one_exchange() {
+    let sim = start_sim().await;
+    let rx = start_receiver().await;
+    sim.set_webhook_url(&rx.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client(&sim.url(), dir.path(), "v23.0");
+    let made: Value = reqwest::Client::new()
+        .put(format!("{}/_sandbox/wa/phones/{JOHN}", sim.url()))
+        .json(&json!({"name": "John", "username": "john.doe"}))
+        .send()
+        .await
+        .expect("put")
+        .json()
+        .await
+        .expect("json");
+    let bsuid = made["userId"].as_str().expect("user id").to_owned();
+    assert_eq!(made["username"], "john.doe");
+
+    let group = joined_group(&c, &sim, &rx, "Usernames", &[JOHN]).await;
+    let added = rx
+        .wait_event("John added", |e| match e {
+            WhatsAppEvent::ParticipantsAdded { group_id, participants, .. }
+                if *group_id == group =>
+            {
+                Some(participants[0].clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (added.wa_id, added.user_id.as_deref(), added.username.as_deref()),
+        (None, Some(bsuid.as_str()), Some("john.doe"))
+    );
+    let from = rx
+        .wait_event("John's group message", |e| match e {
+            WhatsAppEvent::Message { from, group_id: Some(g), .. } if *g == group => {
+                Some(from.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!((from.wa_id, from.user_id), (None, Some(bsuid.clone())));
+    let info = c.group_info(&group).await.expect("info");
+    assert_eq!(info.participants.len(), 1);
+    assert_eq!(
+        (info.participants[0].wa_id.as_ref(), info.participants[0].user_id.as_deref()),
+        (None, Some(bsuid.as_str()))
+    );
+    // The business's group message: the delivered status names John by user id only.
+    let wamid = c.send_text(&Recipient::Group(group.clone()), "hi John").await.expect("sent");
+    let participant = rx
+        .wait_event("delivered", |e| match e {
+            WhatsAppEvent::Status { message_id, status, participant: Some(p), .. }
+                if *message_id == wamid && status == "delivered" =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!((participant.wa_id, participant.user_id), (None, Some(bsuid.clone())));
+
+    // John writes to the business 1:1: from now on his number shows.
+    sim.send_as_phone(JOHN, None, "it's me", None).expect("1:1");
+    let direct = rx
+        .wait_event("John's 1:1 message", |e| match e {
+            WhatsAppEvent::Message { from, group_id: None, .. } => Some(from.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(direct.wa_id.as_deref(), Some(JOHN));
+    let info = c.group_info(&group).await.expect("info");
+    assert_eq!(info.participants[0].wa_id.as_deref(), Some(JOHN));
+
+    // Removed by user id: the removal names him so, and he cannot come back.
+    c.remove_participants(&group, std::slice::from_ref(&bsuid)).await.expect("remove");
+    assert_eq!(sim.group(group.as_str()).expect("group")["removed"], json!([JOHN]));
+}
+
+#[tokio::test]
+async fn rejecting_join_requests_of_which_one_fails_is_a_partial_success() {
+    let sim = start_sim().await;
+    let rx = start_receiver().await;
+    sim.set_webhook_url(&rx.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client(&sim.url(), dir.path(), "v23.0");
+    let (group, link) = create(&c, &rx, "Partial", true).await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    let requests = c.join_requests(&group).await.expect("requests");
+    let jane = requests[0].join_request_id.clone();
+    let outcome =
+        c.reject_join_requests(&group, &[jane.clone(), "nope".to_owned()]).await.expect("206");
+    assert_eq!(outcome.done, vec![jane]);
+    assert_eq!(
+        outcome.failed.first().map(|(id, e)| (id.as_str(), e[0].code)),
+        Some(("nope", 131213))
+    );
+    assert_eq!(sim.group(group.as_str()).expect("group")["pendingRequests"], json!([]));
+    // On the wire: 206, the failed ids and a 131201.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v23.0/{group}/join_requests", sim.url()))
+        .bearer_auth(crate::support::WA_TOKEN)
+        .json(&json!({"messaging_product": "whatsapp", "join_requests": ["gone"]}))
+        .send()
+        .await
+        .expect("reject");
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["rejected_join_requests"], json!([]));
+    assert_eq!(body["failed_join_requests"][0]["join_request_id"], "gone");
+    assert_eq!(body["errors"][0]["code"], 131201);
+}
+
+#[tokio::test]
+async fn graph_answers_what_it_does_not_serve_with_graph_errors() {
+    let sim = start_sim().await;
+    let rx = start_receiver().await;
+    sim.set_webhook_url(&rx.url);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = client(&sim.url(), dir.path(), "v23.0");
+    let (group, _) = create(&c, &rx, "Shapes", true).await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String| {
+        http.request(method, format!("{}{path}", sim.url()))
+            .bearer_auth(crate::support::WA_TOKEN)
+            .json(&json!({"messaging_product": "whatsapp"}))
+            .send()
+    };
+    let graph = |v: &Value| {
+        let e = &v["error"];
+        e["message"].is_string()
+            && e["type"].is_string()
+            && e["code"].is_i64()
+            && e["fbtrace_id"].is_string()
+    };
+    // An edge Graph does not have; adding participants (in the spec, not in the docs); a
+    // second-level path.
+    for (method, path, code) in [
+        (reqwest::Method::GET, format!("/v23.0/{group}/nothing"), 2500),
+        (reqwest::Method::POST, format!("/v23.0/{group}/participants"), 100),
+        (reqwest::Method::PUT, format!("/v23.0/{group}"), 100),
+        (reqwest::Method::GET, "/v23.0/a/b/c".to_owned(), 2500),
+    ] {
+        let r = call(method.clone(), path.clone()).await.expect("call");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {path}");
+        let body: Value = r.json().await.expect("json");
+        assert!(graph(&body), "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+    }
+    // Every node answers `id`; an unknown field is Graph's (#100).
+    let r = call(reqwest::Method::GET, format!("/v23.0/{group}?fields=id,subject"))
+        .await
+        .expect("info");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        (body["id"].as_str(), body["subject"].as_str()),
+        (Some(group.as_str()), Some("Shapes"))
+    );
+    let r =
+        call(reqwest::Method::GET, format!("/v23.0/{group}?fields=colour")).await.expect("info");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.expect("json");
+    assert!(graph(&body) && body["error"]["code"] == 100, "{body}");
+    // A template without the spec's language policy is refused; the client sends it.
+    let r = http
+        .post(format!("{}/v23.0/{}/messages", sim.url(), crate::support::WA_PHONE_ID))
+        .bearer_auth(crate::support::WA_TOKEN)
+        .json(&json!({"messaging_product": "whatsapp", "to": JANE, "type": "template",
+                      "template": {"name": "hello_world", "language": {"code": "en_US"}}}))
+        .send()
+        .await
+        .expect("template");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let jane = E164::parse(&format!("+{JANE}")).expect("number");
+    c.send_template(&Recipient::Phone(jane), "hello_world", "en_US", &[]).await.expect("sent");
+    assert_eq!(sim.inbox(JANE)[0]["template"]["name"], "hello_world");
+    // The control API keeps its {"error"} shape.
+    let r = http.get(format!("{}/_sandbox/wa/nothing", sim.url())).send().await.expect("call");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.json::<Value>().await.expect("json")["error"].is_string());
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::presentation;
 use super::state::StoredAttachment;
-use crate::groups::model::to_url_safe_id;
+use crate::sandbox::symphony_rules::url_safe_id as to_url_safe_id;
 
 /// A spec-shaped error: `{"code": <status>, "message": "..."}`.
 pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
@@ -571,20 +571,47 @@ async fn streams_list(
     Json(items).into_response()
 }
 
+/// `GET /pod/v1/streams/{sid}/attachments?since&to&limit&sortDir`: at most `limit` (default 50,
+/// 1 to 100) attachments ingested between `since` and `to` (inclusive, ms), oldest first unless
+/// `sortDir=DESC`. A caller pages by asking again from the last `ingestionDate` it got.
 async fn stream_attachments(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let user = caller!(shared, headers, false);
     let id = to_url_safe_id(&id);
+    let number = |name: &str| -> Result<Option<i64>, Response> {
+        q.get(name)
+            .map(|v| v.trim().parse::<i64>())
+            .transpose()
+            .map_err(|_| error(400, format!("{name} must be an integer")))
+    };
+    let (since, to, limit) = match (number("since"), number("to"), number("limit")) {
+        (Ok(since), Ok(to), Ok(limit)) => (since, to, limit),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    };
+    let limit = match limit {
+        None => 50,
+        Some(l @ 1..=100) => l as usize,
+        Some(_) => return error(400, "limit must be a positive integer not exceeding 100"),
+    };
+    let descending = match q.get("sortDir").map(|d| d.to_ascii_uppercase()) {
+        None => false,
+        Some(d) if d == "ASC" => false,
+        Some(d) if d == "DESC" => true,
+        Some(_) => return error(400, "sortDir must be ASC or DESC"),
+    };
     let st = shared.lock();
     let Some(s) = st.streams.get(&id).filter(|s| s.member(user).is_some()) else {
         return error(404, "Stream not found");
     };
-    let items: Vec<Value> = s
+    let in_range = |t: i64| since.is_none_or(|f| t >= f) && to.is_none_or(|l| t <= l);
+    let mut items: Vec<Value> = s
         .messages
         .iter()
+        .filter(|m| in_range(m.timestamp))
         .flat_map(|m| {
             m.attachments.iter().map(move |a| {
                 json!({"messageId": m.message_id, "ingestionDate": m.timestamp, "userId": m.user,
@@ -593,7 +620,20 @@ async fn stream_attachments(
             })
         })
         .collect();
+    if descending {
+        items.reverse();
+    }
+    items.truncate(limit);
     Json(items).into_response()
+}
+
+/// The pod's answer to a path or method it does not serve, in the spec's `{code, message}`.
+pub(crate) async fn unsupported(method: Method, uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/_sandbox/") {
+        let body = json!({"error": format!("the control API has no {method} {}", uri.path())});
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    }
+    error(404, format!("no such endpoint: {method} {}", uri.path()))
 }
 
 // ----- agent -----
@@ -641,9 +681,13 @@ async fn message_create(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let user = caller!(shared, headers, true);
+    let mut multipart = match multipart {
+        Ok(m) => m,
+        Err(e) => return error(400, format!("the body must be multipart/form-data: {e}")),
+    };
     let id = to_url_safe_id(&id);
     let mut message = None;
     let mut data = None;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::presentation::{self, FieldKind, FormSpec};
 use super::state::{PodState, StoredAttachment, Stream};
-use crate::groups::model::to_url_safe_id;
+use crate::sandbox::symphony_rules::url_safe_id as to_url_safe_id;
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()

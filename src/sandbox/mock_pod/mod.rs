@@ -247,7 +247,12 @@ impl MockPod {
             let rendered = presentation::render(message_ml, None, &presentation::names(&names))
                 .map_err(MockPodError::Request)?;
             let v4 = st
-                .post(as_user, &crate::groups::model::to_url_safe_id(stream), rendered, Vec::new())
+                .post(
+                    as_user,
+                    &crate::sandbox::symphony_rules::url_safe_id(stream),
+                    rendered,
+                    Vec::new(),
+                )
                 .map_err(MockPodError::Request)?;
             v4["messageId"].as_str().unwrap_or_default().to_owned()
         };
@@ -259,7 +264,7 @@ impl MockPod {
     pub fn messages(&self, stream: &str) -> Vec<PostedMessage> {
         let st = self.shared.lock();
         st.streams
-            .get(&crate::groups::model::to_url_safe_id(stream))
+            .get(&crate::sandbox::symphony_rules::url_safe_id(stream))
             .map(|s| {
                 s.messages
                     .iter()
@@ -377,6 +382,8 @@ const MAX_BODY_BYTES: usize = 140 * 1024 * 1024;
 pub(crate) fn router(shared: Shared) -> axum::Router {
     api::router(shared.clone())
         .merge(control::router(shared.clone()))
+        .method_not_allowed_fallback(api::unsupported)
+        .fallback(api::unsupported)
         .layer(axum::middleware::from_fn_with_state(shared, api::inject_faults))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }

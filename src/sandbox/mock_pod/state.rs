@@ -18,6 +18,16 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A message's ingestion time: the clock in ms, but always after the previous message's, as a
+/// pod orders its messages (so that paging by `since` never stalls on equal timestamps).
+fn next_message_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    if prev < now { now } else { LAST.fetch_add(1, Ordering::SeqCst) + 1 }
+}
+
 pub(crate) fn random_id(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
@@ -520,7 +530,7 @@ impl PodState {
         let message_id = random_id(24);
         let stored = StoredMessage {
             message_id: message_id.clone(),
-            timestamp: now_ms(),
+            timestamp: next_message_ms(),
             user: sender,
             presentation_ml: rendered.presentation_ml,
             data: rendered.data.to_string(),

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::graph::{request_to_join, window_from_now};
+use super::media_rules::{self as media, Kind as MediaKind};
 use super::state::{Delivered, Media, MediaRef, SimState, now_secs, wamid};
-use crate::whatsapp::media::{self, MediaKind};
 
 fn fail(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -37,6 +37,7 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
         .route("/_sandbox/wa/phones/{phone}/leave", post(leave))
         .route("/_sandbox/wa/groups", get(groups))
         .route("/_sandbox/wa/groups/{id}", get(group))
+        .route("/_sandbox/wa/groups/{id}/suspend", post(suspend_group))
         .route("/_sandbox/wa/media/{id}", get(media_bytes))
         .route("/_sandbox/wa/faults", post(faults))
         .route("/_sandbox/wa/webhooks/faults", post(webhook_faults))
@@ -72,6 +73,9 @@ macro_rules! try_or {
 #[derive(Deserialize)]
 struct PhoneBody {
     name: Option<String>,
+    /// A WhatsApp username: the business then sees the phone by `user_id` (and `username`) only,
+    /// without `wa_id`, until the two exchange a 1:1 message.
+    username: Option<String>,
 }
 
 async fn set_phone(
@@ -81,8 +85,19 @@ async fn set_phone(
 ) -> Response {
     let phone = try_or!(phone_id(&phone));
     let b: PhoneBody = try_or!(parse(&body).map_err(bad));
-    shared.lock().phone(&phone).name = b.name;
-    Json(json!({"phone": phone})).into_response()
+    if let Some(u) = &b.username
+        && (u.len() < 3
+            || u.len() > 35
+            || !u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_')))
+    {
+        return bad("username: 3 to 35 letters, digits, '.' or '_'");
+    }
+    let mut st = shared.lock();
+    let p = st.phone(&phone);
+    p.name = b.name;
+    p.username = b.username;
+    Json(json!({"phone": phone, "userId": SimState::bsuid(&phone), "username": p.username}))
+        .into_response()
 }
 
 /// Every phone the simulator knows (named or used), by number.
@@ -91,7 +106,7 @@ async fn phones(State(shared): State<Shared>) -> Response {
     let mut all: Vec<(&String, &super::state::Phone)> = st.phones.iter().collect();
     all.sort_by(|a, b| a.0.cmp(b.0));
     let list: Vec<Value> =
-        all.into_iter().map(|(phone, p)| json!({"phone": phone, "name": p.name})).collect();
+        all.into_iter().map(|(phone, p)| json!({"phone": phone, "name": p.name, "userId": SimState::bsuid(phone), "username": p.username})).collect();
     Json(list).into_response()
 }
 
@@ -162,15 +177,14 @@ pub(crate) fn tap(shared: &Shared, phone: &str, link: &str) -> Value {
         st.group_item(
             &gid,
             "group_join_request_created",
-            json!({"reason": "admin_approval", "join_request_id": req.id,
-            "wa_id": phone, "user_id": SimState::bsuid(phone)}),
+            st.user(phone, json!({"reason": "admin_approval", "join_request_id": req.id})),
         )
     } else {
         st.group_item(
             &gid,
             "group_participants_add",
             json!({"reason": "invite_link",
-            "added_participants": [{"wa_id": phone, "user_id": SimState::bsuid(phone)}]}),
+            "added_participants": [st.user(phone, json!({}))]}),
         )
     };
     let value = st.value(json!({"groups": [webhook]}));
@@ -214,8 +228,7 @@ async fn cancel(State(shared): State<Shared>, Path(phone): Path<String>, body: B
     let item = st.group_item(
         &b.group_id,
         "group_join_request_revoked",
-        json!({"join_request_id": req.id,
-        "wa_id": phone, "user_id": SimState::bsuid(&phone)}),
+        st.user(&phone, json!({"join_request_id": req.id})),
     );
     let value = st.value(json!({"groups": [item]}));
     drop(st);
@@ -314,8 +327,15 @@ pub(crate) fn phone_message(
         }
     }
     let id = wamid();
-    let name = st.profile_name(phone);
-    let mut message = json!({"from": phone, "from_user_id": SimState::bsuid(phone), "id": id,
+    let mut profile = json!({"name": st.profile_name(phone)});
+    if let Some(u) = st.phones.get(phone).and_then(|p| p.username.clone()) {
+        profile["username"] = json!(u);
+    }
+    if to == "business" {
+        // Writing to the business shows the number from now on (Meta's 30-day rule).
+        st.phone(phone).last_exchange = Some(std::time::Instant::now());
+    }
+    let mut message = json!({"from_user_id": SimState::bsuid(phone), "id": id,
         "timestamp": now_secs().to_string(), "type": "text", "text": {"body": text}});
     let mut media_ref = None;
     if let Some(f) = file {
@@ -334,10 +354,13 @@ pub(crate) fn phone_message(
             MediaKind::Sticker => object["animated"] = json!(false),
             _ => {}
         }
-        message = json!({"from": phone, "from_user_id": SimState::bsuid(phone), "id": id,
+        message = json!({"from_user_id": SimState::bsuid(phone), "id": id,
             "timestamp": now_secs().to_string(), "type": kind, kind: object});
         media_ref = Some((f.kind, MediaRef::of(&stored, f.caption, None)));
         st.media.insert(stored.id.clone(), stored);
+    }
+    if st.number_shown(phone) {
+        message["from"] = json!(phone);
     }
     if let Some(c) = context {
         message["context"] = json!({"from": st.cfg.business_phone, "id": c});
@@ -379,7 +402,7 @@ pub(crate) fn phone_message(
         message["group_id"] = json!(to);
     }
     let value = st.value(json!({
-        "contacts": [{"profile": {"name": name}, "wa_id": phone, "user_id": SimState::bsuid(phone)}],
+        "contacts": [st.user(phone, json!({"profile": profile}))],
         "messages": [message],
     }));
     drop(st);
@@ -426,7 +449,7 @@ async fn leave(State(shared): State<Shared>, Path(phone): Path<String>, body: By
         &b.group_id,
         "group_participants_remove",
         json!({"initiated_by": "participant",
-        "removed_participants": [{"wa_id": phone, "user_id": SimState::bsuid(&phone)}]}),
+        "removed_participants": [st.user(&phone, json!({}))]}),
     );
     let value = st.value(json!({"groups": [item]}));
     drop(st);
@@ -443,6 +466,53 @@ async fn groups(State(shared): State<Shared>) -> Response {
         .map(super::state::Group::to_json)
         .collect();
     Json(all).into_response()
+}
+
+/// WhatsApp's moderation suspends a group or lifts the suspension: `group_status_update`
+/// (`group_suspend` / `group_suspend_cleared`) goes out when the state changes; sends to a
+/// suspended group fail with 131207. `false` when there is no such active group.
+pub(crate) fn suspend(shared: &Shared, group: &str, suspended: bool) -> bool {
+    let mut st = shared.lock();
+    let Some(g) = st.groups.get_mut(group).filter(|g| g.active) else {
+        return false;
+    };
+    if g.suspended == suspended {
+        return true;
+    }
+    g.suspended = suspended;
+    let kind = if suspended { "group_suspend" } else { "group_suspend_cleared" };
+    let item = st.group_item(group, kind, json!({}));
+    let value = st.value(json!({"groups": [item]}));
+    drop(st);
+    shared.emit("group_status_update", value);
+    true
+}
+
+#[derive(Deserialize)]
+struct SuspendBody {
+    #[serde(default = "yes")]
+    suspended: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn suspend_group(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let b: SuspendBody = if body.is_empty() {
+        SuspendBody { suspended: true }
+    } else {
+        try_or!(parse(&body).map_err(bad))
+    };
+    if suspend(&shared, &id, b.suspended) {
+        Json(json!({"id": id, "suspended": b.suspended})).into_response()
+    } else {
+        fail(StatusCode::NOT_FOUND, "no such active group")
+    }
 }
 
 async fn group(State(shared): State<Shared>, Path(id): Path<String>) -> Response {

@@ -16,11 +16,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::media_rules::{self as media, Kind as MediaKind};
 use super::state::{
     Delivered, Group, JoinRequest, MEDIA_URL_TTL, Media, MediaRef, SimState, WINDOW, now_secs,
     random, wamid,
 };
-use crate::whatsapp::media::{self, MediaKind};
 
 /// A Graph error: `{"error":{"message","type","code","error_subcode"?,"fbtrace_id"}}`.
 pub(crate) fn graph_error(status: u16, code: i64, message: &str) -> Response {
@@ -60,6 +60,24 @@ fn no_such_object(method: &str, id: &str) -> Response {
             "Unsupported {method} request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."
         ),
     )
+}
+
+/// Graph's answer to a path it does not know (`2500`, unknown path components) or a method a
+/// node does not support (`100`/`33`).
+pub(crate) fn unsupported_request(method: &str, path: &str) -> Response {
+    let mut parts = path.trim_matches('/').split('/');
+    let _version = parts.next();
+    let id = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    let known_edge = matches!(
+        rest.as_slice(),
+        [] | ["groups" | "media" | "messages" | "invite_link" | "join_requests" | "participants"]
+    );
+    if id.is_empty() || !known_edge {
+        let unknown = if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) };
+        return graph_error_plain(400, 2500, &format!("Unknown path components: {unknown}"));
+    }
+    no_such_object(&method.to_ascii_lowercase(), id)
 }
 
 /// Largest Graph request: a 100 MB document upload and its multipart framing.
@@ -213,6 +231,8 @@ async fn group_create(
         invite_code: random(16),
         active: true,
         suspended: false,
+        picture: None,
+        pinned: Vec::new(),
         window_until: None,
         messages: Vec::new(),
     };
@@ -313,6 +333,7 @@ async fn group_info(
         Ok(g) => g.clone(),
         Err(r) => return r,
     };
+    // Every Graph node answers `id` (and this one `messaging_product`), asked for or not.
     let mut v = json!({"id": g.id, "messaging_product": "whatsapp"});
     for field in q
         .get("fields")
@@ -323,6 +344,8 @@ async fn group_info(
         .filter(|f| !f.is_empty())
     {
         let value = match field {
+            "id" => json!(g.id),
+            "messaging_product" => json!("whatsapp"),
             "subject" => json!(g.subject),
             "description" => json!(g.description),
             "join_approval_mode" => {
@@ -331,40 +354,139 @@ async fn group_info(
             "suspended" => json!(g.suspended),
             "creation_timestamp" => json!(g.created),
             "total_participant_count" => json!(g.participants.len()),
-            "participants" => json!(
-                g.participants
-                    .iter()
-                    .map(|p| json!({"wa_id": p, "user_id": SimState::bsuid(p)}))
-                    .collect::<Vec<_>>()
-            ),
-            other => return invalid(&format!("unknown field {other}")),
+            "participants" => {
+                json!(g.participants.iter().map(|p| st.user(p, json!({}))).collect::<Vec<_>>())
+            }
+            other => {
+                return graph_error_plain(
+                    400,
+                    100,
+                    &format!(
+                        "(#100) Tried accessing nonexisting field ({other}) on node type (Group)"
+                    ),
+                );
+            }
         };
         v[field] = value;
     }
     Json(v).into_response()
 }
 
+/// What `POST /<GROUP_ID>` asks to change, read from JSON or from multipart form fields (the
+/// spec allows both; a profile picture comes as the `file` part, or `profile_picture_file`).
+#[derive(Default)]
+struct SettingsUpdate {
+    product: Option<String>,
+    subject: Option<String>,
+    description: Option<String>,
+    picture: Option<(Option<String>, Bytes)>,
+}
+
+async fn read_settings(request: Request) -> Result<SettingsUpdate, Response> {
+    use axum::extract::FromRequest as _;
+    let multipart = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    if !multipart {
+        let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| invalid("the body cannot be read"))?;
+        let body = json_body(&body)?;
+        let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+        if body.get("profile_picture_file").is_some() {
+            return Err(invalid(
+                "profile_picture_file: upload the picture as multipart/form-data (part file)",
+            ));
+        }
+        return Ok(SettingsUpdate {
+            product: text("messaging_product"),
+            subject: text("subject"),
+            description: text("description"),
+            picture: None,
+        });
+    }
+    let mut form = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| invalid(&format!("the body is not valid multipart: {e}")))?;
+    let mut out = SettingsUpdate::default();
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(invalid(&format!("the body is not valid multipart: {e}"))),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let part_type = field.content_type().map(str::to_owned);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| invalid(&format!("the body is not valid multipart: {e}")))?;
+        let text = || String::from_utf8_lossy(&bytes).into_owned();
+        match name.as_str() {
+            "messaging_product" => out.product = Some(text()),
+            "subject" => out.subject = Some(text()),
+            "description" => out.description = Some(text()),
+            "file" | "profile_picture_file" => out.picture = Some((part_type, bytes)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a group picture as Meta does: JPEG, at most 5 MB, square, at least 192 px a side.
+fn check_picture(part_type: Option<&str>, bytes: &[u8]) -> Result<(), Response> {
+    let declared = part_type.map(media::essence);
+    let size = media::jpeg_size(bytes);
+    if declared.as_deref().is_some_and(|t| t != "image/jpeg") || size.is_none() {
+        return Err(invalid("file: the group picture must be a JPEG image"));
+    }
+    if bytes.len() as u64 > media::PICTURE_MAX_BYTES {
+        return Err(invalid("file: the group picture may have at most 5 MB"));
+    }
+    match size {
+        Some((w, h)) if w != h => {
+            Err(graph_error(400, 131209, "Aspect ratio of the picture is not square"))
+        }
+        Some((w, _)) if w < media::PICTURE_MIN_SIDE => Err(graph_error(
+            400,
+            131210,
+            "The picture is too small: it must be at least 192 x 192 pixels",
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn group_update(
     State(shared): State<Shared>,
     Path((_, id)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    let body = body_or_return!(body);
-    if let Err(r) = check_product(&body) {
-        return r;
+    let update = match read_settings(request).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if update.product.as_deref() != Some("whatsapp") {
+        return invalid("messaging_product must be \"whatsapp\"");
     }
-    let mut st = shared.lock();
-    let subject = body.get("subject").and_then(Value::as_str).map(|s| s.trim().to_owned());
-    let description = body.get("description").and_then(Value::as_str).map(str::to_owned);
+    let subject = update.subject.map(|s| s.trim().to_owned());
+    let description = update.description;
     if subject.as_ref().is_some_and(|s| s.is_empty() || s.chars().count() > 128) {
         return invalid("subject must have 1 to 128 characters");
     }
     if description.as_ref().is_some_and(|d| d.chars().count() > 2048) {
         return invalid("description must have at most 2048 characters");
     }
-    if subject.is_none() && description.is_none() {
-        return invalid("nothing to update: give subject and/or description");
+    if let Some((part_type, bytes)) = &update.picture
+        && let Err(r) = check_picture(part_type.as_deref(), bytes)
+    {
+        return r;
     }
+    if subject.is_none() && description.is_none() && update.picture.is_none() {
+        return invalid("nothing to update: give subject, description and/or a picture");
+    }
+    let mut st = shared.lock();
     let g = match group_mut(&mut st, &id) {
         Ok(g) => g,
         Err(r) => return r,
@@ -378,6 +500,11 @@ async fn group_update(
     if let Some(d) = description {
         g.description = d.clone();
         extra["group_description"] = json!({"text": d, "update_successful": true});
+    }
+    if let Some((_, bytes)) = update.picture {
+        let picture = Media::new("image/jpeg".into(), None, bytes);
+        extra["profile_picture"] = json!({"mime_type": "image/jpeg", "sha256": picture.sha256_base64(), "update_successful": true});
+        g.picture = Some(picture.sha256_base64());
     }
     let item = st.group_item(&id, "group_settings_update", extra);
     let value = st.value(json!({"groups": [item]}));
@@ -454,14 +581,15 @@ async fn requests_list(
     Path((_, id)): Path<(String, String)>,
 ) -> Response {
     let mut st = shared.lock();
-    let g = match group_mut(&mut st, &id) {
-        Ok(g) => g,
+    let pending = match group_mut(&mut st, &id) {
+        Ok(g) => g.pending.clone(),
         Err(r) => return r,
     };
-    let data: Vec<Value> = g
-        .pending
+    let data: Vec<Value> = pending
         .iter()
-        .map(|r| json!({"join_request_id": r.id, "wa_id": r.phone, "user_id": SimState::bsuid(&r.phone), "creation_timestamp": r.created.to_string()}))
+        .map(|r| {
+            st.user(&r.phone, json!({"join_request_id": r.id, "creation_timestamp": r.created}))
+        })
         .collect();
     Json(json!({"data": data, "paging": {"cursors": {"before": "", "after": ""}}})).into_response()
 }
@@ -521,8 +649,9 @@ async fn requests_approve(
             st.group_item(
                 &id,
                 "group_participants_add",
-                json!({"reason": "invite_link",
-                "added_participants": [{"input": p, "wa_id": p, "user_id": SimState::bsuid(p)}]}),
+                json!({"reason": "invite_link", "added_participants": [st.user(p, json!({
+                    "input": if st.number_shown(p) { p.clone() } else { SimState::bsuid(p) },
+                }))]}),
             )
         })
         .collect();
@@ -569,10 +698,15 @@ async fn requests_reject(
         }
     }
     let mut out = json!({"messaging_product": "whatsapp", "request_id": random(18), "rejected_join_requests": rejected});
-    if !failures.is_empty() {
+    // As for approvals: a partial success is a 206 with the failed ids and a 131201.
+    let status = if failures.is_empty() {
+        StatusCode::OK
+    } else {
         out["failed_join_requests"] = json!(failures);
-    }
-    Json(out).into_response()
+        out["errors"] = json!([{"code": 131201, "title": "Request partially succeeded", "message": "Not all join requests were rejected"}]);
+        StatusCode::PARTIAL_CONTENT
+    };
+    (status, Json(out)).into_response()
 }
 
 async fn participants_remove(
@@ -618,11 +752,7 @@ async fn participants_remove(
     let mut removed = Vec::new();
     let mut failures = Vec::new();
     for user in &entries {
-        let phone = user
-            .strip_prefix("ZZ.")
-            .and_then(|b| b.strip_suffix("0000"))
-            .unwrap_or(user)
-            .to_owned();
+        let phone = SimState::phone_of(user);
         match g.participants.iter().position(|p| *p == phone) {
             Some(pos) => {
                 g.participants.remove(pos);
@@ -693,8 +823,12 @@ fn media_info(
 async fn media_upload(
     State(shared): State<Shared>,
     Path((_, id)): Path<(String, String)>,
-    mut multipart: axum::extract::Multipart,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
+    let mut multipart = match multipart {
+        Ok(m) => m,
+        Err(e) => return invalid(&format!("the body must be multipart/form-data: {e}")),
+    };
     let mut product = None;
     let mut declared = None;
     let mut file = None;
@@ -817,6 +951,12 @@ fn render_template(st: &SimState, t: &Value) -> Result<(Value, String), Response
         .and_then(|l| l.get("code"))
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("template.language.code is required"))?;
+    // The v23.0 spec's LanguageObject requires `policy`, whose only value is `deterministic`.
+    if t.get("language").and_then(|l| l.get("policy")).and_then(Value::as_str)
+        != Some("deterministic")
+    {
+        return Err(invalid("template.language.policy is required and must be \"deterministic\""));
+    }
     let mut params = Vec::new();
     for c in t.get("components").and_then(Value::as_array).into_iter().flatten() {
         for p in c.get("parameters").and_then(Value::as_array).into_iter().flatten() {
@@ -876,6 +1016,12 @@ async fn send_message(
     }
     let recipient_type = body.get("recipient_type").and_then(Value::as_str).unwrap_or("individual");
     let kind = body.get("type").and_then(Value::as_str).unwrap_or("text").to_owned();
+    if kind == "pin" {
+        return match pin(&mut st, recipient_type, &to, body.get("pin")) {
+            Ok(()) => Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid()}]})).into_response(),
+            Err(r) => r,
+        };
+    }
     let mut media_ref = None;
     // A media file that does not fit its kind is accepted, then fails (131053) by webhook.
     let mut media_failure = None;
@@ -919,11 +1065,13 @@ async fn send_message(
     let status = |s: &str,
                   recipient: &str,
                   rtype: &str,
-                  participant: Option<&str>,
+                  participant: Option<(&str, bool)>,
                   errors: Option<Value>| {
         let mut v = json!({"id": id, "status": s, "timestamp": now_secs().to_string(), "recipient_id": recipient, "recipient_type": rtype});
-        if let Some(p) = participant {
-            v["recipient_participant_id"] = json!(p);
+        if let Some((p, shown)) = participant {
+            if shown {
+                v["recipient_participant_id"] = json!(p);
+            }
             v["recipient_participant_user_id"] = json!(SimState::bsuid(p));
         }
         if let Some(e) = errors {
@@ -971,7 +1119,8 @@ async fn send_message(
                 statuses.push(status("sent", &to, "group", None, None));
                 for p in &g.participants {
                     st.phone(p).inbox.push(msg.clone());
-                    statuses.push(status("delivered", &to, "group", Some(p), None));
+                    let shown = st.number_shown(p);
+                    statuses.push(status("delivered", &to, "group", Some((p, shown)), None));
                 }
             }
         }
@@ -992,7 +1141,9 @@ async fn send_message(
                     Some(media_failed(details)),
                 ));
             } else {
-                st.phone(&to).inbox.push(delivered);
+                let phone = st.phone(&to);
+                phone.inbox.push(delivered);
+                phone.last_exchange = Some(Instant::now());
                 statuses.push(status("sent", &to, "individual", None, None));
                 statuses.push(status("delivered", &to, "individual", None, None));
             }
@@ -1008,6 +1159,63 @@ async fn send_message(
         shared.emit("messages", v);
     }
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]})).into_response()
+}
+
+/// At most this many messages are pinned in a group at once.
+const MAX_PINNED: usize = 3;
+
+/// `type: "pin"` (groups only, Meta's groups-messaging docs): `pin: {type: "pin", message_id,
+/// expiration_days: 1..30}` pins a message of the group, `{type: "unpin", message_id}` unpins it.
+fn pin(
+    st: &mut SimState,
+    recipient_type: &str,
+    to: &str,
+    pin: Option<&Value>,
+) -> Result<(), Response> {
+    if recipient_type != "group" {
+        return Err(invalid("pin: only messages in groups can be pinned (recipient_type group)"));
+    }
+    let pin = pin.ok_or_else(|| invalid("pin is required"))?;
+    let message_id = pin
+        .get("message_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("pin.message_id is required"))?
+        .to_owned();
+    let g = group_mut(st, to)?;
+    if g.suspended {
+        return Err(graph_error(403, 131207, "Group suspended"));
+    }
+    let now = now_secs();
+    g.pinned.retain(|(_, until)| *until > now);
+    match pin.get("type").and_then(Value::as_str) {
+        Some("pin") => {
+            let days = pin
+                .get("expiration_days")
+                .and_then(Value::as_i64)
+                .filter(|d| (1..=30).contains(d))
+                .ok_or_else(|| invalid("pin.expiration_days must be 1 to 30"))?;
+            if !g.messages.iter().any(|m| m.id == message_id) {
+                return Err(invalid(&format!(
+                    "pin.message_id: {message_id} is not a message of this group"
+                )));
+            }
+            g.pinned.retain(|(id, _)| *id != message_id);
+            if g.pinned.len() >= MAX_PINNED {
+                return Err(invalid("pin: a group has at most 3 pinned messages; unpin one first"));
+            }
+            g.pinned.push((message_id, now + days * 24 * 3600));
+            Ok(())
+        }
+        Some("unpin") => {
+            let before = g.pinned.len();
+            g.pinned.retain(|(id, _)| *id != message_id);
+            if g.pinned.len() == before {
+                return Err(invalid(&format!("pin.message_id: {message_id} is not pinned")));
+            }
+            Ok(())
+        }
+        _ => Err(invalid("pin.type must be pin or unpin")),
+    }
 }
 
 /// Reads the `image`/`document`/… object of a media message: sent by `id` (the simulator

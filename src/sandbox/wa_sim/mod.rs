@@ -5,6 +5,7 @@
 
 mod control;
 mod graph;
+mod media_rules;
 mod snapshot;
 mod state;
 
@@ -118,7 +119,7 @@ impl WhatsAppSim {
             state: Arc::new(Mutex::new(state::SimState::new(cfg))),
             webhooks: tx,
         };
-        let app = router(shared.clone());
+        let app = router(shared.clone()).fallback(unsupported);
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
             if let Err(e) =
@@ -192,6 +193,19 @@ impl WhatsAppSim {
         snapshot::import(&mut self.shared.lock(), document).map_err(WaSimError::Request)
     }
 
+    /// WhatsApp suspends a group (`true`) or lifts the suspension (`false`), as
+    /// `POST /_sandbox/wa/groups/{id}/suspend` does. `false` when there is no such active group.
+    pub fn set_suspended(&self, group: &str, suspended: bool) -> bool {
+        control::suspend(&self.shared, group, suspended)
+    }
+
+    /// Gives a phone a WhatsApp username (as `PUT /_sandbox/wa/phones/{phone}`
+    /// `{"username"}`): the business then sees it by `user_id` only.
+    pub fn set_phone_username(&self, phone: &str, username: Option<&str>) {
+        self.shared.lock().phone(phone.trim_start_matches('+')).username =
+            username.map(str::to_owned);
+    }
+
     /// Gives a phone a profile name (as `PUT /_sandbox/wa/phones/{phone}`).
     pub fn set_phone_name(&self, phone: &str, name: &str) {
         self.shared.lock().phone(phone.trim_start_matches('+')).name = Some(name.to_owned());
@@ -224,12 +238,38 @@ impl WhatsAppSim {
 }
 
 fn router(shared: Shared) -> axum::Router {
-    graph::router(shared.clone()).merge(control::router(shared))
+    graph::router(shared.clone())
+        .merge(control::router(shared))
+        .method_not_allowed_fallback(unsupported)
+}
+
+/// What Graph answers for a path or method it does not serve (a Graph error), and what the
+/// control API answers for a call it does not have (`{"error": "..."}`).
+async fn unsupported(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = uri.path();
+    if path.starts_with("/_sandbox/") {
+        let body = json!({"error": format!("the control API has no {method} {path}")});
+        return (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
+    graph::unsupported_request(method.as_str(), path)
 }
 
 /// The simulator's routes, for serving it beside other routers on one port.
 pub fn routes(sim: &WhatsAppSim) -> axum::Router {
     router(sim.shared.clone())
+}
+
+/// `X-Hub-Signature-256` as Meta computes it: `sha256=` and the hex HMAC-SHA256 of the raw body,
+/// keyed with the app secret.
+pub(crate) fn sign(app_secret: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    // HMAC takes keys of any length: the `else` is never taken.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// Delivers webhooks one at a time, in order, retrying each until the receiver answers 200.
@@ -291,7 +331,7 @@ async fn deliver_one(
         });
         (envelope.to_string(), st.cfg.app_secret.clone(), st.cfg.webhook_retry_initial)
     };
-    let signature = crate::webhook::signature(&secret, body.as_bytes());
+    let signature = sign(&secret, body.as_bytes());
     let mut wait = initial;
     loop {
         let url = shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -328,5 +368,17 @@ async fn deliver_one(
             () = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn webhooks_are_signed_as_meta_signs_them() {
+        // HMAC-SHA256 test vector (key "key", the quick brown fox).
+        assert_eq!(
+            super::sign("key", b"The quick brown fox jumps over the lazy dog"),
+            "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
+        );
     }
 }

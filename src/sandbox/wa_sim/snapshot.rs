@@ -50,6 +50,11 @@ struct SavedGroup {
     invite_code: String,
     active: bool,
     suspended: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    picture: Option<String>,
+    /// Pinned messages and until when (unix seconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pinned: Vec<(String, i64)>,
     /// Unix seconds when the open window closes.
     window_until: Option<i64>,
     messages: Vec<SavedMessage>,
@@ -67,6 +72,11 @@ struct SavedRequest {
 #[serde(rename_all = "camelCase")]
 struct SavedPhone {
     name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    /// When the last 1:1 message was exchanged (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_exchange: Option<i64>,
     inbox: Vec<SavedMessage>,
     #[serde(default)]
     sent: Vec<SavedMessage>,
@@ -155,6 +165,8 @@ pub(crate) fn export(st: &SimState) -> Value {
             invite_code: g.invite_code.clone(),
             active: g.active,
             suspended: g.suspended,
+            picture: g.picture.clone(),
+            pinned: g.pinned.clone(),
             window_until: window_to_unix(g.window_until),
             messages: g.messages.iter().map(save_message).collect(),
         })
@@ -165,6 +177,8 @@ pub(crate) fn export(st: &SimState) -> Value {
         .map(|(number, p)| {
             let saved = SavedPhone {
                 name: p.name.clone(),
+                username: p.username.clone(),
+                last_exchange: p.last_exchange.map(|t| now_secs() - t.elapsed().as_secs() as i64),
                 inbox: p.inbox.iter().map(save_message).collect(),
                 sent: p.sent.iter().map(save_message).collect(),
                 window_until: window_to_unix(p.window_until),
@@ -219,6 +233,8 @@ pub(crate) fn import(st: &mut SimState, document: &Value) -> Result<(), String> 
             invite_code: g.invite_code,
             active: g.active,
             suspended: g.suspended,
+            picture: g.picture,
+            pinned: g.pinned,
             window_until: window_from_unix(g.window_until),
             messages: g.messages.into_iter().map(load_message).collect(),
         };
@@ -230,6 +246,11 @@ pub(crate) fn import(st: &mut SimState, document: &Value) -> Result<(), String> 
         .map(|(number, p)| {
             let phone = Phone {
                 name: p.name,
+                username: p.username,
+                last_exchange: p.last_exchange.and_then(|at| {
+                    let ago = u64::try_from(now_secs() - at).unwrap_or(0);
+                    Instant::now().checked_sub(Duration::from_secs(ago))
+                }),
                 inbox: p.inbox.into_iter().map(load_message).collect(),
                 sent: p.sent.into_iter().map(load_message).collect(),
                 window_until: window_from_unix(p.window_until),
@@ -302,6 +323,8 @@ mod tests {
                     invite_code: format!("code{id}"),
                     active: true,
                     suspended: false,
+                    picture: None,
+                    pinned: Vec::new(),
                     window_until: open,
                     messages: vec![message("m1", "447911123456", Some(id))],
                 },

@@ -14,6 +14,9 @@ use super::WhatsAppSimConfig;
 /// A customer-service window lasts 24 hours from the contact's last message.
 pub(crate) const WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// A username user's number is shown to a business it exchanged a 1:1 message with this recently.
+pub(crate) const NUMBER_SHOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A media download URL works for 5 minutes.
 pub(crate) const MEDIA_URL_TTL: Duration = Duration::from_secs(5 * 60);
 
@@ -160,6 +163,10 @@ pub(crate) struct Group {
     pub invite_code: String,
     pub active: bool,
     pub suspended: bool,
+    /// The sha256 (base64) of the group picture set by the business.
+    pub picture: Option<String>,
+    /// Pinned messages: (message id, pinned until, unix seconds).
+    pub pinned: Vec<(String, i64)>,
     /// The group's customer-service window, opened by any participant's message.
     pub window_until: Option<Instant>,
     pub messages: Vec<Delivered>,
@@ -186,6 +193,8 @@ impl Group {
             "inviteLink": if self.active { json!(self.invite_link()) } else { Value::Null },
             "active": self.active,
             "suspended": self.suspended,
+            "picture": self.picture,
+            "pinned": self.pinned.iter().filter(|(_, until)| *until > now_secs()).map(|(id, _)| id.clone()).collect::<Vec<_>>(),
             "messages": self.messages.iter().map(|m| {
                 let mut v = json!({"id": m.id, "from": m.from, "type": m.kind, "text": m.text});
                 if let Some(t) = &m.template { v["template"] = t.clone(); }
@@ -199,6 +208,11 @@ impl Group {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Phone {
     pub name: Option<String>,
+    /// A WhatsApp username: Meta then omits the phone number (`wa_id`, `from`, …) from what the
+    /// business sees, unless the two exchanged a 1:1 message in the last 30 days.
+    pub username: Option<String>,
+    /// The last 1:1 message between the business and this phone (either way).
+    pub last_exchange: Option<Instant>,
     pub inbox: Vec<Delivered>,
     /// What the phone wrote to the business (its own side of the 1:1 chat).
     pub sent: Vec<Delivered>,
@@ -267,6 +281,38 @@ impl SimState {
     /// A BSUID-like id, stable per phone.
     pub(crate) fn bsuid(phone: &str) -> String {
         format!("ZZ.{phone}0000")
+    }
+
+    /// Whether the business may see this phone's number (Meta's username rule).
+    pub(crate) fn number_shown(&self, phone: &str) -> bool {
+        match self.phones.get(phone) {
+            Some(p) if p.username.is_some() => {
+                p.last_exchange.is_some_and(|t| t.elapsed() < NUMBER_SHOWN_FOR)
+            }
+            _ => true,
+        }
+    }
+
+    /// How the business sees a user: `wa_id` (when the number is shown), `user_id` (the BSUID)
+    /// and `username` (when set), plus `extra` fields.
+    pub(crate) fn user(&self, phone: &str, extra: Value) -> Value {
+        let mut v = json!({"user_id": Self::bsuid(phone)});
+        if self.number_shown(phone) {
+            v["wa_id"] = json!(phone);
+        }
+        if let Some(u) = self.phones.get(phone).and_then(|p| p.username.clone()) {
+            v["username"] = json!(u);
+        }
+        if let (Value::Object(v), Value::Object(e)) = (&mut v, extra) {
+            v.extend(e);
+        }
+        v
+    }
+
+    /// The phone a BSUID, a phone number or a `+`-number names.
+    pub(crate) fn phone_of(user: &str) -> String {
+        let user = user.trim_start_matches('+');
+        user.strip_prefix("ZZ.").and_then(|b| b.strip_suffix("0000")).unwrap_or(user).to_owned()
     }
 
     pub(crate) fn metadata(&self) -> Value {
