@@ -275,9 +275,13 @@ impl<L: LiveReads> Decider<L> {
     ) -> Result<Vec<Effect>, DecideError> {
         let g = &self.groups;
         Ok(match event {
-            WhatsAppEvent::GroupCreated { request_id: Some(r), group_id, invite_link, .. } => {
-                g.on_group_created(tx, r, group_id, invite_link.as_deref())?
-            }
+            WhatsAppEvent::GroupCreated {
+                request_id: Some(r),
+                group_id,
+                invite_link,
+                subject,
+                ..
+            } => g.on_group_created(tx, r, group_id, invite_link.as_deref(), subject.as_deref())?,
             WhatsAppEvent::GroupCreateFailed { request_id: Some(r), errors, .. } => {
                 g.on_group_create_failed(tx, r, errors)?
             }

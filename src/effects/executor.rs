@@ -14,15 +14,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Effect, Outcome};
 use crate::config::{RetryConfig, TemplateRef};
-use crate::groups::{ContactState, GroupKey, StreamId, WaMessageRecord};
+use crate::groups::{ContactState, E164, GroupKey, StreamId, WaMessageRecord};
 use crate::metrics::{Metrics, RelayDirection};
-use crate::store::{OutboxRow, Source, Store, StoreError, now_ms};
+use crate::store::{GroupRepo, OutboxRow, Source, Store, StoreError, now_ms};
 use crate::symphony::SymphonyClient;
 use crate::templates::Templates;
 use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
 
 /// How many effects (of different order keys) run at once.
 const PARALLEL_EFFECTS: usize = 8;
+
+/// The guard of an [`Effect::ApproveJoin`], read right before the approval is performed: only a
+/// contact still invited (or requesting) and not barred is let in, so an owner's `/wa remove`
+/// decided since the request came is seen. An approval queued before guards existed (without
+/// `key` and `phone`) is performed as it was decided.
+pub fn approval_entitled(
+    repo: &dyn GroupRepo,
+    key: Option<GroupKey>,
+    phone: Option<&E164>,
+) -> Result<bool, StoreError> {
+    let (Some(key), Some(phone)) = (key, phone) else { return Ok(true) };
+    Ok(repo.contacts(key)?.iter().any(|c| {
+        &c.phone == phone
+            && !c.barred
+            && matches!(c.state, ContactState::Invited | ContactState::Requested)
+    }))
+}
 
 /// The room description and keyword prefix that mark what the bot creates for a group.
 pub const ROOM_DESCRIPTION: &str = "WhatsApp group managed by wa-groups-bot";
@@ -278,21 +295,7 @@ impl EffectExecutor {
                 Ok(Done { sent, ..Done::default() })
             }
             Effect::ApproveJoin { group, request_id, key, phone } => {
-                // The guard: only a contact still invited and not barred is let in. An owner's
-                // `/wa remove` decided since the request came is seen here.
-                let entitled = match (key, phone) {
-                    (Some(key), Some(phone)) => self.store.read(|r| {
-                        Ok(r.contacts(*key)?.iter().any(|c| {
-                            &c.phone == phone
-                                && !c.barred
-                                && matches!(
-                                    c.state,
-                                    ContactState::Invited | ContactState::Requested
-                                )
-                        }))
-                    })?,
-                    _ => true, // queued before guards existed: decided as it was
-                };
+                let entitled = self.store.read(|r| approval_entitled(r, *key, phone.as_ref()))?;
                 let wa = self.whatsapp()?;
                 let ids = std::slice::from_ref(request_id);
                 if !entitled {

@@ -197,6 +197,7 @@ impl GroupService {
         request_id: &str,
         wa: &GroupId,
         link: Option<&str>,
+        subject: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
         let Some(group) = tx.group_by_request(request_id)? else {
             if tx.groups_awaiting_request()? > 0 {
@@ -207,7 +208,7 @@ impl GroupService {
             tracing::info!(request_id, "group_create for a request this bot did not make; ignored");
             return Ok(Vec::new());
         };
-        self.group_created(tx, group, wa, link)
+        self.group_created(tx, group, wa, link, subject)
     }
 
     /// A WhatsApp group found by listing (its create answer was lost): set up as if its
@@ -220,18 +221,21 @@ impl GroupService {
         link: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
         match tx.group(key)? {
-            Some(group) => self.group_created(tx, group, wa, link),
+            Some(group) => self.group_created(tx, group, wa, link, None),
             None => Ok(Vec::new()),
         }
     }
 
     /// Records the group's WhatsApp id and link; invitations to every contact, the summary.
+    /// `subject` is the WhatsApp group's, when the webhook says it: a room renamed while the
+    /// group was being made has its new name sent (no notice: nobody is in the group yet).
     fn group_created(
         &self,
         tx: &dyn GroupRepo,
         group: GroupRecord,
         wa: &GroupId,
         link: Option<&str>,
+        subject: Option<&str>,
     ) -> Result<Vec<Effect>, ServiceError> {
         // Only a group still waiting takes a WhatsApp group: a second answer, or one for a
         // group failed or closed meanwhile, changes nothing.
@@ -240,6 +244,10 @@ impl GroupService {
             return Ok(Vec::new());
         }
         let mut effects = Vec::new();
+        let name: String = group.name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+        if subject.is_some_and(|s| s != name) {
+            effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject: name });
+        }
         let mut invited = Vec::new();
         for contact in tx.contacts(group.key)? {
             if contact.barred || contact.state != ContactState::Invited {
