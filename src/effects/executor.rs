@@ -21,6 +21,9 @@ use crate::symphony::SymphonyClient;
 use crate::templates::Templates;
 use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
 
+/// Graph's "join request does not exist" (withdrawn, or settled already).
+const JOIN_REQUEST_GONE: i64 = 131_213;
+
 /// How many effects (of different order keys) run at once.
 const PARALLEL_EFFECTS: usize = 8;
 
@@ -305,6 +308,11 @@ impl EffectExecutor {
                 }
                 let outcome = wa.approve_join_requests(group, ids).await?;
                 if let Some((_, errors)) = outcome.failed.first() {
+                    // Withdrawn meanwhile: nothing to approve, nothing to say.
+                    if errors.iter().any(|e| e.code == JOIN_REQUEST_GONE) {
+                        tracing::info!(group = %group, "a join request was withdrawn before its approval");
+                        return Ok(Done::default());
+                    }
                     let reason = errors
                         .iter()
                         .map(|e| format!("{} ({})", e.message.clone().unwrap_or_default(), e.code))

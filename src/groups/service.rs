@@ -28,6 +28,9 @@ pub enum ServiceError {
     NotYet(String),
 }
 
+/// Graph's "participant not in group" (131212).
+const NOT_A_PARTICIPANT: i64 = 131_212;
+
 /// What the lifecycle needs to know from the configuration.
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
@@ -334,7 +337,7 @@ impl GroupService {
         request_id: &str,
         user: &WaUser,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let Some(group) = self.group_of_wa(tx, wa)? else { return Ok(Vec::new()) };
         let contacts = tx.contacts(group.key)?;
         let phone = identify(&contacts, user);
         let reject = |reason: String| -> Result<Vec<Effect>, ServiceError> {
@@ -402,7 +405,7 @@ impl GroupService {
         wa: &GroupId,
         users: &[WaUser],
     ) -> Result<Vec<Effect>, ServiceError> {
-        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let Some(group) = self.group_of_wa(tx, wa)? else { return Ok(Vec::new()) };
         let mut effects = Vec::new();
         let mut confirmed = false;
         let mut intruders = Vec::new();
@@ -467,6 +470,23 @@ impl GroupService {
             effects.push(Effect::ResetInviteLink { group: wa.clone() });
         }
         Ok(effects)
+    }
+
+    /// The group of a WhatsApp group id. While one of ours still waits for its `group_create`,
+    /// an event about an unknown group may be about it (webhooks are not ordered): "not yet",
+    /// tried again shortly, rather than dropped.
+    fn group_of_wa(
+        &self,
+        tx: &dyn GroupRepo,
+        wa: &GroupId,
+    ) -> Result<Option<GroupRecord>, ServiceError> {
+        if let Some(group) = tx.group_by_wa(wa)? {
+            return Ok(Some(group));
+        }
+        if tx.groups_awaiting_request()? > 0 || !tx.groups_awaiting_webhook(i64::MAX)?.is_empty() {
+            return Err(ServiceError::NotYet(format!("an event of {wa} before its group_create")));
+        }
+        Ok(None)
     }
 
     /// The invite link was reset: the new one is kept (the group's state is left alone).
@@ -1008,6 +1028,11 @@ impl GroupService {
         let mut effects = Vec::new();
         if initiated_by == Some("business") {
             // Our own removal, already recorded and announced; a part that failed is said.
+            // "Not in the group" is what the removal wanted (they left, or a stale "added").
+            let failed: Vec<_> = failed
+                .iter()
+                .filter(|f| !f.errors.iter().all(|e| e.code == NOT_A_PARTICIPANT))
+                .collect();
             if let (false, Some(stream)) = (failed.is_empty(), &group.stream) {
                 for f in failed {
                     let who = f.input.as_deref().map_or_else(
@@ -1039,9 +1064,15 @@ impl GroupService {
             let contacts = tx.contacts(group.key)?;
             let Some(phone) = identify(&contacts, user) else { continue };
             let Some(c) = contacts.iter().find(|c| c.phone == phone) else { continue };
-            if c.state != ContactState::Joined {
+            // A leave can come before the join it follows (webhooks are not ordered): someone
+            // approved who left is gone all the same, and a late "added" for them is stale.
+            if !matches!(
+                c.state,
+                ContactState::Joined | ContactState::Requested | ContactState::Invited
+            ) {
                 continue;
             }
+            tx.set_join_request(group.key, &phone, None)?;
             tx.set_contact_state(group.key, &phone, ContactState::Left)?;
             if let Some(stream) = &group.stream {
                 effects.push(self.post(
