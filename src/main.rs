@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wa_groups_bot::config::{Config, ConfigSource};
-use wa_groups_bot::{admin, app, telemetry};
+use wa_groups_bot::telemetry::{self, LogFormat, Verbosity};
+use wa_groups_bot::{admin, app};
 
 #[derive(Parser)]
 #[command(name = "wa-groups-bot", version, about = "Symphony bot for WhatsApp native group chats")]
@@ -40,6 +41,10 @@ enum Cmd {
         /// Keep the sandbox's state in this folder (default: a temporary one, removed after).
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Also write the bot's log to stderr (RUST_LOG applies, default info); without it,
+        /// only warnings and errors, so that the transcript reads alone.
+        #[arg(long)]
+        logs: bool,
     },
     /// Run the mock Symphony pod alone (for other bots' CI).
     MockPod {
@@ -96,22 +101,40 @@ enum Cmd {
     },
 }
 
+/// Sets up logging for commands that read no configuration: the format from
+/// `WAGB__LOGGING__FORMAT` (text if unset; a bad value is said and text used).
+fn init_logging_from_env(verbosity: Verbosity) {
+    match telemetry::format_from_env() {
+        Ok(format) => telemetry::init(format, verbosity),
+        Err(e) => {
+            telemetry::init(LogFormat::Text, verbosity);
+            tracing::warn!("{e}; logging as text");
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let cli = Cli::parse();
+    // `run` logs as its configuration says (set up once it is read).
+    match &cli.command {
+        Cmd::Run { .. } => {}
+        Cmd::Demo { logs: false, .. } => init_logging_from_env(Verbosity::Fixed("warn")),
+        _ => init_logging_from_env(Verbosity::Default("info")),
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     match cli.command {
         Cmd::Run { config } => {
             let config = Config::load(&config)?;
+            telemetry::init(config.logging.format, Verbosity::Default("info"));
             app::run(config, cancel).await?;
         }
         Cmd::Sandbox { data, port } => {
             app::run_sandbox(app::SandboxOptions { data_dir: data, base_port: port }, cancel)
                 .await?;
         }
-        Cmd::Demo { keep } => app::run_demo(keep, cancel).await?,
+        Cmd::Demo { keep, logs: _ } => app::run_demo(keep, cancel).await?,
         Cmd::MockPod { listen, users, datafeed_hold } => {
             app::run_mock_pod(
                 listen,

@@ -10,6 +10,7 @@ mod console;
 mod create_form;
 mod demo;
 mod lifecycle;
+mod logging;
 mod media;
 mod mock_pod;
 mod pywa_interop;
