@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wa_groups_bot::config::{Config, ConfigSource};
 use wa_groups_bot::telemetry::{self, LogFormat, Verbosity};
@@ -99,6 +99,35 @@ enum Cmd {
         #[arg(long, default_value = "templates")]
         templates: PathBuf,
     },
+    /// Print a shell completion script, e.g. `wa-groups-bot completions bash > /etc/bash_completion.d/wa-groups-bot`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `wa-groups-bot man > wa-groups-bot.1`.
+    Man,
+}
+
+/// The completion script for `shell`. In bash's, clap_complete 4.6 spells the program's name
+/// (with its hyphens) one way where it picks the subcommand and another in the subcommands' case
+/// labels, so no subcommand's options would complete: the labels get the first spelling.
+fn completion_script(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "wa-groups-bot", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => {
+            script.replace("wa__subcmd__groups__subcmd__bot__", "wa__groups__bot__")
+        }
+        _ => script,
+    }
+}
+
+/// Writes `bytes` to stdout (a closed pipe is an error, not a panic).
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush()).context("writing to stdout")
 }
 
 /// Sets up logging for commands that read no configuration: the format from
@@ -116,9 +145,10 @@ fn init_logging_from_env(verbosity: Verbosity) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // `run` logs as its configuration says (set up once it is read).
+    // `run` logs as its configuration says (set up once it is read); the printing commands
+    // do not log.
     match &cli.command {
-        Cmd::Run { .. } => {}
+        Cmd::Run { .. } | Cmd::Completions { .. } | Cmd::Man => {}
         Cmd::Demo { logs: false, .. } => init_logging_from_env(Verbosity::Fixed("warn")),
         _ => init_logging_from_env(Verbosity::Default("info")),
     }
@@ -170,6 +200,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Render { template, data, templates } => {
             let rendered = admin::render_preview(&templates, &template, &data)?;
             println!("{rendered}");
+        }
+        Cmd::Completions { shell } => print_bytes(completion_script(shell).as_bytes())?,
+        Cmd::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page).context("man page")?;
+            print_bytes(&page)?;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod bdk_interop;
 mod burst;
+mod cli;
 mod console;
 mod create_form;
 mod demo;
