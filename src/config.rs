@@ -470,7 +470,7 @@ fn is_secret_key(path: &str) -> bool {
 fn type_problem(path: &str, error: &serde_json::Error) -> String {
     let message = error.to_string();
     // Serde's own wording (`invalid type: integer `5`, expected struct RawWhatsApp`) becomes
-    // "expected a section (a map of keys), got 5".
+    // "expected a section (a map of keys), got integer 5".
     let message =
         match message.strip_prefix("invalid type: ").and_then(|m| m.split_once(", expected ")) {
             Some((got, expected)) => {
