@@ -11,6 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+mod lenient;
+
 /// Prefix of environment overrides: `WAGB__WHATSAPP__ACCESSTOKEN`.
 pub const ENV_PREFIX: &str = "WAGB";
 
@@ -31,13 +33,17 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawConfig {
+    #[serde(deserialize_with = "lenient::opt_text")]
     scheme: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     host: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_port")]
     port: Option<u16>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     context: Option<String>,
-    #[serde(alias = "connectiontimeout")]
+    #[serde(alias = "connectiontimeout", deserialize_with = "lenient::opt_millis")]
     connection_timeout: Option<u64>,
-    #[serde(alias = "readtimeout")]
+    #[serde(alias = "readtimeout", deserialize_with = "lenient::opt_millis")]
     read_timeout: Option<u64>,
     pod: Option<RawClient>,
     agent: Option<RawClient>,
@@ -53,20 +59,26 @@ struct RawConfig {
     entitlements: RawEntitlements,
     store: RawStore,
     templates: RawTemplatesDir,
+    logging: RawLogging,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawClient {
+    #[serde(deserialize_with = "lenient::opt_text")]
     scheme: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     host: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_port")]
     port: Option<u16>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     context: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawBot {
+    #[serde(deserialize_with = "lenient::opt_text")]
     username: Option<String>,
     #[serde(alias = "privatekey")]
     private_key: RawPrivateKey,
@@ -75,12 +87,14 @@ struct RawBot {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawPrivateKey {
+    #[serde(deserialize_with = "lenient::opt_path")]
     path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawDatafeed {
+    #[serde(deserialize_with = "lenient::opt_text")]
     version: Option<String>,
     retry: Option<RawRetry>,
 }
@@ -88,29 +102,30 @@ struct RawDatafeed {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawRetry {
-    #[serde(alias = "maxattempts")]
+    #[serde(alias = "maxattempts", deserialize_with = "lenient::opt_attempts")]
     max_attempts: Option<i64>,
-    #[serde(alias = "initialintervalmillis")]
+    #[serde(alias = "initialintervalmillis", deserialize_with = "lenient::opt_millis")]
     initial_interval_millis: Option<u64>,
+    #[serde(deserialize_with = "lenient::opt_float")]
     multiplier: Option<f64>,
-    #[serde(alias = "maxintervalmillis")]
+    #[serde(alias = "maxintervalmillis", deserialize_with = "lenient::opt_millis")]
     max_interval_millis: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawWhatsApp {
-    #[serde(alias = "apibaseurl")]
+    #[serde(alias = "apibaseurl", deserialize_with = "lenient::opt_text")]
     api_base_url: Option<String>,
-    #[serde(alias = "apiversion")]
+    #[serde(alias = "apiversion", deserialize_with = "lenient::opt_text")]
     api_version: Option<String>,
-    #[serde(alias = "phonenumberid")]
+    #[serde(alias = "phonenumberid", deserialize_with = "lenient::opt_text")]
     phone_number_id: Option<String>,
-    #[serde(alias = "wabaid")]
+    #[serde(alias = "wabaid", deserialize_with = "lenient::opt_text")]
     waba_id: Option<String>,
-    #[serde(alias = "accesstoken")]
+    #[serde(alias = "accesstoken", deserialize_with = "lenient::opt_secret")]
     access_token: Option<SecretString>,
-    #[serde(alias = "appsecret")]
+    #[serde(alias = "appsecret", deserialize_with = "lenient::opt_secret")]
     app_secret: Option<SecretString>,
     webhook: RawWebhook,
     templates: RawWaTemplates,
@@ -119,9 +134,11 @@ struct RawWhatsApp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawWebhook {
+    #[serde(deserialize_with = "lenient::opt_text")]
     listen: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     path: Option<String>,
-    #[serde(alias = "verifytoken")]
+    #[serde(alias = "verifytoken", deserialize_with = "lenient::opt_secret")]
     verify_token: Option<SecretString>,
 }
 
@@ -136,35 +153,52 @@ struct RawWaTemplates {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 struct RawTemplateRef {
+    #[serde(deserialize_with = "lenient::opt_text")]
     name: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_text")]
     language: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 struct RawFeatures {
-    #[serde(alias = "nativegroups")]
+    #[serde(alias = "nativegroups", deserialize_with = "lenient::opt_bool")]
     native_groups: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawEntitlements {
+    /// User ids (numbers, quoted or not) or emails.
+    #[serde(deserialize_with = "lenient::opt_texts")]
     advisors: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawStore {
+    #[serde(deserialize_with = "lenient::opt_path")]
     path: Option<PathBuf>,
-    #[serde(rename = "retentionDays")]
+    #[serde(
+        rename = "retentionDays",
+        alias = "retentiondays",
+        deserialize_with = "lenient::opt_days"
+    )]
     retention_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawTemplatesDir {
+    #[serde(deserialize_with = "lenient::opt_path")]
     dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLogging {
+    #[serde(deserialize_with = "lenient::opt_text")]
+    format: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,6 +214,7 @@ pub struct Config {
     pub entitlements: EntitlementsConfig,
     pub store: StoreConfig,
     pub templates: TemplatesConfig,
+    pub logging: LoggingConfig,
 }
 
 /// Where and how to reach the Symphony pod, agent and key manager, and who the bot is.
@@ -341,6 +376,33 @@ pub struct TemplatesConfig {
     pub dir: PathBuf,
 }
 
+/// How the bot writes its log (`logging.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines; colours only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the spans it happened in.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not a log format (text or json)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+}
+
 /// Where the configuration comes from.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSource {
@@ -358,17 +420,20 @@ impl Config {
 
     /// Loads from an explicit source (tests inject the environment here).
     pub fn load_from(source: &ConfigSource) -> Result<Config, ConfigError> {
-        let (raw, base) = read_raw(source)?;
-        validate(raw, &base)
+        let read = read_raw(source)?;
+        validate(read.raw, &read.base, read.type_problems)
     }
 
     /// [`Config::load_from`] for `check-config`: also says where the templates are, so that
     /// they are checked even when the rest of the configuration is not valid.
     pub fn check(source: &ConfigSource) -> ConfigCheck {
         match read_raw(source) {
-            Ok((raw, base)) => {
-                let templates_dir = templates_dir(raw.templates.dir.clone(), &base);
-                ConfigCheck { config: validate(raw, &base), templates_dir: Some(templates_dir) }
+            Ok(read) => {
+                let templates_dir = templates_dir(read.raw.templates.dir.clone(), &read.base);
+                ConfigCheck {
+                    config: validate(read.raw, &read.base, read.type_problems),
+                    templates_dir: Some(templates_dir),
+                }
             }
             Err(e) => ConfigCheck { config: Err(e), templates_dir: None },
         }
@@ -389,9 +454,115 @@ fn templates_dir(raw: Option<PathBuf>, base: &Path) -> PathBuf {
     if dir.is_relative() { base.join(dir) } else { dir }
 }
 
-/// The file and the environment merged into the raw shape, with the folder relative paths are
-/// relative to.
-fn read_raw(source: &ConfigSource) -> Result<(RawConfig, PathBuf), ConfigError> {
+/// A key whose value has the wrong type, found while reading.
+#[derive(Debug)]
+struct TypeProblem {
+    /// The key as written (`whatsapp.webhook.listen`).
+    path: String,
+    text: String,
+}
+
+/// The file and the environment merged into the raw shape.
+struct RawRead {
+    raw: RawConfig,
+    /// The folder relative paths are relative to.
+    base: PathBuf,
+    /// Every key of the wrong type; each is left out of `raw` (as if unset).
+    type_problems: Vec<TypeProblem>,
+}
+
+/// Keys whose values are secrets (compared in lowercase, as the environment spells them): an
+/// error about them never shows the value.
+fn is_secret_key(path: &str) -> bool {
+    let path = path.to_ascii_lowercase();
+    let last = path.rsplit('.').next().unwrap_or_default();
+    ["accesstoken", "appsecret", "verifytoken"].contains(&last)
+        || path == "bot.privatekey"
+        || path.starts_with("bot.privatekey.")
+}
+
+/// The problem of a key of the wrong type, in the admin's words; a secret's value is not shown.
+fn type_problem(path: &str, error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    // Serde's own wording (`invalid type: integer `5`, expected struct RawWhatsApp`) becomes
+    // "expected a section (a map of keys), got integer 5".
+    let message =
+        match message.strip_prefix("invalid type: ").and_then(|m| m.split_once(", expected ")) {
+            Some((got, expected)) => {
+                let expected = if expected.starts_with("struct ") {
+                    "a section (a map of keys)"
+                } else {
+                    expected
+                };
+                let got = got.replace('`', "");
+                format!("expected {expected}, got {got}")
+            }
+            None => message,
+        };
+    if is_secret_key(path) && !message.contains("not shown") {
+        let expected = message
+            .strip_prefix("expected ")
+            .and_then(|m| m.split(", got").next())
+            .unwrap_or("another type");
+        return format!("{path}: expected {expected} (the value is not shown: it may be a secret)");
+    }
+    format!("{path}: {message}")
+}
+
+/// Removes the value at `path` (a key of a map, an entry of a list); whether it was there.
+fn remove_at(value: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut current = value;
+    for segment in parents {
+        let next = match (segment, current) {
+            (Segment::Map { key }, serde_json::Value::Object(map)) => map.get_mut(key.as_str()),
+            (Segment::Seq { index }, serde_json::Value::Array(list)) => list.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        current = next;
+    }
+    match (last, current) {
+        (Segment::Map { key }, serde_json::Value::Object(map)) => {
+            map.remove(key.as_str()).is_some()
+        }
+        (Segment::Seq { index }, serde_json::Value::Array(list)) if *index < list.len() => {
+            list.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Deserializes `merged` into the raw shape, reporting every key of the wrong type: each one
+/// found is reported, left out, and the rest read again (so they come in the keys' order:
+/// alphabetical within each section).
+fn deserialize_every_key(
+    mut merged: serde_json::Value,
+) -> Result<(RawConfig, Vec<TypeProblem>), ConfigError> {
+    let mut problems: Vec<TypeProblem> = Vec::new();
+    loop {
+        match serde_path_to_error::deserialize::<_, RawConfig>(&merged) {
+            Ok(raw) => return Ok((raw, problems)),
+            Err(e) => {
+                let path = e.path().to_string();
+                problems.push(TypeProblem { text: type_problem(&path, e.inner()), path });
+                // A value that cannot be left out (the whole document is not a map), or a
+                // runaway: say what is known.
+                if problems.len() > 1_000 || !remove_at(&mut merged, e.path()) {
+                    return Err(ConfigError::Invalid(
+                        problems.into_iter().map(|p| p.text).collect(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The file and the environment merged into the raw shape.
+fn read_raw(source: &ConfigSource) -> Result<RawRead, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(file) = &source.file {
         if !file.exists() {
@@ -408,30 +579,34 @@ fn read_raw(source: &ConfigSource) -> Result<(RawConfig, PathBuf), ConfigError> 
         .build_cloned()
         .and_then(|c| c.try_deserialize::<serde_json::Value>())
         .map_err(|e| ConfigError::Load(e.to_string()))?;
-    let env_only = config::Config::builder()
+    // Environment values stay text (a numeric secret keeps its leading zeros); each key's
+    // reader takes the number or flag it needs from the text.
+    let mut env_only = config::Config::builder()
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("entitlements.advisors")
                 .source(source.env.clone()),
         )
         .build()
         .and_then(|c| c.try_deserialize::<serde_json::Value>())
         .map_err(|e| ConfigError::Load(format!("environment overrides: {e}")))?;
+    // Lists come comma-separated: WAGB__ENTITLEMENTS__ADVISORS=8100002,bob@example.com
+    if let Some(advisors) = env_only.pointer_mut("/entitlements/advisors")
+        && let Some(text) = advisors.as_str()
+    {
+        *advisors = text.split(',').map(|a| serde_json::Value::from(a.trim())).collect();
+    }
     let mut merged = file_only;
     if merged.is_null() {
         merged = serde_json::Value::Object(Default::default());
     }
     merge_case_insensitive(&mut merged, env_only);
-    let raw: RawConfig = serde_path_to_error::deserialize(merged)
-        .map_err(|e| ConfigError::Invalid(vec![format!("{}: {}", e.path(), e.inner())]))?;
+    let (raw, type_problems) = deserialize_every_key(merged)?;
     // Relative paths are relative to the config file's folder, like the BDK's.
     let base =
         source.file.as_ref().and_then(|f| f.parent()).map(Path::to_path_buf).unwrap_or_default();
-    Ok((raw, base))
+    Ok(RawRead { raw, base, type_problems })
 }
 
 /// Merges `overrides` (lowercase keys from the environment) into `target` (file keys in
@@ -527,7 +702,13 @@ fn secret_or_empty(s: Option<SecretString>) -> SecretString {
     s.unwrap_or_else(|| SecretString::from(String::new()))
 }
 
-fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+/// Checks every value and resolves defaults; `type_problems` (keys of the wrong type, left out of
+/// `raw`) come first, and a key reported there is not reported again as missing.
+fn validate(
+    raw: RawConfig,
+    base: &Path,
+    type_problems: Vec<TypeProblem>,
+) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let root = RawClient {
         scheme: raw.scheme.clone(),
@@ -664,9 +845,28 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         problems.push("store.retentionDays: must be at least 1".into());
     }
     let templates_dir = templates_dir(raw.templates.dir, base);
+    let log_format = match raw.logging.format.as_deref().map(str::parse::<LogFormat>) {
+        None => LogFormat::default(),
+        Some(Ok(format)) => format,
+        Some(Err(e)) => {
+            problems.push(format!("logging.format: {e}"));
+            LogFormat::default()
+        }
+    };
 
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
+    if !problems.is_empty() || !type_problems.is_empty() {
+        let reported = |p: &String| {
+            let p = p.to_ascii_lowercase();
+            type_problems.iter().any(|t| {
+                let key = t.path.to_ascii_lowercase();
+                // The key itself, or a key inside a section of the wrong type.
+                p.starts_with(&format!("{key}:")) || p.starts_with(&format!("{key}."))
+            })
+        };
+        problems.retain(|p| !reported(p));
+        let mut all: Vec<String> = type_problems.iter().map(|t| t.text.clone()).collect();
+        all.extend(problems);
+        return Err(ConfigError::Invalid(all));
     }
     Ok(Config {
         symphony: SymphonyConfig {
@@ -699,6 +899,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         entitlements: EntitlementsConfig { advisors },
         store: StoreConfig { path: store_path, retention_days },
         templates: TemplatesConfig { dir: templates_dir },
+        logging: LoggingConfig { format: log_format },
     })
 }
 
@@ -829,6 +1030,149 @@ mod tests {
             load(dir.path(), "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n", &[])
                 .expect_err("invalid");
         assert!(err.to_string().contains("is not an RSA private key"), "{err}");
+    }
+
+    #[test]
+    fn advisors_are_user_ids_quoted_or_not_or_emails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let base = "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n";
+        let cfg = load(
+            dir.path(),
+            &format!("{base}entitlements:\n  advisors: [8100002, \"8100003\", bob@example.com]\n"),
+            &[],
+        )
+        .expect("numbers are user ids");
+        assert_eq!(cfg.entitlements.advisors, ["8100002", "8100003", "bob@example.com"]);
+        // One user id alone in the environment is a list of one.
+        let cfg =
+            load(dir.path(), base, &[("WAGB__ENTITLEMENTS__ADVISORS", "8100002")]).expect("one id");
+        assert_eq!(cfg.entitlements.advisors, ["8100002"]);
+        let err = load(dir.path(), &format!("{base}entitlements: {{advisors: [1, [2]]}}\n"), &[])
+            .expect_err("a list in the list");
+        assert!(
+            err.to_string().contains(
+                "entitlements.advisors: entry 2: expected a string or a number, got a list"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_badly_typed_key_is_reported_with_the_missing_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = "host: pod.example.com\nport: notaport\nreadTimeout: soon\n\
+                    features: {nativeGroups: maybe}\nbot: {}\n";
+        let file = write(dir.path(), "bot-config.yaml", yaml);
+        let checked = Config::check(&ConfigSource { file: Some(file), env: Some(HashMap::new()) });
+        let err = checked.config.expect_err("invalid");
+        let ConfigError::Invalid(problems) = &err else { panic!("{err}") };
+        assert_eq!(
+            problems,
+            &[
+                "features.nativeGroups: expected true or false, got \"maybe\"",
+                "port: expected a port number (0 to 65535), got \"notaport\"",
+                "readTimeout: expected a whole number of milliseconds, got \"soon\"",
+                "bot.username: missing (the bot's service-account username)",
+                "bot.privateKey.path: missing (path to the bot's RSA private key)",
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("invalid configuration (5 problems)"), "{err}");
+        assert_eq!(checked.templates_dir, Some(dir.path().join("./templates")), "still checked");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_not_also_reported_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: [a, b], privateKey: {path: bot.pem}}\nwhatsapp: 5\n",
+            &[("WAGB__PORT", "70000")],
+        )
+        .expect_err("invalid");
+        let ConfigError::Invalid(problems) = &err else { panic!("{err}") };
+        assert_eq!(
+            problems,
+            &[
+                "bot.username: expected a string, got a list",
+                "port: expected a port number (0 to 65535), got \"70000\"",
+                "whatsapp: expected a section (a map of keys), got integer 5",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_flags_and_secrets_come_from_the_environment_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let cfg = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n",
+            &[
+                ("WAGB__PORT", "8443"),
+                ("WAGB__READTIMEOUT", "90000"),
+                ("WAGB__FEATURES__NATIVEGROUPS", "FALSE"),
+                ("WAGB__WHATSAPP__PHONENUMBERID", "106540352242922"),
+                ("WAGB__WHATSAPP__APPSECRET", "0012345"),
+                ("WAGB__WHATSAPP__WEBHOOK__VERIFYTOKEN", "777"),
+                ("WAGB__RETRY__MULTIPLIER", "1.5"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(cfg.symphony.pod_url.as_str(), "https://h:8443/");
+        assert_eq!(cfg.symphony.read_timeout, Duration::from_secs(90));
+        assert!(!cfg.features.native_groups);
+        assert_eq!(cfg.whatsapp.phone_number_id, "106540352242922");
+        assert_eq!(cfg.whatsapp.app_secret.expose_secret(), "0012345", "leading zeros kept");
+        assert_eq!(cfg.whatsapp.webhook.verify_token.expose_secret(), "777");
+        assert_eq!(cfg.symphony.retry.multiplier, 1.5);
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_reported_without_its_value() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: \"-----BEGIN PRIVATE KEY----- MIIEs3cret\"}\n\
+             whatsapp:\n  accessToken: 424242.4242\n  appSecret: {value: s3cret-app}\n  \
+             webhook: {verifyToken: [s3cret-verify]}\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for key in [
+            "bot.privateKey: expected a section (a map of keys) (the value is not shown",
+            "whatsapp.accessToken: expected a string (the value is not shown",
+            "whatsapp.appSecret: expected a string (the value is not shown",
+            "whatsapp.webhook.verifyToken: expected a string (the value is not shown",
+        ] {
+            assert!(text.contains(key), "missing {key:?} in:\n{text}");
+        }
+        for secret in ["s3cret", "424242", "4242"] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let base = "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n";
+        assert_eq!(load(dir.path(), base, &[]).expect("valid").logging.format, LogFormat::Text);
+        let cfg =
+            load(dir.path(), &format!("{base}logging: {{format: json}}\n"), &[]).expect("valid");
+        assert_eq!(cfg.logging.format, LogFormat::Json);
+        let cfg = load(dir.path(), base, &[("WAGB__LOGGING__FORMAT", "JSON")]).expect("valid");
+        assert_eq!(cfg.logging.format, LogFormat::Json);
+        let err = load(dir.path(), &format!("{base}logging: {{format: xml}}\n"), &[])
+            .expect_err("invalid");
+        assert!(
+            err.to_string().contains("logging.format: \"xml\" is not a log format (text or json)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wa_groups_bot::config::{Config, ConfigSource};
-use wa_groups_bot::{admin, app, telemetry};
+use wa_groups_bot::telemetry::{self, LogFormat, Verbosity};
+use wa_groups_bot::{admin, app};
 
 #[derive(Parser)]
 #[command(name = "wa-groups-bot", version, about = "Symphony bot for WhatsApp native group chats")]
@@ -40,6 +41,10 @@ enum Cmd {
         /// Keep the sandbox's state in this folder (default: a temporary one, removed after).
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Also write the bot's log to stderr (RUST_LOG applies, default info); without it,
+        /// only warnings and errors, so that the transcript reads alone.
+        #[arg(long)]
+        logs: bool,
     },
     /// Run the mock Symphony pod alone (for other bots' CI).
     MockPod {
@@ -102,6 +107,47 @@ enum Cmd {
         #[arg(long, default_value = "templates")]
         templates: PathBuf,
     },
+    /// Print a shell completion script, e.g. `wa-groups-bot completions bash > /etc/bash_completion.d/wa-groups-bot`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `wa-groups-bot man > wa-groups-bot.1`.
+    Man,
+}
+
+/// The completion script for `shell`. In bash's, clap_complete 4.6 spells the program's name
+/// (with its hyphens) one way where it picks the subcommand and another in the subcommands' case
+/// labels, so no subcommand's options would complete: the labels get the first spelling.
+fn completion_script(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "wa-groups-bot", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => {
+            script.replace("wa__subcmd__groups__subcmd__bot__", "wa__groups__bot__")
+        }
+        _ => script,
+    }
+}
+
+/// Writes `bytes` to stdout (a closed pipe is an error, not a panic).
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush()).context("writing to stdout")
+}
+
+/// Sets up logging for commands that read no configuration: the format from
+/// `WAGB__LOGGING__FORMAT` (text if unset; a bad value is said and text used).
+fn init_logging_from_env(verbosity: Verbosity) {
+    match telemetry::format_from_env() {
+        Ok(format) => telemetry::init(format, verbosity),
+        Err(e) => {
+            telemetry::init(LogFormat::Text, verbosity);
+            tracing::warn!("{e}; logging as text");
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -119,20 +165,27 @@ enum EventsCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
     let cli = Cli::parse();
+    // `run` logs as its configuration says (set up once it is read); the printing commands
+    // do not log.
+    match &cli.command {
+        Cmd::Run { .. } | Cmd::Completions { .. } | Cmd::Man => {}
+        Cmd::Demo { logs: false, .. } => init_logging_from_env(Verbosity::Fixed("warn")),
+        _ => init_logging_from_env(Verbosity::Default("info")),
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
     match cli.command {
         Cmd::Run { config } => {
             let config = Config::load(&config)?;
+            telemetry::init(config.logging.format, Verbosity::Default("info"));
             app::run(config, cancel).await?;
         }
         Cmd::Sandbox { data, port } => {
             app::run_sandbox(app::SandboxOptions { data_dir: data, base_port: port }, cancel)
                 .await?;
         }
-        Cmd::Demo { keep } => app::run_demo(keep, cancel).await?,
+        Cmd::Demo { keep, logs: _ } => app::run_demo(keep, cancel).await?,
         Cmd::MockPod { listen, users, datafeed_hold } => {
             app::run_mock_pod(
                 listen,
@@ -185,6 +238,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Render { template, data, templates } => {
             let rendered = admin::render_preview(&templates, &template, &data)?;
             println!("{rendered}");
+        }
+        Cmd::Completions { shell } => print_bytes(completion_script(shell).as_bytes())?,
+        Cmd::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page).context("man page")?;
+            print_bytes(&page)?;
         }
     }
     Ok(())

@@ -165,6 +165,8 @@ impl DatafeedLoop {
     }
 
     /// Runs until `cancel` fires (then returns `Ok`) or an error that retrying cannot fix.
+    /// Everything it logs, and what the handler logs, is in a `datafeed` span with the feed id.
+    #[tracing::instrument(name = "datafeed", skip_all, fields(feed = tracing::field::Empty))]
     pub async fn run(
         mut self,
         mut handler: BatchHandler,
@@ -174,6 +176,7 @@ impl DatafeedLoop {
             () = cancel.cancelled() => return Ok(()),
             r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
         };
+        tracing::Span::current().record("feed", feed.as_str());
         // The heartbeat `/healthz` reads: set up, then every answered read.
         self.client.metrics.datafeed_ready();
         if let Some(ready) = self.ready.take() {
@@ -200,29 +203,14 @@ impl DatafeedLoop {
                         }
                         continue;
                     }
-                    let events: Vec<SymphonyEvent> = raw
-                        .iter()
-                        .filter_map(|e| {
-                            let mapped = model::map_event(e);
-                            if mapped.is_none() {
-                                tracing::warn!(event = %e, "unreadable datafeed event skipped");
-                            }
-                            mapped
-                        })
-                        .collect();
-                    let count = events.len();
-                    match handler(events).await {
+                    match hand_over(&mut handler, &feed, &raw).await {
                         Ok(()) => {
-                            tracing::debug!(count, "datafeed batch handed over");
                             if let Some(next) = next_ack {
                                 ack_id = next;
                             }
                         }
-                        Err(reason) => {
-                            // Not acknowledged: the pod hands the batch out again later.
-                            tracing::warn!(%reason, count, "datafeed batch not processed; it will be redelivered");
-                            self.pause(&cancel, self.retry.backoff(0)).await;
-                        }
+                        // Not acknowledged: the pod hands the batch out again later.
+                        Err(()) => self.pause(&cancel, self.retry.backoff(0)).await,
                     }
                 }
                 Err(e) if e.status() == Some(400) && e.retry_after().is_none() => {
@@ -232,6 +220,7 @@ impl DatafeedLoop {
                         Some(f) => f,
                         None => return Ok(()),
                     };
+                    tracing::Span::current().record("feed", feed.as_str());
                     ack_id.clear();
                     // What was posted between the old feed's end and the new one's start.
                     self.catch_up(&mut handler, &cancel).await;
@@ -283,6 +272,38 @@ impl DatafeedLoop {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// Maps one batch's events and hands them to `handler`, in a `datafeed_batch` span (so that
+/// what the handler logs says which feed and batch it came from); `Err` when the handler failed
+/// and the batch must not be acknowledged.
+#[tracing::instrument(name = "datafeed_batch", skip_all, fields(feed = %feed, events = raw.len()))]
+async fn hand_over(
+    handler: &mut BatchHandler,
+    feed: &str,
+    raw: &[serde_json::Value],
+) -> Result<(), ()> {
+    let events: Vec<SymphonyEvent> = raw
+        .iter()
+        .filter_map(|e| {
+            let mapped = model::map_event(e);
+            if mapped.is_none() {
+                tracing::warn!(event = %e, "unreadable datafeed event skipped");
+            }
+            mapped
+        })
+        .collect();
+    let count = events.len();
+    match handler(events).await {
+        Ok(()) => {
+            tracing::debug!(count, "datafeed batch handed over");
+            Ok(())
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, count, "datafeed batch not processed; it will be redelivered");
+            Err(())
         }
     }
 }

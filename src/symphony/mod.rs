@@ -404,6 +404,7 @@ impl SymphonyClient {
     // ----- session and users -----
 
     /// `GET /pod/v2/sessioninfo`: the bot's own user.
+    #[tracing::instrument(name = "symphony.session_info", skip_all)]
     pub async fn session_info(&self) -> Result<UserInfo, SymphonyError> {
         self.required(Service::Pod, Method::GET, "/pod/v2/sessioninfo", |r| r).await
     }
@@ -437,6 +438,7 @@ impl SymphonyClient {
     // ----- rooms, membership, IMs -----
 
     /// `POST /pod/v3/room/create`: a private room whose members cannot invite.
+    #[tracing::instrument(name = "symphony.create_room", skip_all)]
     pub async fn create_room(
         &self,
         name: &str,
@@ -461,6 +463,7 @@ impl SymphonyClient {
     }
 
     /// `GET /pod/v3/room/{id}/info`
+    #[tracing::instrument(name = "symphony.room_info", skip_all, fields(stream_id = %sid))]
     pub async fn room_info(&self, sid: &StreamId) -> Result<RoomInfo, SymphonyError> {
         let path = format!("/pod/v3/room/{sid}/info");
         let detail: model::V3RoomDetail =
@@ -469,6 +472,7 @@ impl SymphonyClient {
     }
 
     /// `POST /pod/v3/room/{id}/update` with a new name.
+    #[tracing::instrument(name = "symphony.rename_room", skip_all, fields(stream_id = %sid))]
     pub async fn rename_room(&self, sid: &StreamId, name: &str) -> Result<RoomInfo, SymphonyError> {
         let path = format!("/pod/v3/room/{sid}/update");
         let body = json!({"name": name});
@@ -478,6 +482,7 @@ impl SymphonyClient {
     }
 
     /// `POST /pod/v1/room/{id}/setActive?active=`
+    #[tracing::instrument(name = "symphony.set_room_active", skip_all, fields(stream_id = %sid))]
     pub async fn set_room_active(&self, sid: &StreamId, active: bool) -> Result<(), SymphonyError> {
         let path = format!("/pod/v1/room/{sid}/setActive");
         let flag = if active { "true" } else { "false" };
@@ -490,6 +495,7 @@ impl SymphonyClient {
     }
 
     /// `GET /pod/v2/room/{id}/membership/list`: the live membership with owner flags.
+    #[tracing::instrument(name = "symphony.room_members", skip_all, fields(stream_id = %sid))]
     pub async fn room_members(&self, sid: &StreamId) -> Result<Vec<RoomMember>, SymphonyError> {
         let path = format!("/pod/v2/room/{sid}/membership/list");
         self.required(Service::Pod, Method::GET, &path, |r| r).await
@@ -509,23 +515,28 @@ impl SymphonyClient {
         Ok(())
     }
 
+    #[tracing::instrument(name = "symphony.add_member", skip_all, fields(stream_id = %sid))]
     pub async fn add_member(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
         self.membership(sid, "add", user).await
     }
 
+    #[tracing::instrument(name = "symphony.remove_member", skip_all, fields(stream_id = %sid))]
     pub async fn remove_member(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
         self.membership(sid, "remove", user).await
     }
 
+    #[tracing::instrument(name = "symphony.promote_owner", skip_all, fields(stream_id = %sid))]
     pub async fn promote_owner(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
         self.membership(sid, "promoteOwner", user).await
     }
 
+    #[tracing::instrument(name = "symphony.demote_owner", skip_all, fields(stream_id = %sid))]
     pub async fn demote_owner(&self, sid: &StreamId, user: UserId) -> Result<(), SymphonyError> {
         self.membership(sid, "demoteOwner", user).await
     }
 
     /// `POST /pod/v1/im/create`: the IM (or existing one) with these users.
+    #[tracing::instrument(name = "symphony.create_im", skip_all)]
     pub async fn create_im(&self, users: &[UserId]) -> Result<StreamId, SymphonyError> {
         let r: model::StreamRef = self
             .required(Service::Pod, Method::POST, "/pod/v1/im/create", |r| r.json(users))
@@ -559,6 +570,7 @@ impl SymphonyClient {
     /// `GET /pod/v1/streams/{sid}/attachments`: every attachment of the stream, oldest first.
     /// The pod answers at most `limit` (≤ 100) per call, so this pages with `since` = the last
     /// `ingestionDate` seen (inclusive: what was already listed is skipped).
+    #[tracing::instrument(name = "symphony.stream_attachments", skip_all, fields(stream_id = %sid))]
     pub async fn stream_attachments(
         &self,
         sid: &StreamId,
@@ -595,6 +607,7 @@ impl SymphonyClient {
 
     /// `GET /agent/v1/stream/{sid}/attachment?fileId=&messageId=`: the file's bytes (the agent
     /// answers them base64-encoded).
+    #[tracing::instrument(name = "symphony.download_attachment", skip_all, fields(stream_id = %sid))]
     pub async fn download_attachment(
         &self,
         sid: &StreamId,
@@ -628,6 +641,7 @@ impl SymphonyClient {
 
     /// [`Self::send_message`] with files, one `attachment` part each (name and content type
     /// as given).
+    #[tracing::instrument(name = "symphony.send_message_with_attachments", skip_all, fields(stream_id = %sid))]
     pub async fn send_message_with_attachments(
         &self,
         sid: &StreamId,

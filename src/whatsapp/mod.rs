@@ -263,6 +263,7 @@ impl WhatsAppClient {
 
     /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
     /// is a valid number.
+    #[tracing::instrument(name = "whatsapp.business_number", skip_all)]
     pub async fn business_number(&self) -> Result<Option<crate::groups::E164>, WhatsAppError> {
         let raw: Value = self
             .call(Method::GET, &self.phone_number_id, |r| {
@@ -277,6 +278,7 @@ impl WhatsAppClient {
     // ----- groups -----
 
     /// `POST /<PHONE_NUMBER_ID>/groups` → the `request_id` the `group_create` webhook will carry.
+    #[tracing::instrument(name = "whatsapp.create_group", skip_all)]
     pub async fn create_group(
         &self,
         subject: &str,
@@ -336,6 +338,7 @@ impl WhatsAppClient {
     }
 
     /// `GET /<GROUP_ID>?fields=…`
+    #[tracing::instrument(name = "whatsapp.group_info", skip_all, fields(group_id = %group))]
     pub async fn group_info(&self, group: &GroupId) -> Result<GroupInfo, WhatsAppError> {
         let fields = "subject,description,participants,join_approval_mode,suspended,creation_timestamp,total_participant_count";
         let raw: Value =
@@ -344,6 +347,7 @@ impl WhatsAppClient {
     }
 
     /// `POST /<GROUP_ID>` with a new subject and/or description (outcome by webhook).
+    #[tracing::instrument(name = "whatsapp.update_group", skip_all, fields(group_id = %group))]
     pub async fn update_group(
         &self,
         group: &GroupId,
@@ -373,12 +377,14 @@ impl WhatsAppClient {
     }
 
     /// `DELETE /<GROUP_ID>`
+    #[tracing::instrument(name = "whatsapp.delete_group", skip_all, fields(group_id = %group))]
     pub async fn delete_group(&self, group: &GroupId) -> Result<(), WhatsAppError> {
         let _: Value = self.call(Method::DELETE, group.as_str(), |r| r).await?;
         Ok(())
     }
 
     /// `GET /<GROUP_ID>/invite_link`: the current link.
+    #[tracing::instrument(name = "whatsapp.invite_link", skip_all, fields(group_id = %group))]
     pub async fn invite_link(&self, group: &GroupId) -> Result<String, WhatsAppError> {
         let r: model::InviteLinkResponse =
             self.call(Method::GET, &format!("{group}/invite_link"), |r| r).await?;
@@ -386,6 +392,7 @@ impl WhatsAppClient {
     }
 
     /// `POST /<GROUP_ID>/invite_link`: a new link; every earlier one stops working.
+    #[tracing::instrument(name = "whatsapp.reset_invite_link", skip_all, fields(group_id = %group))]
     pub async fn reset_invite_link(&self, group: &GroupId) -> Result<String, WhatsAppError> {
         let body = json!({"messaging_product": "whatsapp"});
         let r: model::InviteLinkResponse =
@@ -394,6 +401,7 @@ impl WhatsAppClient {
     }
 
     /// `GET /<GROUP_ID>/join_requests`: pending requests (all pages).
+    #[tracing::instrument(name = "whatsapp.join_requests", skip_all, fields(group_id = %group))]
     pub async fn join_requests(&self, group: &GroupId) -> Result<Vec<JoinRequest>, WhatsAppError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
@@ -428,6 +436,7 @@ impl WhatsAppClient {
     }
 
     /// `POST /<GROUP_ID>/join_requests`: approve.
+    #[tracing::instrument(name = "whatsapp.approve_join_requests", skip_all, fields(group_id = %group))]
     pub async fn approve_join_requests(
         &self,
         group: &GroupId,
@@ -437,6 +446,7 @@ impl WhatsAppClient {
     }
 
     /// `DELETE /<GROUP_ID>/join_requests`: reject.
+    #[tracing::instrument(name = "whatsapp.reject_join_requests", skip_all, fields(group_id = %group))]
     pub async fn reject_join_requests(
         &self,
         group: &GroupId,
@@ -446,6 +456,7 @@ impl WhatsAppClient {
     }
 
     /// `DELETE /<GROUP_ID>/participants`: 1 to 8 users (phone digits, wa_id or BSUID).
+    #[tracing::instrument(name = "whatsapp.remove_participants", skip_all, fields(group_id = %group))]
     pub async fn remove_participants(
         &self,
         group: &GroupId,
@@ -465,6 +476,11 @@ impl WhatsAppClient {
 
     // ----- messages -----
 
+    #[tracing::instrument(
+        name = "whatsapp.send",
+        skip_all,
+        fields(group_id = group_of(to), kind = content["type"].as_str())
+    )]
     async fn send(&self, to: &Recipient, content: Value) -> Result<String, WhatsAppError> {
         let (recipient_type, to) = match to {
             Recipient::Phone(n) => ("individual", n.wa_id().to_owned()),
@@ -521,6 +537,7 @@ impl WhatsAppClient {
     /// `POST /<PHONE_NUMBER_ID>/media` (multipart `file`, `type`, `messaging_product`): the
     /// media id to send the file by. Types and sizes the endpoint refuses are refused here
     /// first.
+    #[tracing::instrument(name = "whatsapp.upload_media", skip_all, fields(mime = mime))]
     pub async fn upload_media(
         &self,
         bytes: impl Into<bytes::Bytes>,
@@ -576,6 +593,7 @@ impl WhatsAppClient {
 
     /// `GET /<MEDIA_ID>`: where to download the file (for about 5 minutes), its type, size and
     /// hash.
+    #[tracing::instrument(name = "whatsapp.media_info", skip_all, fields(media_id = media_id))]
     pub async fn media_info(&self, media_id: &str) -> Result<MediaInfo, WhatsAppError> {
         media::check_media_id(media_id)?;
         let raw: Value = self.call(Method::GET, media_id, |r| r).await?;
@@ -589,6 +607,7 @@ impl WhatsAppClient {
     /// A media file's bytes and MIME type: [`Self::media_info`], then the URL fetched with the
     /// Bearer token. Files over [`media::MAX_DOWNLOAD_BYTES`] are refused, before the download
     /// when the size is announced; a file that does not match its `sha256` is an error.
+    #[tracing::instrument(name = "whatsapp.download_media", skip_all, fields(media_id = media_id))]
     pub async fn download_media(&self, media_id: &str) -> Result<(Vec<u8>, String), WhatsAppError> {
         let info = self.media_info(media_id).await?;
         let limit = media::MAX_DOWNLOAD_BYTES;
@@ -649,6 +668,7 @@ impl WhatsAppClient {
     }
 
     /// `DELETE /<MEDIA_ID>`
+    #[tracing::instrument(name = "whatsapp.delete_media", skip_all, fields(media_id = media_id))]
     pub async fn delete_media(&self, media_id: &str) -> Result<(), WhatsAppError> {
         media::check_media_id(media_id)?;
         let _: Value = self.call(Method::DELETE, media_id, |r| r).await?;
@@ -694,6 +714,7 @@ impl WhatsAppClient {
 
     /// Checks a file against `kind`'s rules, uploads it and sends it: the whole way of a file
     /// to WhatsApp. Nothing is called when the file breaks a rule. Returns the `wamid`.
+    #[tracing::instrument(name = "whatsapp.send_file", skip_all)]
     pub async fn send_file(
         &self,
         to: &Recipient,
@@ -708,6 +729,14 @@ impl WhatsAppClient {
         let id = self.upload_media(file.bytes.clone(), &file.mime, &file.filename).await?;
         let filename = (kind == MediaKind::Document).then_some(file.filename.as_str());
         self.send_media(to, kind, &id, caption, filename).await
+    }
+}
+
+/// The group a message goes to, for the log (a phone number is not logged).
+fn group_of(to: &Recipient) -> Option<&str> {
+    match to {
+        Recipient::Group(g) => Some(g.as_str()),
+        Recipient::Phone(_) => None,
     }
 }
 

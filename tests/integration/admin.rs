@@ -365,3 +365,77 @@ async fn without_an_app_secret_the_listener_serves_only_health_and_metrics() {
     assert_eq!(hook.status().as_u16(), 404, "no webhook receiver without an app secret");
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_every_badly_typed_key_and_every_missing_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bot-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host: pod.example.com\nport: notaport\nreadTimeout: soon\n\
+             features: {{nativeGroups: maybe}}\n\
+             entitlements: {{advisors: [8100002, 8100003]}}\n\
+             templates: {{dir: {}}}\n",
+            manifest_dir().join("templates").display()
+        ),
+    )
+    .expect("write config");
+    let out = run_bin(&["check-config", "--config", &config.to_string_lossy()], &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("PROBLEM")).collect();
+    assert_eq!(
+        problems,
+        [
+            "PROBLEM  features.nativeGroups: expected true or false, got \"maybe\"",
+            "PROBLEM  port: expected a port number (0 to 65535), got \"notaport\"",
+            "PROBLEM  readTimeout: expected a whole number of milliseconds, got \"soon\"",
+            "PROBLEM  bot.username: missing (the bot's service-account username)",
+            "PROBLEM  bot.privateKey.path: missing (path to the bot's RSA private key)",
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("5 problems"), "{stdout}");
+    assert!(stdout.contains("compile and render their sample data"), "templates checked: {stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_never_shows_a_secret_of_the_wrong_type() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bot-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "host: pod.example.com\n\
+             bot: {{username: b, privateKey: \"-----BEGIN PRIVATE KEY----- MIIEs3cret\"}}\n\
+             whatsapp: {{accessToken: 4242.4242, appSecret: [s3cret-app], webhook: {{verifyToken: {{v: s3cret-verify}}}}}}\n\
+             logging: {{format: xml}}\ntemplates: {{dir: {}}}\n",
+            manifest_dir().join("templates").display()
+        ),
+    )
+    .expect("write config");
+    // A numeric secret in the environment is a secret like any other (taken as written, never
+    // shown); those of the wrong type in the file are reported without their values.
+    let out = run_bin(
+        &["check-config", "--config", &config.to_string_lossy()],
+        &[("WAGB__WHATSAPP__WEBHOOK__VERIFYTOKEN", "0098765")],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for expected in [
+        "PROBLEM  bot.privateKey: expected a section (a map of keys) (the value is not shown",
+        "PROBLEM  whatsapp.accessToken: expected a string (the value is not shown",
+        "PROBLEM  whatsapp.appSecret: expected a string (the value is not shown",
+        "PROBLEM  logging.format: \"xml\" is not a log format (text or json)",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("verifyToken"), "the numeric verify token is fine: {stdout}");
+    assert_eq!(stdout.matches("PROBLEM").count(), 4, "{stdout}");
+    let all = format!("{stdout}{stderr}");
+    for secret in ["s3cret", "98765", "4242"] {
+        assert!(!all.contains(secret), "{secret} was printed:\n{all}");
+    }
+}
