@@ -58,9 +58,11 @@ pub struct Bot {
     pub store: Store,
     /// Where the WhatsApp webhook receiver listens (when an app secret is configured).
     pub webhook_addr: Option<SocketAddr>,
-    /// The bot's HTTP listener (`whatsapp.webhook.listen`): `/healthz` and `/metrics` always,
-    /// the webhook receiver too when an app secret is configured.
+    /// The bot's HTTP listener (`whatsapp.webhook.listen`): the webhook receiver when an app
+    /// secret is configured, and `/healthz` and `/metrics` unless `monitoring.listen` is set.
     pub http_addr: SocketAddr,
+    /// Where `/healthz` and `/metrics` are served: `monitoring.listen`, else `http_addr`.
+    pub monitoring_addr: SocketAddr,
     pub metrics: Metrics,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -137,9 +139,10 @@ impl Bot {
             fatal: fatal.clone(),
         };
 
-        // One HTTP listener: health and metrics always (an orchestrator probes them even when
-        // WhatsApp is not set up), WhatsApp webhooks → store when an app secret is configured
-        // (signature checked first; 200 only once persisted).
+        // The HTTP listener: health and metrics always (an orchestrator probes them even when
+        // WhatsApp is not set up) unless they have their own, WhatsApp webhooks → store when an
+        // app secret is configured (signature checked first; 200 only once persisted). Both
+        // listeners cut slow and oversized requests (`whatsapp.webhook.*` limits).
         let hook = &config.whatsapp.webhook;
         let listener = tokio::net::TcpListener::bind(hook.listen).await.map_err(|e| {
             AppError::Startup(format!(
@@ -148,11 +151,29 @@ impl Bot {
             ))
         })?;
         let http_addr = listener.local_addr()?;
-        let mut router = crate::monitoring::router(crate::monitoring::MonitoringState {
+        let monitoring = crate::monitoring::router(crate::monitoring::MonitoringState {
             store: store.clone(),
             metrics: metrics.clone(),
             datafeed_stale_after: config.symphony.read_timeout,
         });
+        // `/healthz` and `/metrics` on their own listener (`monitoring.listen`), else here.
+        let (mut router, monitoring_addr) = match config.monitoring.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    AppError::Startup(format!("cannot listen on {addr} (monitoring.listen): {e}"))
+                })?;
+                let monitoring_addr = listener.local_addr()?;
+                let cancel = cancel.clone();
+                let limits = hook.limits;
+                supervisor.spawn("monitoring http", async move {
+                    crate::webhook::serve_with(listener, monitoring, limits, 64 * 1024, cancel)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                (axum::Router::new(), monitoring_addr)
+            }
+            None => (monitoring, http_addr),
+        };
         let webhook_addr = if config.whatsapp.app_secret.expose_secret().is_empty() {
             tracing::warn!("whatsapp.appSecret is not set: the WhatsApp webhook receiver is off");
             None
@@ -173,10 +194,19 @@ impl Bot {
             Some(http_addr)
         };
         let http_cancel = cancel.clone();
+        let limits = hook.limits;
         supervisor.spawn("http", async move {
-            crate::webhook::serve(listener, router, http_cancel).await.map_err(|e| e.to_string())
+            crate::webhook::serve_with(
+                listener,
+                router,
+                limits,
+                crate::webhook::MAX_BODY_BYTES,
+                http_cancel,
+            )
+            .await
+            .map_err(|e| e.to_string())
         });
-        tracing::info!(addr = %http_addr, "serving /healthz and /metrics");
+        tracing::info!(addr = %monitoring_addr, "serving /healthz and /metrics");
 
         // Datafeed → store: a batch is acknowledged only once every event is persisted.
         // Persisting lives in `intake` (messages keyed by message id, the
@@ -293,7 +323,17 @@ impl Bot {
                 why.unwrap_or_else(|| "see the log".into())
             )));
         }
-        Ok(Bot { bot_user, store, webhook_addr, http_addr, metrics, cancel, tracker, fatal })
+        Ok(Bot {
+            bot_user,
+            store,
+            webhook_addr,
+            http_addr,
+            monitoring_addr,
+            metrics,
+            cancel,
+            tracker,
+            fatal,
+        })
     }
 
     /// Waits until the bot stops: `Ok` when it was cancelled, the reason when a task it needs

@@ -60,6 +60,7 @@ struct RawConfig {
     store: RawStore,
     templates: RawTemplatesDir,
     logging: RawLogging,
+    monitoring: RawMonitoring,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -140,6 +141,19 @@ struct RawWebhook {
     path: Option<String>,
     #[serde(alias = "verifytoken", deserialize_with = "lenient::opt_secret")]
     verify_token: Option<SecretString>,
+    #[serde(alias = "headerreadtimeoutmillis", deserialize_with = "lenient::opt_millis")]
+    header_read_timeout_millis: Option<u64>,
+    #[serde(alias = "requesttimeoutmillis", deserialize_with = "lenient::opt_millis")]
+    request_timeout_millis: Option<u64>,
+    #[serde(alias = "maxconnections", deserialize_with = "lenient::opt_count")]
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawMonitoring {
+    #[serde(deserialize_with = "lenient::opt_text")]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +229,14 @@ pub struct Config {
     pub store: StoreConfig,
     pub templates: TemplatesConfig,
     pub logging: LoggingConfig,
+    pub monitoring: MonitoringConfig,
+}
+
+/// Where `/healthz` and `/metrics` are served (`monitoring.listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MonitoringConfig {
+    /// Their own listener; `None`: on the webhook's listener (`whatsapp.webhook.listen`).
+    pub listen: Option<SocketAddr>,
 }
 
 /// Where and how to reach the Symphony pod, agent and key manager, and who the bot is.
@@ -324,6 +346,33 @@ pub struct WebhookConfig {
     pub listen: SocketAddr,
     pub path: String,
     pub verify_token: SecretString,
+    /// What the HTTP listener allows a client.
+    pub limits: HttpLimits,
+}
+
+/// Limits of the bot's HTTP listeners: a client that sends slowly or opens many connections
+/// cannot hold them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this (`whatsapp.webhook.headerReadTimeoutMillis`,
+    /// default 10 s); the connection is closed otherwise.
+    pub header_read_timeout: Duration,
+    /// A request, its body read included, must be answered within this
+    /// (`whatsapp.webhook.requestTimeoutMillis`, default 30 s): 408 and the connection closed.
+    pub request_timeout: Duration,
+    /// Connections served at once (`whatsapp.webhook.maxConnections`, default 256); more wait
+    /// in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 256,
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -332,6 +381,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("listen", &self.listen)
             .field("path", &self.path)
             .field("verify_token", &"[redacted]")
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -796,11 +846,61 @@ fn validate(
     if !path.starts_with('/') {
         problems.push(format!("whatsapp.webhook.path: {path:?} must start with /"));
     }
-    if [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH].contains(&path.as_str()) {
+    let monitoring_listen = raw.monitoring.listen.filter(|l| !l.trim().is_empty()).and_then(|l| {
+        l.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems.push(format!(
+                    "monitoring.listen: {l:?} is not HOST:PORT (e.g. 127.0.0.1:9090)"
+                ))
+            })
+            .ok()
+    });
+    if monitoring_listen.is_none()
+        && [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH]
+            .contains(&path.as_str())
+    {
         problems.push(format!(
             "whatsapp.webhook.path: {path:?} is taken by the monitoring endpoint on the same port"
         ));
     }
+    if monitoring_listen.is_some_and(|m| m == listen && m.port() != 0) {
+        problems.push(format!(
+            "monitoring.listen: {listen} is the webhook's address (leave it out to serve both there)"
+        ));
+    }
+    let defaults = HttpLimits::default();
+    let positive_millis =
+        |problems: &mut Vec<String>, key: &str, v: Option<u64>, d: Duration| match v {
+            Some(0) => {
+                problems.push(format!("whatsapp.webhook.{key}: must be more than 0"));
+                d
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => d,
+        };
+    let limits = HttpLimits {
+        header_read_timeout: positive_millis(
+            &mut problems,
+            "headerReadTimeoutMillis",
+            wa.webhook.header_read_timeout_millis,
+            defaults.header_read_timeout,
+        ),
+        request_timeout: positive_millis(
+            &mut problems,
+            "requestTimeoutMillis",
+            wa.webhook.request_timeout_millis,
+            defaults.request_timeout,
+        ),
+        max_connections: match wa.webhook.max_connections {
+            Some(0) => {
+                problems.push("whatsapp.webhook.maxConnections: must be at least 1".into());
+                defaults.max_connections
+            }
+            Some(n) => n as usize,
+            None => defaults.max_connections,
+        },
+    };
     let template_ref =
         |problems: &mut Vec<String>, what: &str, raw: Option<RawTemplateRef>, default: &str| {
             let raw = raw.unwrap_or_default();
@@ -892,6 +992,7 @@ fn validate(
                 listen,
                 path,
                 verify_token: secret_or_empty(wa.webhook.verify_token),
+                limits,
             },
             templates: templates_wa,
         },
@@ -900,6 +1001,7 @@ fn validate(
         store: StoreConfig { path: store_path, retention_days },
         templates: TemplatesConfig { dir: templates_dir },
         logging: LoggingConfig { format: log_format },
+        monitoring: MonitoringConfig { listen: monitoring_listen },
     })
 }
 

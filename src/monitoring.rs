@@ -1,4 +1,5 @@
-//! The monitoring endpoints on the bot's HTTP listener (the WhatsApp webhook's port):
+//! The monitoring endpoints on the bot's HTTP listener (the WhatsApp webhook's port, or their
+//! own with `monitoring.listen`):
 //! `GET /healthz` (the datafeed loop alive and the store writable) and `GET /metrics`
 //! (Prometheus text). They are served whether or not the webhook receiver is on.
 

@@ -117,6 +117,10 @@ pub(super) fn opt_days<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D
     number(d, "a whole number of days")
 }
 
+pub(super) fn opt_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    number(d, "a whole number")
+}
+
 pub(super) fn opt_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     number(d, "a number")
 }

@@ -3,7 +3,10 @@
 //! change into domain events, persists each one (redeliveries recognised), and only then
 //! answers 200. Bad signature → 401, bad body → 400, store failure → 500 (Meta retries).
 
+mod listener;
 pub mod parse;
+
+pub use listener::serve_with;
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HttpLimits;
 use crate::events::InboundEvent;
 use crate::metrics::{EventSource, Metrics};
 use crate::store::{Source, Store};
@@ -75,13 +79,13 @@ pub fn router(path: &str, state: WebhookState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` until `cancel` fires.
+/// Serves `router` until `cancel` fires, with the default [`HttpLimits`] and Meta's body limit.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned()).await
+    serve_with(listener, router, HttpLimits::default(), MAX_BODY_BYTES, cancel).await
 }
 
 #[derive(Deserialize)]

@@ -159,6 +159,7 @@ async fn login(shared: Shared, body: &[u8], key_manager: bool) -> Response {
         Ok(user) => {
             let token = super::state::PodState::new_token();
             let mut st = shared.lock();
+            st.issued_tokens.push(token.clone());
             let name = if key_manager {
                 st.km_tokens.insert(token.clone(), user);
                 st.stats.key_manager_logins += 1;

@@ -354,6 +354,11 @@ impl MockPod {
         Ok(())
     }
 
+    /// Every session and key-manager token the pod has issued, expired ones included.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().issued_tokens.clone()
+    }
+
     /// Every session and key-manager token stops working (next call → 401).
     pub fn expire_sessions(&self) {
         let mut st = self.shared.lock();

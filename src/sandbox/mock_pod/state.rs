@@ -168,6 +168,9 @@ pub(crate) struct PodState {
     pub sessions: HashMap<String, i64>,
     /// key-manager token → user id
     pub km_tokens: HashMap<String, i64>,
+    /// Every session and key-manager token handed out, expired ones too (tests look for them
+    /// where they must not be, such as logs).
+    pub issued_tokens: Vec<String>,
     pub streams: HashMap<String, Stream>,
     pub feeds: HashMap<String, Feed>,
     pub faults: crate::sandbox::faults::Faults,
@@ -182,6 +185,7 @@ impl PodState {
             users,
             sessions: HashMap::new(),
             km_tokens: HashMap::new(),
+            issued_tokens: Vec::new(),
             streams: HashMap::new(),
             feeds: HashMap::new(),
             faults: Default::default(),
