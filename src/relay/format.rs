@@ -358,7 +358,12 @@ impl Renderer<'_> {
             return text;
         }
         let shown = text.trim();
-        if shown.is_empty() || same_target(&tidy(&code_text(a)), href) {
+        let written = tidy(&code_text(a));
+        if !shown.is_empty() && same_url(&written, href) {
+            // The address as written (`https://bücher.de` for `https://xn--bcher-kva.de/`).
+            return surround(&text, &written);
+        }
+        if shown.is_empty() || same_target(&written, href) {
             // An address reads better without its scheme; WhatsApp links it either way.
             let bare =
                 href.get(..7).filter(|s| s.eq_ignore_ascii_case("mailto:")).map(|_| &href[7..]);
@@ -554,6 +559,13 @@ fn same_target(shown: &str, href: &str) -> bool {
     bare(shown) == bare(href)
 }
 
+/// Whether a link's text is an http(s) address that normalises to its `href`.
+fn same_url(shown: &str, href: &str) -> bool {
+    let parse =
+        |s: &str| url::Url::parse(s).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+    parse(shown).is_some_and(|a| parse(href).is_some_and(|b| a == b))
+}
+
 fn lines_text(lines: Vec<Line>) -> String {
     lines.into_iter().map(|l| l.text).collect::<Vec<_>>().join("\n")
 }
@@ -704,7 +716,18 @@ impl InlineLine<'_> {
             {
                 out.push_str(&escape_message_ml(&std::mem::take(&mut literal)));
                 let url: String = self.chars[i..url_end].iter().collect();
-                out.push_str(&format!("<a href=\"{}\"/>", escape_message_ml(&href(&url))));
+                let target = href(&url);
+                if target == url {
+                    out.push_str(&format!("<a href=\"{}\"/>", escape_message_ml(&target)));
+                } else {
+                    // Normalised to be a legal href (an IDN host, spaces, invisible characters):
+                    // the room still shows the address as the contact wrote it.
+                    out.push_str(&format!(
+                        "<a href=\"{}\">{}</a>",
+                        escape_message_ml(&target),
+                        escape_message_ml(&url)
+                    ));
+                }
                 i = url_end;
                 continue;
             }
@@ -1387,6 +1410,26 @@ mod tests {
             let back = to_whatsapp(&rendered.presentation_ml, Some(&data)).expect("readable");
             assert_eq!(back, *expected, "{input:?} via {}", rendered.presentation_ml);
         }
+    }
+
+    /// Found by fuzzing (round_trip): a URL whose href had to be normalised (an invisible
+    /// character, an IDN host) showed the normalised address, not what the contact wrote.
+    #[test]
+    fn a_normalised_link_still_shows_what_was_written() {
+        for input in ["see https://x.org\u{feff}/a now", "https://bücher.de/x", "https://x.org/a b"]
+        {
+            let message = format!("<messageML>{}</messageML>", to_message_ml(input));
+            let rendered = crate::sandbox::mock_pod::render_message_ml(&message, None, &|_| None)
+                .unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(rendered.text, input, "{message}");
+            let data = rendered.data.to_string();
+            let back = to_whatsapp(&rendered.presentation_ml, Some(&data)).expect("readable");
+            assert_eq!(back, input, "via {}", rendered.presentation_ml);
+        }
+        assert_eq!(
+            to_message_ml("https://bücher.de/x"),
+            "<a href=\"https://xn--bcher-kva.de/x\">https://bücher.de/x</a>"
+        );
     }
 
     #[test]

@@ -20,5 +20,6 @@ mod mock_pod;
 mod pywa_interop;
 mod relay;
 mod sandbox_cli;
+mod secrets;
 mod symphony_client;
 mod whatsapp;

@@ -198,6 +198,27 @@ pub fn render(
                     ));
                 } else if let Some(tag) = form_element(e.name().as_ref()) {
                     element(tag, &e, "", form.as_mut().map(|(_, f)| f), &mut writer, &mut text)?;
+                } else if e.name().as_ref() == b"a" {
+                    // A link without text shows its address, as the agent renders it
+                    // (`<a href="u"/>` → `<a href="u">u</a>`).
+                    let href = e
+                        .try_get_attribute("href")
+                        .ok()
+                        .flatten()
+                        .and_then(|a| {
+                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                .ok()
+                                .map(|v| v.into_owned())
+                        })
+                        .unwrap_or_default();
+                    writer.write_event(Event::Start(e.into_owned())).map_err(|e| e.to_string())?;
+                    writer
+                        .write_event(Event::Text(BytesText::new(&href)))
+                        .map_err(|e| e.to_string())?;
+                    writer
+                        .write_event(Event::End(BytesEnd::new("a")))
+                        .map_err(|e| e.to_string())?;
+                    text.push_str(&href);
                 } else {
                     if e.name().as_ref() == b"br" {
                         text.push('\n');
@@ -674,6 +695,24 @@ mod tests {
         );
         assert_eq!(r.text, "Hi @Alice Ng, x & y");
         assert_eq!(r.data["mention1"]["id"][0]["value"], "7");
+    }
+
+    /// Found by fuzzing (round_trip): a link without text (what the relay posts for a URL a
+    /// contact wrote) was missing from the message's text.
+    #[test]
+    fn a_link_without_text_shows_its_address() {
+        let r = render(
+            "<messageML>see <a href=\"https://x.org/?a=1&amp;b=2\"/> now</messageML>",
+            None,
+            &alice,
+        )
+        .expect("valid");
+        assert_eq!(
+            r.presentation_ml,
+            "<div data-format=\"PresentationML\" data-version=\"2.0\">see <a \
+             href=\"https://x.org/?a=1&amp;b=2\">https://x.org/?a=1&amp;b=2</a> now</div>"
+        );
+        assert_eq!(r.text, "see https://x.org/?a=1&b=2 now");
     }
 
     /// Label ids are random, as the agent's: replaced by `ID` for comparison.
