@@ -1324,7 +1324,11 @@ mod tests {
             ),
             ("bold url", "*https://a.com*", "<b><a href=\"https://a.com\"/></b>"),
             ("http and case", "HTTP://A.COM/x", "<a href=\"HTTP://A.COM/x\"/>"),
-            ("non-ascii url", "https://example.com/ü", "<a href=\"https://example.com/%C3%BC\"/>"),
+            (
+                "non-ascii url, shown as written",
+                "https://example.com/ü",
+                "<a href=\"https://example.com/%C3%BC\">https://example.com/ü</a>",
+            ),
             ("scheme only", "http:// and https://", "http:// and https://"),
             ("not a url scheme", "ftp://x.org myhttps://x.org", "ftp://x.org myhttps://x.org"),
             (
