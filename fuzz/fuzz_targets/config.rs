@@ -32,9 +32,8 @@ fuzz_target!(|input: &[u8]| {
         let shown = e.to_string();
         for (name, value) in &env {
             let lower = name.to_ascii_lowercase();
-            let secret = ["accesstoken", "appsecret", "verifytoken"]
-                .iter()
-                .any(|s| lower.ends_with(s));
+            let secret =
+                ["accesstoken", "appsecret", "verifytoken"].iter().any(|s| lower.ends_with(s));
             if secret && value.trim().len() >= 6 {
                 assert!(!shown.contains(value.trim()), "{name}'s value is shown: {shown}");
             }
