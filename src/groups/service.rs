@@ -489,6 +489,23 @@ impl GroupService {
         Ok(None)
     }
 
+    /// WhatsApp suspended the group (or lifted the suspension): the room is told, once per
+    /// webhook (a redelivery is the same event).
+    pub fn on_suspension(
+        &self,
+        tx: &dyn GroupRepo,
+        wa: &GroupId,
+        suspended: bool,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let Some(stream) = &group.stream else { return Ok(Vec::new()) };
+        Ok(vec![self.post(
+            stream,
+            "symphony/group_suspended",
+            json!({"name": group.name, "suspended": suspended}),
+        )?])
+    }
+
     /// The invite link was reset: the new one is kept (the group's state is left alone).
     pub fn on_invite_link_reset(
         &self,

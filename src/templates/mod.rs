@@ -20,6 +20,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/effect_failed", include_str!("../../templates/symphony/effect_failed.hbs")),
     ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
     ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
+    ("symphony/group_suspended", include_str!("../../templates/symphony/group_suspended.hbs")),
     ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
     ("symphony/event_failed", include_str!("../../templates/symphony/event_failed.hbs")),
     ("symphony/info", include_str!("../../templates/symphony/info.hbs")),
@@ -70,6 +71,7 @@ const SAMPLE_DATA: &[(&str, &str)] = &[
     ),
     ("symphony/group_failed", r#"{"name": "Deal & Co", "reason": "131000: something went wrong"}"#),
     ("symphony/group_ready", r#"{"name": "Deal & Co", "invited": ["+447911123456"]}"#),
+    ("symphony/group_suspended", r#"{"name": "Deal & Co <team>", "suspended": true}"#),
     (
         "symphony/help",
         r#"{"commands": [{"name": "help", "usage": "/wa help", "summary": "list the commands"}, {"name": "rename", "usage": "/wa rename \"<name>\"", "summary": "rename the room"}]}"#,

@@ -461,3 +461,39 @@ async fn start_bot_with_whatsapp_templates(
     })
     .await
 }
+
+/// A group WhatsApp suspends: the room is told, a message written meanwhile is reported as not
+/// delivered (131207), and the room hears when the suspension is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_group_is_reported_in_its_room() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Moderated", &[JANE]).await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123456 joined")).await;
+    let suspend = |on: bool| {
+        let url = format!("{}/_sandbox/wa/groups/{gid}/suspend", sim.url());
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"suspended": on}))
+                .send()
+                .await
+                .expect("suspend");
+            assert!(answer.status().is_success());
+        }
+    };
+    suspend(true).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("WhatsApp suspended")).await;
+    pod.post_message(&sid, ALICE, "<messageML>while suspended</messageML>").expect("post");
+    let report = wait_for_message(&pod, &sid, BOT, |t| {
+        t.contains("while suspended") && (t.contains("131207") || t.contains("Could not"))
+    })
+    .await;
+    assert!(report.text.contains("131207"), "Meta's code is named: {}", report.text);
+    suspend(false).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("lifted the suspension")).await;
+    bot.stop().await;
+}
