@@ -241,24 +241,24 @@ impl WhatsAppClient {
     where
         Fut: Future<Output = Result<T, WhatsAppError>>,
     {
-        let mut attempts = 0u32;
-        loop {
-            let outcome = match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            self.count_error(&outcome);
-            attempts += 1;
-            let Some(wait) = self.retry.next_wait(
-                attempts,
-                retries && outcome.is_retryable(),
-                outcome.retry_after(),
-            ) else {
-                return Err(outcome);
-            };
-            tracing::warn!(error = %outcome, ?wait, attempt = attempts, "WhatsApp call failed; retrying");
-            tokio::time::sleep(wait).await;
-        }
+        use backon::Retryable as _;
+        let policy = self.retry;
+        let counted = || async {
+            let outcome = attempt().await;
+            if let Err(e) = &outcome {
+                self.count_error(e);
+            }
+            outcome
+        };
+        counted
+            .retry(policy.backoff_builder())
+            .sleep(tokio::time::sleep)
+            .when(|e: &WhatsAppError| retries && e.is_retryable())
+            .adjust(|e: &WhatsAppError, planned| policy.honour(planned, e.retry_after()))
+            .notify(|e: &WhatsAppError, wait| {
+                tracing::warn!(error = %e, ?wait, "WhatsApp call failed; retrying");
+            })
+            .await
     }
 
     /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
