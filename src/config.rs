@@ -243,6 +243,11 @@ pub struct DatafeedConfig {
     pub retry: RetryConfig,
 }
 
+/// Where the bot serves its health check (`GET`, on its HTTP listener).
+pub const HEALTH_PATH: &str = "/healthz";
+/// Where the bot serves its metrics (Prometheus text).
+pub const METRICS_PATH: &str = "/metrics";
+
 /// The longest `Retry-After` honoured when the policy's `max_interval` is shorter.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -827,7 +832,7 @@ fn validate(
     if !path.starts_with('/') {
         problems.push(format!("whatsapp.webhook.path: {path:?} must start with /"));
     }
-    if [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH].contains(&path.as_str()) {
+    if [HEALTH_PATH, METRICS_PATH].contains(&path.as_str()) {
         problems.push(format!(
             "whatsapp.webhook.path: {path:?} is taken by the monitoring endpoint on the same port"
         ));

@@ -255,7 +255,7 @@ impl EffectExecutor {
 
     fn window_open(&self, to: &Recipient) -> Result<bool, Failure> {
         let last = self.store.read(|r| r.last_inbound(to.chat()))?;
-        Ok(last.is_some_and(|at| crate::relay::window_open(at, now_ms())))
+        Ok(last.is_some_and(|at| crate::whatsapp::rules::window_open(at, now_ms())))
     }
 
     /// Performs one effect.
@@ -286,9 +286,9 @@ impl EffectExecutor {
                         phone: to.phone().cloned(),
                         symphony_message_id: None,
                         author: "wa-groups-bot".to_owned(),
-                        excerpt: crate::relay::format::quote_snippet(
+                        excerpt: crate::markup::quote_snippet(
                             about.as_deref().unwrap_or(name),
-                            crate::relay::EXCERPT_CHARS,
+                            crate::markup::EXCERPT_CHARS,
                         ),
                         kind: "template".to_owned(),
                         body: None,
@@ -395,7 +395,7 @@ impl EffectExecutor {
                     None => {
                         let t = &self.message_template;
                         let mut ids = Vec::new();
-                        for part in crate::relay::template_parts(text) {
+                        for part in crate::whatsapp::rules::template_parts(text) {
                             let param = [TemplateParam::Text(part)];
                             ids.push((
                                 wa.send_template(to, &t.name, &t.language, &param).await?,
@@ -457,7 +457,7 @@ impl EffectExecutor {
             } => {
                 let file = match self.whatsapp()?.download_media(media_id).await {
                     Ok((bytes, mime)) => Ok(crate::symphony::Attachment {
-                        name: crate::relay::file_name(filename.as_deref(), kind, &mime),
+                        name: crate::whatsapp::rules::file_name(filename.as_deref(), kind, &mime),
                         content_type: mime,
                         bytes: bytes.into(),
                     }),
@@ -651,7 +651,7 @@ impl EffectExecutor {
                 &serde_json::json!({"sender": author, "name": name}),
             )?;
             // The notice is short (a name): one part.
-            let part = crate::relay::template_parts(&text).concat();
+            let part = crate::whatsapp::rules::template_parts(&text).concat();
             let id =
                 wa.send_template(to, &t.name, &t.language, &[TemplateParam::Text(part)]).await?;
             return Ok(Done {

@@ -10,11 +10,10 @@ use crate::events::whatsapp::{WaError, WaUser};
 use crate::groups::rules::{self, JoinDecision};
 use crate::groups::{
     ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
-    GroupState, Origin, StreamId, UserId,
+    GroupState, Origin, Recipient, StreamId, TemplateParam, UserId,
 };
 use crate::store::{GroupRepo, StoreError};
 use crate::templates::{TemplateError, Templates};
-use crate::whatsapp::{Recipient, TemplateParam};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -247,7 +246,7 @@ impl GroupService {
             return Ok(Vec::new());
         }
         let mut effects = Vec::new();
-        let name: String = group.name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+        let name: String = group.name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
         if subject.is_some_and(|s| s != name) {
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject: name });
         }
@@ -693,7 +692,7 @@ pub struct InfoExtras {
     /// Display names of the advisors and of the attachments' senders.
     pub names: std::collections::HashMap<UserId, String>,
     /// The room's attachments (`GET /pod/v1/streams/{sid}/attachments`).
-    pub attachments: Vec<crate::symphony::AttachmentInfo>,
+    pub attachments: Vec<crate::events::symphony::AttachmentInfo>,
 }
 
 /// An in-room management command, as the router hands it over.
@@ -954,7 +953,7 @@ impl GroupService {
         tx.rename_group(group.key, name)?;
         let mut effects = Vec::new();
         if let Some(wa) = &group.wa_group {
-            let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+            let subject: String = name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject });
         }
         let renamed = GroupRecord { name: name.to_owned(), ..group };

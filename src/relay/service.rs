@@ -11,11 +11,11 @@ use crate::events::whatsapp::{WaError, WaUser};
 use crate::events::{ReceivedMessage, WhatsAppEvent};
 use crate::groups::service::ServiceError;
 use crate::groups::{
-    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, StreamId, WaMessageRecord,
+    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, Recipient, StreamId,
+    WaMessageRecord,
 };
 use crate::store::GroupRepo;
 use crate::templates::Templates;
-use crate::whatsapp::Recipient;
 
 use super::format::quote_snippet as excerpt;
 use super::{EXCERPT_CHARS, MAX_TEXT_CHARS, now_ms, split_text};

@@ -84,16 +84,6 @@ impl SymphonyError {
     }
 }
 
-/// Parses `Retry-After`: delay-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
 /// Which service a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Service {
@@ -745,20 +735,7 @@ fn decode_attachment(body: &str) -> Option<Vec<u8>> {
     STANDARD.decode(&compact).or_else(|_| STANDARD_NO_PAD.decode(&compact)).ok()
 }
 
-/// An error with its causes: reqwest says "error sending request", its causes say why
-/// (`Connection refused`, a DNS failure, a certificate problem).
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
-}
+use crate::http::{parse_retry_after, with_causes};
 
 fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
