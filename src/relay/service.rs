@@ -185,7 +185,14 @@ impl RelayService {
         tx: &dyn GroupRepo,
         m: WaInbound<'_>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let phone = m.from.wa_id.as_deref().and_then(|p| E164::parse(p).ok());
+        // Username users come without their number: known by the user id seen before.
+        let phone = match m.from.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
+            Some(phone) => Some(phone),
+            None => match m.from.user_id.as_deref() {
+                Some(bsuid) => tx.phone_of_bsuid(bsuid)?,
+                None => None,
+            },
+        };
         let at = m.timestamp.map_or_else(now_ms, |s| s.saturating_mul(1000));
         let replied = match m.context_id {
             Some(ctx) => tx.wa_message(ctx)?,

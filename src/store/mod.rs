@@ -168,6 +168,9 @@ pub trait GroupRepo {
         request_id: Option<&str>,
     ) -> Result<(), StoreError>;
     fn join_request(&self, key: GroupKey, phone: &E164) -> Result<Option<String>, StoreError>;
+    /// The phone of the contact WhatsApp knows by this business-scoped user id, once seen
+    /// (username users come without their number).
+    fn phone_of_bsuid(&self, bsuid: &str) -> Result<Option<E164>, StoreError>;
     /// Native groups whose WhatsApp create call has not been recorded yet.
     fn groups_awaiting_request(&self) -> Result<u64, StoreError>;
     /// Groups still waiting for their `group_create` webhook, created before `before_ms`.

@@ -388,6 +388,15 @@ impl GroupRepo for SqlTx<'_> {
             .flatten())
     }
 
+    fn phone_of_bsuid(&self, bsuid: &str) -> Result<Option<E164>, StoreError> {
+        let phone: Option<String> = self
+            .0
+            .prepare_cached("SELECT phone FROM group_contacts WHERE bsuid = ?1 LIMIT 1")?
+            .query_row([bsuid], |r| r.get(0))
+            .optional()?;
+        Ok(phone.and_then(|p| E164::parse(&p).ok()))
+    }
+
     fn groups_awaiting_request(&self) -> Result<u64, StoreError> {
         let n: i64 = self.0.query_row(
             "SELECT COUNT(*) FROM groups WHERE kind = 'native' AND state = 'creating' AND create_request_id IS NULL",

@@ -497,3 +497,55 @@ async fn a_suspended_group_is_reported_in_its_room() {
     wait_for_message(&pod, &sid, BOT, |t| t.contains("lifted the suspension")).await;
     bot.stop().await;
 }
+
+/// A contact with a WhatsApp username whose number WhatsApp no longer shows (no 1:1 exchange
+/// for 30 days): known by the user id seen when they joined, their messages reach the room
+/// attributed to them, their leave is shown, and a removal still reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_only_contact_is_known_by_their_user_id() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Usernames", &[JANE, JOHN]).await;
+    for phone in [JANE, JOHN] {
+        assert_eq!(sim.tap(phone, &link)["result"], "requested");
+    }
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123456 joined")).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457 joined")).await;
+    // Both take a username, and the business no longer sees their numbers.
+    for (phone, name, username) in [(JANE, "Dana Reyes", "dana.reyes"), (JOHN, "John B", "john_b")]
+    {
+        let answer = reqwest::Client::new()
+            .put(format!("{}/_sandbox/wa/phones/{phone}", sim.url()))
+            .json(&json!({"name": name, "username": username, "hideNumber": true}))
+            .send()
+            .await
+            .expect("username");
+        assert!(answer.status().is_success());
+    }
+    sim.send_as_phone(JANE, Some(&gid), "hello from a username", None).expect("Jane writes");
+    let relayed = wait_for_message(&pod, &sid, BOT, |t| t.contains("hello from a username")).await;
+    assert!(
+        relayed.text.contains("Dana Reyes") && relayed.text.contains("+447911123456"),
+        "attributed to Jane, number included: {}",
+        relayed.text
+    );
+    let left = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/phones/{JOHN}/leave", sim.url()))
+        .json(&json!({"groupId": gid}))
+        .send()
+        .await
+        .expect("leave");
+    assert!(left.status().is_success());
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457") && t.contains("left")).await;
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JANE}</messageML>"))
+        .expect("remove");
+    wait_for("Jane removed", Duration::from_secs(10), || {
+        let p = participants(&sim, &gid);
+        async move { (p == json!([])).then_some(()) }
+    })
+    .await;
+    assert!(info_state(&pod, &sid, JOHN).await.contains("left"));
+    bot.stop().await;
+}
