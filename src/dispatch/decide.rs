@@ -307,8 +307,20 @@ impl<L: LiveReads> Decider<L> {
             WhatsAppEvent::GroupSuspendCleared { group_id } => {
                 g.on_suspension(tx, group_id, false)?
             }
-            WhatsAppEvent::Status { message_id, status, participant, errors, .. } => {
-                self.relay.on_status(tx, message_id, status, participant.as_ref(), errors, false)?
+            WhatsAppEvent::Status { message_id, status, participant, errors, contact, .. } => {
+                let mut effects = match contact {
+                    Some(c) => g.on_profile(tx, c)?,
+                    None => Vec::new(),
+                };
+                effects.extend(self.relay.on_status(
+                    tx,
+                    message_id,
+                    status,
+                    participant.as_ref(),
+                    errors,
+                    false,
+                )?);
+                effects
             }
             _ => Vec::new(),
         })

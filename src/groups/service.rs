@@ -427,7 +427,7 @@ impl GroupService {
                     Some(_) => "is not entitled to be in it",
                     None => "was never invited",
                 };
-                let shown = known.map_or_else(|| shown_user(user), |c| c.phone.as_str().to_owned());
+                let shown = known.map_or_else(|| shown_user(user), ContactRecord::shown);
                 tracing::warn!(
                     group = group.key.0,
                     "a participant not entitled to the group is removed"
@@ -451,11 +451,12 @@ impl GroupService {
             }
             tx.set_contact_state(group.key, &phone, ContactState::Joined)?;
             confirmed = true;
+            let who = known.map_or_else(|| phone.as_str().to_owned(), ContactRecord::shown);
             if let Some(stream) = &group.stream {
                 effects.push(self.post(
                     stream,
                     "symphony/contact_joined",
-                    json!({"phone": phone.as_str()}),
+                    json!({"phone": phone.as_str(), "who": who}),
                 )?);
             }
             let text = self.templates.render("whatsapp/joined", &json!({"name": group.name}))?;
@@ -503,6 +504,31 @@ impl GroupService {
             "symphony/group_suspended",
             json!({"name": group.name, "suspended": suspended}),
         )?])
+    }
+
+    /// What a webhook showed of a contact (a delivered or read 1:1 message's `contacts`): their
+    /// user id and profile name are kept, so that later events without their number find them
+    /// and confirmations name them.
+    pub fn on_profile(
+        &self,
+        tx: &dyn GroupRepo,
+        contact: &crate::events::whatsapp::WaContact,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let phone = match contact.user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
+            Some(phone) => Some(phone),
+            None => match contact.user.user_id.as_deref() {
+                Some(bsuid) => tx.phone_of_bsuid(bsuid)?,
+                None => None,
+            },
+        };
+        if let Some(phone) = phone {
+            tx.set_contact_profile(
+                &phone,
+                contact.user.user_id.as_deref(),
+                contact.name.as_deref(),
+            )?;
+        }
+        Ok(Vec::new())
     }
 
     /// The invite link was reset: the new one is kept (the group's state is left alone).
@@ -780,7 +806,7 @@ impl GroupService {
                 let all: Vec<String> = advisors.iter().map(|(u, _)| name_of(u)).collect();
                 let contacts: Vec<_> = contacts
                     .iter()
-                    .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
+                    .map(|c| json!({"phone": c.phone.as_str(), "name": c.display_name().unwrap_or_default(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
                     .collect();
                 let attachments: Vec<_> = extras
                     .attachments
@@ -877,7 +903,7 @@ impl GroupService {
                     effects.push(self.post(
                         stream,
                         "symphony/contact_removed",
-                        json!({"phone": phone.as_str()}),
+                        json!({"phone": phone.as_str(), "who": c.shown()}),
                     )?);
                     effects.extend(self.announce(
                         tx,
@@ -1094,7 +1120,7 @@ impl GroupService {
                 effects.push(self.post(
                     stream,
                     "symphony/contact_left",
-                    json!({"phone": phone.as_str()}),
+                    json!({"phone": phone.as_str(), "who": c.shown()}),
                 )?);
             }
         }

@@ -193,6 +193,11 @@ impl RelayService {
                 None => None,
             },
         };
+        if let Some(phone) = &phone
+            && (m.profile_name.is_some() || m.from.user_id.is_some())
+        {
+            tx.set_contact_profile(phone, m.from.user_id.as_deref(), m.profile_name)?;
+        }
         let at = m.timestamp.map_or_else(now_ms, |s| s.saturating_mul(1000));
         let replied = match m.context_id {
             Some(ctx) => tx.wa_message(ctx)?,

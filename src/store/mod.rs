@@ -160,6 +160,14 @@ pub trait GroupRepo {
     /// Keeps a contact's business-scoped user id once a webhook showed it.
     fn set_contact_bsuid(&self, key: GroupKey, phone: &E164, bsuid: &str)
     -> Result<(), StoreError>;
+    /// What WhatsApp showed of a contact (their user id, their profile name), kept in every
+    /// group where that number is a contact; `None` keeps what is known.
+    fn set_contact_profile(
+        &self,
+        phone: &E164,
+        bsuid: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// The contact's pending join request (`None` once it is settled).
     fn set_join_request(
         &self,

@@ -49,9 +49,15 @@ const TEMPLATES: &[(&str, &str)] = &[
 /// `check-config` renders each template with it, and a template without an entry here fails a
 /// unit test. User text carries `&`, `<`, `$` and `#`, so the escaping is exercised too.
 const SAMPLE_DATA: &[(&str, &str)] = &[
-    ("symphony/contact_joined", r#"{"phone": "+447911123456"}"#),
-    ("symphony/contact_left", r#"{"phone": "+447911123456"}"#),
-    ("symphony/contact_removed", r#"{"phone": "+447911123456"}"#),
+    (
+        "symphony/contact_joined",
+        r#"{"phone": "+447911123456", "who": "Dana <Reyes> (+44 7911 123456)"}"#,
+    ),
+    (
+        "symphony/contact_left",
+        r#"{"phone": "+447911123456", "who": "Dana Reyes (+44 7911 123456)"}"#,
+    ),
+    ("symphony/contact_removed", r#"{"phone": "+447911123456", "who": "+447911123456"}"#),
     ("symphony/contacts_invited", r#"{"phones": ["+447911123456", "+447911123457"]}"#),
     (
         "symphony/create_form",

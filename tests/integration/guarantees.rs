@@ -549,3 +549,36 @@ async fn a_username_only_contact_is_known_by_their_user_id() {
     assert!(info_state(&pod, &sid, JOHN).await.contains("left"));
     bot.stop().await;
 }
+
+/// Confirmations name the contact as a person would, once WhatsApp showed their profile name
+/// (with the delivery of their invitation): "Dana Reyes (+44 7911 123456) joined".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmations_name_the_contact() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    sim.set_phone_name(JANE, "Dana Reyes");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, _gid, link) = native_group(&pod, &sim, "Named", &[JANE, JOHN]).await;
+    // The invitation's delivery shows her profile; then she joins.
+    wait_for("Dana's profile known", Duration::from_secs(10), || {
+        let known = bot
+            .store
+            .read(|r| {
+                let key = r.group_by_stream(&wa_groups_bot::groups::StreamId::new(&sid))?;
+                Ok(key.map(|g| r.contacts(g.key)).transpose()?.unwrap_or_default())
+            })
+            .ok()
+            .is_some_and(|c| c.iter().any(|c| c.name.as_deref() == Some("Dana Reyes")));
+        async move { known.then_some(()) }
+    })
+    .await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Dana Reyes (+44 7911 123456) joined")).await;
+    assert!(info_state(&pod, &sid, JANE).await.contains("Dana Reyes"));
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JANE}</messageML>"))
+        .expect("remove");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Dana Reyes (+44 7911 123456) was removed"))
+        .await;
+    bot.stop().await;
+}
