@@ -313,11 +313,7 @@ impl EffectExecutor {
                         tracing::info!(group = %group, "a join request was withdrawn before its approval");
                         return Ok(Done::default());
                     }
-                    let reason = errors
-                        .iter()
-                        .map(|e| format!("{} ({})", e.message.clone().unwrap_or_default(), e.code))
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = crate::events::whatsapp::WaError::describe(errors);
                     return Err(permanent(format!("WhatsApp did not approve it: {reason}")));
                 }
                 Ok(Done::default())

@@ -27,6 +27,20 @@ pub struct WaError {
     pub details: Option<String>,
 }
 
+impl WaError {
+    /// Errors as people read them: `Message (code); …` (the title when there is no message).
+    pub fn describe(errors: &[WaError]) -> String {
+        errors
+            .iter()
+            .map(|e| {
+                let text = e.message.as_deref().or(e.title.as_deref()).unwrap_or_default();
+                format!("{text} ({})", e.code)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// A WhatsApp user as a webhook's `contacts` shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaContact {

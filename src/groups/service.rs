@@ -306,17 +306,7 @@ impl GroupService {
             return Ok(Vec::new()); // it came after all, or was closed: nothing fails
         }
         tx.set_group_state(group.key, GroupState::Failed)?;
-        let reason = errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} ({})",
-                    e.message.clone().or_else(|| e.title.clone()).unwrap_or_default(),
-                    e.code
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let reason = WaError::describe(errors);
         match &group.stream {
             Some(stream) => Ok(vec![self.post(
                 stream,
@@ -514,14 +504,7 @@ impl GroupService {
         tx: &dyn GroupRepo,
         contact: &crate::events::whatsapp::WaContact,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let phone = match contact.user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
-            Some(phone) => Some(phone),
-            None => match contact.user.user_id.as_deref() {
-                Some(bsuid) => tx.phone_of_bsuid(bsuid)?,
-                None => None,
-            },
-        };
-        if let Some(phone) = phone {
+        if let Some(phone) = phone_of(tx, &contact.user)? {
             tx.set_contact_profile(
                 &phone,
                 contact.user.user_id.as_deref(),
@@ -653,6 +636,18 @@ fn identify(contacts: &[ContactRecord], user: &WaUser) -> Option<E164> {
     }
     let bsuid = user.user_id.as_deref()?;
     contacts.iter().find(|c| c.bsuid.as_deref() == Some(bsuid)).map(|c| c.phone.clone())
+}
+
+/// The number of a WhatsApp user: theirs when shown, else the contact's known by their user id
+/// (username users come without their number).
+pub fn phone_of(tx: &dyn GroupRepo, user: &WaUser) -> Result<Option<E164>, StoreError> {
+    match user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
+        Some(phone) => Ok(Some(phone)),
+        None => match user.user_id.as_deref() {
+            Some(bsuid) => tx.phone_of_bsuid(bsuid),
+            None => Ok(None),
+        },
+    }
 }
 
 /// How a WhatsApp user without a known phone is shown.
@@ -1081,18 +1076,7 @@ impl GroupService {
                         || "a participant".to_owned(),
                         |i| E164::parse(i).map_or_else(|_| i.to_owned(), |p| p.to_string()),
                     );
-                    let reason = f
-                        .errors
-                        .iter()
-                        .map(|e| {
-                            format!(
-                                "{} ({})",
-                                e.message.clone().or_else(|| e.title.clone()).unwrap_or_default(),
-                                e.code
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = WaError::describe(&f.errors);
                     effects.push(self.post(
                         stream,
                         "symphony/effect_failed",

@@ -186,13 +186,7 @@ impl RelayService {
         m: WaInbound<'_>,
     ) -> Result<Vec<Effect>, ServiceError> {
         // Username users come without their number: known by the user id seen before.
-        let phone = match m.from.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
-            Some(phone) => Some(phone),
-            None => match m.from.user_id.as_deref() {
-                Some(bsuid) => tx.phone_of_bsuid(bsuid)?,
-                None => None,
-            },
-        };
+        let phone = crate::groups::service::phone_of(tx, m.from)?;
         if let Some(phone) = &phone
             && (m.profile_name.is_some() || m.from.user_id.is_some())
         {
@@ -360,14 +354,7 @@ impl RelayService {
             .and_then(|p| E164::parse(p).ok())
             .or(sent.phone)
             .map_or_else(|| "the WhatsApp group".to_owned(), |p| p.to_string());
-        let reason = errors
-            .iter()
-            .map(|e| {
-                let text = e.message.clone().or_else(|| e.title.clone()).unwrap_or_default();
-                format!("{text} ({})", e.code)
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let reason = WaError::describe(errors);
         let reason = if reason.is_empty() { "no reason given".to_owned() } else { reason };
         Ok(vec![self.post(
             stream,
