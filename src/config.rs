@@ -265,6 +265,14 @@ pub struct DatafeedConfig {
     pub retry: RetryConfig,
 }
 
+/// Where the bot serves its health check (`GET`, on its HTTP listener).
+pub const HEALTH_PATH: &str = "/healthz";
+/// Where the bot serves its metrics (Prometheus text).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The longest `Retry-After` honoured when the policy's `max_interval` is shorter.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// BDK-style retry settings: `max_attempts < 0` means retry for ever.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
@@ -298,7 +306,8 @@ impl RetryConfig {
 
     /// The wait before the next attempt after `attempts_made` (≥ 1) failed ones, or `None` when
     /// the failure is final or the attempts are used up. A server's `Retry-After` is honoured
-    /// when it asks for longer than the backoff.
+    /// when it asks for longer than the backoff, within reason (see [`RetryConfig::honour`]:
+    /// a server asking for a day must not stall a task for a day).
     pub fn next_wait(
         &self,
         attempts_made: u32,
@@ -308,7 +317,34 @@ impl RetryConfig {
         if !retryable || !self.allows(attempts_made) {
             return None;
         }
-        Some(self.backoff(attempts_made.saturating_sub(1)).max(retry_after.unwrap_or_default()))
+        self.honour(Some(self.backoff(attempts_made.saturating_sub(1))), retry_after)
+    }
+
+    /// The policy as a `backon` backoff: `max_attempts` attempts in all (for ever when
+    /// negative), waits from `initial_interval` growing by `multiplier` up to `max_interval`.
+    pub fn backoff_builder(&self) -> backon::ExponentialBuilder {
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_interval)
+            .with_factor(self.multiplier as f32)
+            .with_max_delay(self.max_interval);
+        if self.max_attempts < 0 {
+            builder.without_max_times()
+        } else {
+            let retries = usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(0);
+            builder.with_max_times(retries)
+        }
+    }
+
+    /// A planned wait, lengthened to a server's `Retry-After`, which is honoured up to
+    /// `max_interval` or a minute, whichever is longer.
+    pub fn honour(
+        &self,
+        planned: Option<Duration>,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        let ceiling = self.max_interval.max(MAX_RETRY_AFTER);
+        let asked = retry_after.unwrap_or_default().min(ceiling);
+        planned.map(|wait| wait.max(asked))
     }
 }
 
@@ -856,10 +892,7 @@ fn validate(
             })
             .ok()
     });
-    if monitoring_listen.is_none()
-        && [crate::monitoring::HEALTH_PATH, crate::monitoring::METRICS_PATH]
-            .contains(&path.as_str())
-    {
+    if monitoring_listen.is_none() && [HEALTH_PATH, METRICS_PATH].contains(&path.as_str()) {
         problems.push(format!(
             "whatsapp.webhook.path: {path:?} is taken by the monitoring endpoint on the same port"
         ));
@@ -1294,6 +1327,11 @@ mod tests {
             r.next_wait(2, true, Some(Duration::from_secs(2))),
             Some(Duration::from_secs(2)),
             "Retry-After wins"
+        );
+        assert_eq!(
+            r.next_wait(2, true, Some(Duration::from_secs(86_400))),
+            Some(Duration::from_secs(60)),
+            "a day is not waited"
         );
         assert_eq!(r.next_wait(1, false, None), None, "final failures are not retried");
         assert_eq!(r.next_wait(3, true, None), None, "attempts used up");

@@ -23,6 +23,8 @@
 //! - [`relay`]: the chat relay (room ↔ WhatsApp group or contacts), its formatting and windows.
 //! - [`intake`]: Symphony events (datafeed and catch-up after a feed loss) into the store.
 //! - [`store`]: SQLite persistence (processed event ids, inbound queue, state).
+//! - [`http`]: what both HTTP clients share (error causes, `Retry-After`).
+//! - [`markup`]: text and markup every side shares (segments, MessageML escaping, excerpts).
 //! - [`keys`]: RSA key pairs for `keygen` and the sandbox.
 //! - [`templates`]: handlebars message templates, compiled at startup.
 //! - [`sandbox`]: the mock Symphony pod and the WhatsApp Cloud API simulator.
@@ -40,8 +42,10 @@ pub mod dispatch;
 pub mod effects;
 pub mod events;
 pub mod groups;
+pub mod http;
 pub mod intake;
 pub mod keys;
+pub mod markup;
 pub mod metrics;
 pub mod monitoring;
 pub mod relay;

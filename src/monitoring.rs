@@ -15,8 +15,7 @@ use serde_json::json;
 use crate::metrics::{Metrics, OutboxDepth};
 use crate::store::Store;
 
-pub const HEALTH_PATH: &str = "/healthz";
-pub const METRICS_PATH: &str = "/metrics";
+pub use crate::config::{HEALTH_PATH, METRICS_PATH};
 
 /// What the endpoints read.
 #[derive(Clone, Debug)]

@@ -215,7 +215,8 @@ impl Texts {
         text
     }
     fn room(&self, name: &str, phone: &E164) -> String {
-        self.render(name, json!({"phone": phone.as_str()}))
+        // The model's WhatsApp shows no profile names: people are shown by their number.
+        self.render(name, json!({"phone": phone.as_str(), "who": phone.as_str()}))
     }
     fn refused(&self, reason: &str) -> String {
         self.render("symphony/refused", json!({"reason": reason}))

@@ -6,15 +6,10 @@
 
 use crate::groups::{E164, UserId};
 
-/// A piece of a received message: plain text, or a mention resolved to a user id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    Text(String),
-    Mention { user: UserId, text: String },
-}
+pub use crate::markup::Segment;
 
 /// Longest room name / WhatsApp subject.
-pub const MAX_NAME_CHARS: usize = 128;
+pub use crate::groups::model::MAX_NAME_CHARS;
 
 /// A parsed `/wa` command.
 #[derive(Debug, Clone, PartialEq, Eq)]

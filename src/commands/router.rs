@@ -56,7 +56,7 @@ pub trait LiveReads: Send + Sync {
     fn attachments(
         &self,
         stream: &StreamId,
-    ) -> impl Future<Output = Result<Vec<crate::symphony::AttachmentInfo>, LiveError>> + Send;
+    ) -> impl Future<Output = Result<Vec<crate::events::symphony::AttachmentInfo>, LiveError>> + Send;
     /// A user's display name, if the pod knows the user.
     fn display_name(
         &self,
@@ -73,7 +73,7 @@ impl LiveReads for crate::symphony::SymphonyClient {
     async fn attachments(
         &self,
         stream: &StreamId,
-    ) -> Result<Vec<crate::symphony::AttachmentInfo>, LiveError> {
+    ) -> Result<Vec<crate::events::symphony::AttachmentInfo>, LiveError> {
         self.stream_attachments(stream).await.map_err(live)
     }
 
@@ -179,7 +179,7 @@ impl CommandRouter {
         }
         let manage = match prepared.parsed {
             Ok(None) => return Ok(self.relay.from_room(tx, message)?),
-            Ok(Some(Command::Help)) => return reply(self.templates.help()?),
+            Ok(Some(Command::Help)) => return reply(self.templates.help(commands::COMMANDS)?),
             Ok(Some(Command::CreateForm)) => {
                 let form = commands::form::CreateForm::default();
                 return reply(commands::form::render_create_form(&self.templates, &form, &[])?);

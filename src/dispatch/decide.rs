@@ -303,8 +303,24 @@ impl<L: LiveReads> Decider<L> {
                 Some(m) => self.relay.from_whatsapp(tx, m)?,
                 None => Vec::new(),
             },
-            WhatsAppEvent::Status { message_id, status, participant, errors, .. } => {
-                self.relay.on_status(tx, message_id, status, participant.as_ref(), errors, false)?
+            WhatsAppEvent::GroupSuspended { group_id } => g.on_suspension(tx, group_id, true)?,
+            WhatsAppEvent::GroupSuspendCleared { group_id } => {
+                g.on_suspension(tx, group_id, false)?
+            }
+            WhatsAppEvent::Status { message_id, status, participant, errors, contact, .. } => {
+                let mut effects = match contact {
+                    Some(c) => g.on_profile(tx, c)?,
+                    None => Vec::new(),
+                };
+                effects.extend(self.relay.on_status(
+                    tx,
+                    message_id,
+                    status,
+                    participant.as_ref(),
+                    errors,
+                    false,
+                )?);
+                effects
             }
             _ => Vec::new(),
         })

@@ -123,3 +123,21 @@ pub struct MessageAttachment {
     /// Bytes.
     pub size: Option<u64>,
 }
+
+/// One attachment of a stream, as the pod lists them (`StreamAttachmentItem`): what `/wa info`
+/// shows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentInfo {
+    pub message_id: String,
+    #[serde(default)]
+    pub ingestion_date: Option<i64>,
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+    pub file_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default, rename = "content-type", alias = "contentType")]
+    pub content_type: Option<String>,
+}

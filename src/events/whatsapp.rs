@@ -27,6 +27,28 @@ pub struct WaError {
     pub details: Option<String>,
 }
 
+impl WaError {
+    /// Errors as people read them: `Message (code); …` (the title when there is no message).
+    pub fn describe(errors: &[WaError]) -> String {
+        errors
+            .iter()
+            .map(|e| {
+                let text = e.message.as_deref().or(e.title.as_deref()).unwrap_or_default();
+                format!("{text} ({})", e.code)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A WhatsApp user as a webhook's `contacts` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaContact {
+    pub user: WaUser,
+    /// Their profile name (what they call themselves on WhatsApp).
+    pub name: Option<String>,
+}
+
 /// A participant the business failed to remove.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedParticipant {
@@ -124,6 +146,10 @@ pub enum WhatsAppEvent {
         participant: Option<WaUser>,
         timestamp: Option<i64>,
         errors: Vec<WaError>,
+        /// The recipient's profile, which WhatsApp sends with the delivered and read statuses
+        /// of a 1:1 message: their number (when shown), user id and profile name.
+        #[serde(default)]
+        contact: Option<WaContact>,
     },
     /// Any change the bot does not act on: acknowledged and kept for the record.
     Other { field: String, kind: Option<String> },

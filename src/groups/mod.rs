@@ -1,4 +1,6 @@
-//! Groups: the validated id newtypes shared by every module, and the product's rules (pure).
+//! Groups: the domain vocabulary every module shares ([`model`]: validated ids, the group
+//! aggregate as stored, what goes to WhatsApp), the product's rules (pure), and the lifecycle
+//! decisions ([`service`]).
 
 pub mod model;
 pub mod rules;
@@ -6,5 +8,5 @@ pub mod service;
 
 pub use model::{
     ContactRecord, ContactState, Created, E164, E164Error, GroupId, GroupKey, GroupKind,
-    GroupRecord, GroupState, Origin, StreamId, UserId, WaMessageRecord,
+    GroupRecord, GroupState, Origin, Recipient, StreamId, TemplateParam, UserId, WaMessageRecord,
 };

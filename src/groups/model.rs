@@ -123,6 +123,13 @@ impl E164 {
         &self.0
     }
 
+    /// The number as people write it: `+44 7911 123456`.
+    pub fn international(&self) -> String {
+        phonenumber::parse(None, &self.0)
+            .map(|n| n.format().mode(phonenumber::Mode::International).to_string())
+            .unwrap_or_else(|_| self.0.clone())
+    }
+
     /// The WhatsApp id: the digits without the `+` (`447700900123`).
     pub fn wa_id(&self) -> &str {
         self.0.trim_start_matches('+')
@@ -221,6 +228,25 @@ pub struct ContactRecord {
     /// The business-scoped user id WhatsApp gave this contact, once seen (username users are
     /// known by it alone).
     pub bsuid: Option<String>,
+    /// Their WhatsApp profile name, once a webhook showed it.
+    pub name: Option<String>,
+}
+
+impl ContactRecord {
+    /// How people are told who the contact is: `Dana Reyes (+44 7911 123456)` once their
+    /// profile name is known, else the number.
+    pub fn shown(&self) -> String {
+        match self.display_name() {
+            Some(name) => format!("{name} ({})", self.phone.international()),
+            None => self.phone.as_str().to_owned(),
+        }
+    }
+
+    /// Their profile name, unless it is empty or just their number again.
+    pub fn display_name(&self) -> Option<&str> {
+        let name = self.name.as_deref().map(str::trim).filter(|n| !n.is_empty())?;
+        (E164::parse(name).ok().as_ref() != Some(&self.phone)).then_some(name)
+    }
 }
 
 /// A group's row id in the store.
@@ -317,6 +343,57 @@ pub struct WaMessageRecord {
     pub body: Option<String>,
 }
 
+// ----- what goes to WhatsApp -----
+
+/// Who a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "camelCase")]
+pub enum Recipient {
+    /// `recipient_type: individual`
+    Phone(E164),
+    /// `recipient_type: group`
+    Group(GroupId),
+}
+
+impl Recipient {
+    /// The chat a message goes to, as the customer-service window is tracked: the group id, or
+    /// the phone in E.164.
+    pub fn chat(&self) -> &str {
+        match self {
+            Recipient::Phone(p) => p.as_str(),
+            Recipient::Group(g) => g.as_str(),
+        }
+    }
+
+    /// The contact of a 1:1 message.
+    pub fn phone(&self) -> Option<&E164> {
+        match self {
+            Recipient::Phone(p) => Some(p),
+            Recipient::Group(_) => None,
+        }
+    }
+
+    /// How people are told who a message went to.
+    pub fn shown(&self) -> String {
+        match self {
+            Recipient::Phone(p) => p.as_str().to_owned(),
+            Recipient::Group(_) => "the WhatsApp group".to_owned(),
+        }
+    }
+}
+
+/// A template body parameter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "camelCase")]
+pub enum TemplateParam {
+    Text(String),
+    /// `{"type":"group_id","group_id":…}`: WhatsApp puts the group's invite link there.
+    GroupId(GroupId),
+}
+
+/// Longest room name, WhatsApp subject and group name (WhatsApp's subject limit).
+pub const MAX_NAME_CHARS: usize = 128;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +404,23 @@ mod tests {
         let url_safe = StreamId::new("iWyZBIOdQQzQj0tKOLRivX___qu6LeTlhgHBg9zkBx8");
         assert_eq!(standard, url_safe);
         assert_eq!(url_safe.as_str(), "iWyZBIOdQQzQj0tKOLRivX___qu6LeTlhgHBg9zkBx8");
+    }
+
+    #[test]
+    fn contacts_are_shown_by_name_and_number_once_the_name_is_known() {
+        let phone = E164::parse("+447911123456").expect("phone");
+        let mut c = ContactRecord {
+            phone: phone.clone(),
+            state: ContactState::Joined,
+            barred: false,
+            bsuid: None,
+            name: None,
+        };
+        assert_eq!(c.shown(), "+447911123456");
+        c.name = Some("+447911123456".into());
+        assert_eq!(c.shown(), "+447911123456", "a name that is the number adds nothing");
+        c.name = Some("Dana Reyes".into());
+        assert_eq!(c.shown(), "Dana Reyes (+44 7911 123456)");
     }
 
     #[test]

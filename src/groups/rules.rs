@@ -211,7 +211,7 @@ mod tests {
     }
 
     fn c(i: u32, state: ContactState, barred: bool) -> ContactRecord {
-        ContactRecord { phone: n(i), state, barred, bsuid: None }
+        ContactRecord { phone: n(i), state, barred, bsuid: None, name: None }
     }
 
     #[test]

@@ -10,11 +10,10 @@ use crate::events::whatsapp::{WaError, WaUser};
 use crate::groups::rules::{self, JoinDecision};
 use crate::groups::{
     ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
-    GroupState, Origin, StreamId, UserId,
+    GroupState, Origin, Recipient, StreamId, TemplateParam, UserId,
 };
 use crate::store::{GroupRepo, StoreError};
 use crate::templates::{TemplateError, Templates};
-use crate::whatsapp::{Recipient, TemplateParam};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -247,7 +246,7 @@ impl GroupService {
             return Ok(Vec::new());
         }
         let mut effects = Vec::new();
-        let name: String = group.name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+        let name: String = group.name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
         if subject.is_some_and(|s| s != name) {
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject: name });
         }
@@ -307,17 +306,7 @@ impl GroupService {
             return Ok(Vec::new()); // it came after all, or was closed: nothing fails
         }
         tx.set_group_state(group.key, GroupState::Failed)?;
-        let reason = errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} ({})",
-                    e.message.clone().or_else(|| e.title.clone()).unwrap_or_default(),
-                    e.code
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let reason = WaError::describe(errors);
         match &group.stream {
             Some(stream) => Ok(vec![self.post(
                 stream,
@@ -428,7 +417,7 @@ impl GroupService {
                     Some(_) => "is not entitled to be in it",
                     None => "was never invited",
                 };
-                let shown = known.map_or_else(|| shown_user(user), |c| c.phone.as_str().to_owned());
+                let shown = known.map_or_else(|| shown_user(user), ContactRecord::shown);
                 tracing::warn!(
                     group = group.key.0,
                     "a participant not entitled to the group is removed"
@@ -452,11 +441,12 @@ impl GroupService {
             }
             tx.set_contact_state(group.key, &phone, ContactState::Joined)?;
             confirmed = true;
+            let who = known.map_or_else(|| phone.as_str().to_owned(), ContactRecord::shown);
             if let Some(stream) = &group.stream {
                 effects.push(self.post(
                     stream,
                     "symphony/contact_joined",
-                    json!({"phone": phone.as_str()}),
+                    json!({"phone": phone.as_str(), "who": who}),
                 )?);
             }
             let text = self.templates.render("whatsapp/joined", &json!({"name": group.name}))?;
@@ -487,6 +477,41 @@ impl GroupService {
             return Err(ServiceError::NotYet(format!("an event of {wa} before its group_create")));
         }
         Ok(None)
+    }
+
+    /// WhatsApp suspended the group (or lifted the suspension): the room is told, once per
+    /// webhook (a redelivery is the same event).
+    pub fn on_suspension(
+        &self,
+        tx: &dyn GroupRepo,
+        wa: &GroupId,
+        suspended: bool,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some(group) = tx.group_by_wa(wa)? else { return Ok(Vec::new()) };
+        let Some(stream) = &group.stream else { return Ok(Vec::new()) };
+        Ok(vec![self.post(
+            stream,
+            "symphony/group_suspended",
+            json!({"name": group.name, "suspended": suspended}),
+        )?])
+    }
+
+    /// What a webhook showed of a contact (a delivered or read 1:1 message's `contacts`): their
+    /// user id and profile name are kept, so that later events without their number find them
+    /// and confirmations name them.
+    pub fn on_profile(
+        &self,
+        tx: &dyn GroupRepo,
+        contact: &crate::events::whatsapp::WaContact,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        if let Some(phone) = phone_of(tx, &contact.user)? {
+            tx.set_contact_profile(
+                &phone,
+                contact.user.user_id.as_deref(),
+                contact.name.as_deref(),
+            )?;
+        }
+        Ok(Vec::new())
     }
 
     /// The invite link was reset: the new one is kept (the group's state is left alone).
@@ -613,6 +638,18 @@ fn identify(contacts: &[ContactRecord], user: &WaUser) -> Option<E164> {
     contacts.iter().find(|c| c.bsuid.as_deref() == Some(bsuid)).map(|c| c.phone.clone())
 }
 
+/// The number of a WhatsApp user: theirs when shown, else the contact's known by their user id
+/// (username users come without their number).
+pub fn phone_of(tx: &dyn GroupRepo, user: &WaUser) -> Result<Option<E164>, StoreError> {
+    match user.wa_id.as_deref().and_then(|p| E164::parse(p).ok()) {
+        Some(phone) => Ok(Some(phone)),
+        None => match user.user_id.as_deref() {
+            Some(bsuid) => tx.phone_of_bsuid(bsuid),
+            None => Ok(None),
+        },
+    }
+}
+
 /// How a WhatsApp user without a known phone is shown.
 fn shown_user(user: &WaUser) -> String {
     user.username
@@ -676,7 +713,7 @@ pub struct InfoExtras {
     /// Display names of the advisors and of the attachments' senders.
     pub names: std::collections::HashMap<UserId, String>,
     /// The room's attachments (`GET /pod/v1/streams/{sid}/attachments`).
-    pub attachments: Vec<crate::symphony::AttachmentInfo>,
+    pub attachments: Vec<crate::events::symphony::AttachmentInfo>,
 }
 
 /// An in-room management command, as the router hands it over.
@@ -764,7 +801,7 @@ impl GroupService {
                 let all: Vec<String> = advisors.iter().map(|(u, _)| name_of(u)).collect();
                 let contacts: Vec<_> = contacts
                     .iter()
-                    .map(|c| json!({"phone": c.phone.as_str(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
+                    .map(|c| json!({"phone": c.phone.as_str(), "name": c.display_name().unwrap_or_default(), "state": if c.barred { "removed" } else { c.state.as_str() }}))
                     .collect();
                 let attachments: Vec<_> = extras
                     .attachments
@@ -861,7 +898,7 @@ impl GroupService {
                     effects.push(self.post(
                         stream,
                         "symphony/contact_removed",
-                        json!({"phone": phone.as_str()}),
+                        json!({"phone": phone.as_str(), "who": c.shown()}),
                     )?);
                     effects.extend(self.announce(
                         tx,
@@ -937,7 +974,7 @@ impl GroupService {
         tx.rename_group(group.key, name)?;
         let mut effects = Vec::new();
         if let Some(wa) = &group.wa_group {
-            let subject: String = name.chars().take(crate::whatsapp::MAX_SUBJECT_CHARS).collect();
+            let subject: String = name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject });
         }
         let renamed = GroupRecord { name: name.to_owned(), ..group };
@@ -1039,18 +1076,7 @@ impl GroupService {
                         || "a participant".to_owned(),
                         |i| E164::parse(i).map_or_else(|_| i.to_owned(), |p| p.to_string()),
                     );
-                    let reason = f
-                        .errors
-                        .iter()
-                        .map(|e| {
-                            format!(
-                                "{} ({})",
-                                e.message.clone().or_else(|| e.title.clone()).unwrap_or_default(),
-                                e.code
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = WaError::describe(&f.errors);
                     effects.push(self.post(
                         stream,
                         "symphony/effect_failed",
@@ -1078,7 +1104,7 @@ impl GroupService {
                 effects.push(self.post(
                     stream,
                     "symphony/contact_left",
-                    json!({"phone": phone.as_str()}),
+                    json!({"phone": phone.as_str(), "who": c.shown()}),
                 )?);
             }
         }

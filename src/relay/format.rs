@@ -10,7 +10,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 use serde_json::Value;
 
-use crate::symphony::messageml::{self, MessageMlError, named_entity};
+use crate::markup::named_entity;
+use crate::symphony::messageml::{self, MessageMlError};
 use crate::templates::escape_message_ml;
 
 // ---------------------------------------------------------------------------------------------
@@ -850,21 +851,7 @@ fn href(url: &str) -> String {
 // Quote snippets
 // ---------------------------------------------------------------------------------------------
 
-/// A one-line plain-text excerpt of at most `max_chars` characters: whitespace runs (newlines
-/// included) as single spaces, cut on a char boundary and ended with `…` when too long.
-pub fn quote_snippet(text: &str, max_chars: usize) -> String {
-    let flat = tidy(text);
-    if flat.chars().count() <= max_chars {
-        return flat;
-    }
-    if max_chars == 0 {
-        return String::new();
-    }
-    let mut cut: String = flat.chars().take(max_chars - 1).collect();
-    cut.truncate(cut.trim_end().len());
-    cut.push('…');
-    cut
-}
+pub use crate::markup::quote_snippet;
 
 #[cfg(test)]
 mod tests {

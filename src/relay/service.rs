@@ -11,11 +11,11 @@ use crate::events::whatsapp::{WaError, WaUser};
 use crate::events::{ReceivedMessage, WhatsAppEvent};
 use crate::groups::service::ServiceError;
 use crate::groups::{
-    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, StreamId, WaMessageRecord,
+    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, Recipient, StreamId,
+    WaMessageRecord,
 };
 use crate::store::GroupRepo;
 use crate::templates::Templates;
-use crate::whatsapp::Recipient;
 
 use super::format::quote_snippet as excerpt;
 use super::{EXCERPT_CHARS, MAX_TEXT_CHARS, now_ms, split_text};
@@ -185,7 +185,13 @@ impl RelayService {
         tx: &dyn GroupRepo,
         m: WaInbound<'_>,
     ) -> Result<Vec<Effect>, ServiceError> {
-        let phone = m.from.wa_id.as_deref().and_then(|p| E164::parse(p).ok());
+        // Username users come without their number: known by the user id seen before.
+        let phone = crate::groups::service::phone_of(tx, m.from)?;
+        if let Some(phone) = &phone
+            && (m.profile_name.is_some() || m.from.user_id.is_some())
+        {
+            tx.set_contact_profile(phone, m.from.user_id.as_deref(), m.profile_name)?;
+        }
         let at = m.timestamp.map_or_else(now_ms, |s| s.saturating_mul(1000));
         let replied = match m.context_id {
             Some(ctx) => tx.wa_message(ctx)?,
@@ -348,14 +354,7 @@ impl RelayService {
             .and_then(|p| E164::parse(p).ok())
             .or(sent.phone)
             .map_or_else(|| "the WhatsApp group".to_owned(), |p| p.to_string());
-        let reason = errors
-            .iter()
-            .map(|e| {
-                let text = e.message.clone().or_else(|| e.title.clone()).unwrap_or_default();
-                format!("{text} ({})", e.code)
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let reason = WaError::describe(errors);
         let reason = if reason.is_empty() { "no reason given".to_owned() } else { reason };
         Ok(vec![self.post(
             stream,

@@ -142,10 +142,22 @@ impl Demo {
         bot: i64,
         needle: &str,
     ) -> Result<String, DemoError> {
-        self.until(step, &format!("the bot to say {needle:?}"), || async {
+        self.bot_says_all(step, sid, bot, &[needle]).await
+    }
+
+    /// The bot's latest message in `sid` that contains every one of `needles`.
+    async fn bot_says_all(
+        &self,
+        step: &str,
+        sid: &str,
+        bot: i64,
+        needles: &[&str],
+    ) -> Result<String, DemoError> {
+        self.until(step, &format!("the bot to say {needles:?}"), || async {
             Ok(self.messages(sid).await?.iter().rev().find_map(|m| {
                 let text = m["text"].as_str()?;
-                (m["user"]["userId"] == bot && text.contains(needle)).then(|| text.to_owned())
+                (m["user"]["userId"] == bot && needles.iter().all(|n| text.contains(n)))
+                    .then(|| text.to_owned())
             }))
         })
         .await
@@ -270,7 +282,9 @@ impl Demo {
                 "  [WhatsApp] {name} taps it: {}",
                 tapped["result"].as_str().unwrap_or("?")
             )?;
-            let joined = self.bot_says(step, &room, cast.bot, &format!("+{phone} joined")).await?;
+            // Named as people name them once WhatsApp showed the profile: "Dana Reyes (+44 …)".
+            let who = format!("{name} (+");
+            let joined = self.bot_says_all(step, &room, cast.bot, &[&who, "joined"]).await?;
             writeln!(out, "  [Symphony] bot: {joined}")?;
         }
         let participants = self.group(&gid).await?["participants"].clone();
@@ -331,8 +345,8 @@ impl Demo {
         writeln!(out, "\n6. {step}")?;
         let (gone_phone, gone) = &members[2];
         self.say(&room, alice, &format!("/wa remove +{gone_phone}"), out).await?;
-        let said =
-            self.bot_says(step, &room, cast.bot, &format!("+{gone_phone} was removed")).await?;
+        let who = format!("{gone} (+");
+        let said = self.bot_says_all(step, &room, cast.bot, &[&who, "was removed"]).await?;
         writeln!(out, "  [Symphony] bot: {said}")?;
         self.until(step, &format!("{gone} out of the WhatsApp group"), || async {
             let p = self.group(&gid).await?["participants"].clone();

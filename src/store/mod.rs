@@ -160,6 +160,14 @@ pub trait GroupRepo {
     /// Keeps a contact's business-scoped user id once a webhook showed it.
     fn set_contact_bsuid(&self, key: GroupKey, phone: &E164, bsuid: &str)
     -> Result<(), StoreError>;
+    /// What WhatsApp showed of a contact (their user id, their profile name), kept in every
+    /// group where that number is a contact; `None` keeps what is known.
+    fn set_contact_profile(
+        &self,
+        phone: &E164,
+        bsuid: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// The contact's pending join request (`None` once it is settled).
     fn set_join_request(
         &self,
@@ -168,6 +176,9 @@ pub trait GroupRepo {
         request_id: Option<&str>,
     ) -> Result<(), StoreError>;
     fn join_request(&self, key: GroupKey, phone: &E164) -> Result<Option<String>, StoreError>;
+    /// The phone of the contact WhatsApp knows by this business-scoped user id, once seen
+    /// (username users come without their number).
+    fn phone_of_bsuid(&self, bsuid: &str) -> Result<Option<E164>, StoreError>;
     /// Native groups whose WhatsApp create call has not been recorded yet.
     fn groups_awaiting_request(&self) -> Result<u64, StoreError>;
     /// Groups still waiting for their `group_create` webhook, created before `before_ms`.

@@ -301,7 +301,7 @@ impl GroupRepo for SqlTx<'_> {
 
     fn contacts(&self, key: GroupKey) -> Result<Vec<ContactRecord>, StoreError> {
         let mut stmt = self.0.prepare_cached(
-            "SELECT c.phone, c.state, EXISTS (SELECT 1 FROM bars b WHERE b.group_id = c.group_id AND b.phone = c.phone), c.bsuid
+            "SELECT c.phone, c.state, EXISTS (SELECT 1 FROM bars b WHERE b.group_id = c.group_id AND b.phone = c.phone), c.bsuid, c.name
              FROM group_contacts c WHERE c.group_id = ?1 ORDER BY c.rowid",
         )?;
         let rows = stmt.query_map([key.0], |r| {
@@ -310,11 +310,12 @@ impl GroupRepo for SqlTx<'_> {
                 r.get::<_, String>(1)?,
                 r.get::<_, bool>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (phone, state, barred, bsuid) = row?;
+            let (phone, state, barred, bsuid, name) = row?;
             let (Ok(phone), Some(state)) = (E164::parse(&phone), ContactState::parse(&state))
             else {
                 tracing::warn!(group = key.0, "skipping an unreadable contact row");
@@ -322,7 +323,7 @@ impl GroupRepo for SqlTx<'_> {
             };
             // A barred contact is removed, whatever was written later.
             let state = if barred { ContactState::Removed } else { state };
-            out.push(ContactRecord { phone, state, barred, bsuid });
+            out.push(ContactRecord { phone, state, barred, bsuid, name });
         }
         Ok(out)
     }
@@ -363,6 +364,21 @@ impl GroupRepo for SqlTx<'_> {
         Ok(())
     }
 
+    fn set_contact_profile(
+        &self,
+        phone: &E164,
+        bsuid: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "UPDATE group_contacts SET bsuid = COALESCE(?2, bsuid), name = COALESCE(?3, name)
+                 WHERE phone = ?1",
+            )?
+            .execute(params![phone.as_str(), bsuid, name])?;
+        Ok(())
+    }
+
     fn set_join_request(
         &self,
         key: GroupKey,
@@ -386,6 +402,15 @@ impl GroupRepo for SqlTx<'_> {
             )
             .optional()?
             .flatten())
+    }
+
+    fn phone_of_bsuid(&self, bsuid: &str) -> Result<Option<E164>, StoreError> {
+        let phone: Option<String> = self
+            .0
+            .prepare_cached("SELECT phone FROM group_contacts WHERE bsuid = ?1 LIMIT 1")?
+            .query_row([bsuid], |r| r.get(0))
+            .optional()?;
+        Ok(phone.and_then(|p| E164::parse(&p).ok()))
     }
 
     fn groups_awaiting_request(&self) -> Result<u64, StoreError> {

@@ -21,6 +21,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_origin.sql"),
     include_str!("migrations/0008_decision_core.sql"),
     include_str!("migrations/0009_symphony_watermark.sql"),
+    include_str!("migrations/0010_contacts_by_bsuid.sql"),
+    include_str!("migrations/0011_contact_names.sql"),
 ];
 
 /// The due heads of the outbox: read from the heads' partial index, whatever the backlog.

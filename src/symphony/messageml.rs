@@ -5,10 +5,10 @@ use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde_json::Value;
 
-use crate::commands::Segment;
 use crate::groups::UserId;
+use crate::markup::{Segment, named_entity};
 
-pub use crate::templates::escape_message_ml as escape;
+pub use crate::markup::escape_message_ml as escape;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable PresentationML: {0}")]
@@ -51,20 +51,6 @@ pub(crate) fn entities(data: Option<&str>) -> Result<Value, MessageMlError> {
             serde_json::from_str(d).map_err(|e| MessageMlError(format!("data is not JSON: {e}")))
         }
         _ => Ok(Value::Null),
-    }
-}
-
-/// XML's five entities plus `&nbsp;`, which the agent lets through although XML does not define
-/// it (finos/symphony-bdk-java#544).
-pub(crate) fn named_entity(name: &str) -> Option<&'static str> {
-    match name {
-        "amp" => Some("&"),
-        "lt" => Some("<"),
-        "gt" => Some(">"),
-        "quot" => Some("\""),
-        "apos" => Some("'"),
-        "nbsp" => Some(" "),
-        _ => None,
     }
 }
 

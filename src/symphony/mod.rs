@@ -84,16 +84,6 @@ impl SymphonyError {
     }
 }
 
-/// Parses `Retry-After`: delay-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
 /// Which service a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Service {
@@ -218,64 +208,70 @@ impl SymphonyClient {
     }
 
     async fn login(&self, base: &url::Url, path: &str) -> Result<String, SymphonyError> {
+        use backon::Retryable as _;
         let url = join(base, path);
-        let retry = self.inner.cfg.retry;
-        let mut attempt = 0u32;
-        loop {
-            let jwt = self.inner.signer.sign()?;
-            let result = self.inner.http.post(&url).json(&json!({"token": jwt})).send().await;
-            let outcome = match result {
-                Ok(resp) if resp.status().is_success() => {
-                    let body = resp.text().await.unwrap_or_default();
-                    return serde_json::from_str::<model::Token>(&body).map(|t| t.token).map_err(
-                        |e| {
-                            let e = SymphonyError::Decode {
-                                endpoint: path.into(),
-                                reason: e.to_string(),
-                                body: clip(&body),
-                            };
-                            self.count_error("POST", path, &e);
-                            e
-                        },
-                    );
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = header_retry_after(&resp);
-                    let message = error_message(resp.text().await.unwrap_or_default());
-                    if status == 401 || status == 403 {
-                        let e = SymphonyError::LoginRejected {
-                            username: self.inner.cfg.username.clone(),
-                            endpoint: path.into(),
-                            status,
-                            message,
-                        };
-                        self.count_error("POST", path, &e);
-                        return Err(e);
-                    }
-                    SymphonyError::Http {
-                        method: "POST".into(),
-                        endpoint: path.into(),
-                        status,
-                        message,
-                        retry_after,
-                    }
-                }
-                Err(e) => SymphonyError::Network {
+        let policy = self.inner.cfg.retry;
+        let once = || async {
+            let outcome = self.login_once(&url, path).await;
+            if let Err(e) = &outcome {
+                self.count_error("POST", path, e);
+            }
+            outcome
+        };
+        once.retry(policy.backoff_builder())
+            .sleep(tokio::time::sleep)
+            .when(SymphonyError::is_retryable)
+            .adjust(|e: &SymphonyError, planned| policy.honour(planned, e.retry_after()))
+            .notify(|e: &SymphonyError, wait| {
+                tracing::warn!(error = %e, ?wait, "login failed; retrying");
+            })
+            .await
+    }
+
+    /// One login attempt: a fresh JWT, the token back.
+    async fn login_once(&self, url: &str, path: &str) -> Result<String, SymphonyError> {
+        let jwt = self.inner.signer.sign()?;
+        let result = self.inner.http.post(url).json(&json!({"token": jwt})).send().await;
+        match result {
+            Ok(resp) if resp.status().is_success() => {
+                let body = resp.text().await.map_err(|e| SymphonyError::Network {
                     method: "POST".into(),
                     endpoint: path.into(),
                     reason: with_causes(&e),
-                },
-            };
-            self.count_error("POST", path, &outcome);
-            attempt += 1;
-            let Some(wait) =
-                retry.next_wait(attempt, outcome.is_retryable(), outcome.retry_after())
-            else {
-                return Err(outcome);
-            };
-            tracing::warn!(error = %outcome, ?wait, "login failed; retrying");
-            tokio::time::sleep(wait).await;
+                })?;
+                serde_json::from_str::<model::Token>(&body).map(|t| t.token).map_err(|e| {
+                    SymphonyError::Decode {
+                        endpoint: path.into(),
+                        reason: e.to_string(),
+                        body: clip(&body),
+                    }
+                })
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = header_retry_after(&resp);
+                let message = error_message(resp.text().await.unwrap_or_default());
+                if status == 401 || status == 403 {
+                    return Err(SymphonyError::LoginRejected {
+                        username: self.inner.cfg.username.clone(),
+                        endpoint: path.into(),
+                        status,
+                        message,
+                    });
+                }
+                Err(SymphonyError::Http {
+                    method: "POST".into(),
+                    endpoint: path.into(),
+                    status,
+                    message,
+                    retry_after,
+                })
+            }
+            Err(e) => Err(SymphonyError::Network {
+                method: "POST".into(),
+                endpoint: path.into(),
+                reason: with_causes(&e),
+            }),
         }
     }
 
@@ -323,65 +319,79 @@ impl SymphonyClient {
         retry: Retry,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Option<String>, SymphonyError> {
+        use backon::Retryable as _;
         let base = match service {
             Service::Pod => &self.inner.cfg.pod_url,
             Service::Agent => &self.inner.cfg.agent_url,
         };
         let url = join(base, path);
         let policy = self.inner.cfg.retry;
-        let mut attempt = 0u32;
-        let mut relogged = false;
+        // A 401 re-logs in once per call, whatever the attempt.
+        let relogged = std::sync::atomic::AtomicBool::new(false);
+        let once = || async {
+            let outcome = self.call_once(service, &method, path, &url, &build, &relogged).await;
+            if let Err(e) = &outcome {
+                self.count_error(method.as_str(), path, e);
+            }
+            outcome
+        };
+        once.retry(policy.backoff_builder())
+            .sleep(tokio::time::sleep)
+            .when(|e: &SymphonyError| retry == Retry::Standard && e.is_retryable())
+            .adjust(|e: &SymphonyError, planned| policy.honour(planned, e.retry_after()))
+            .notify(|e: &SymphonyError, wait| {
+                tracing::warn!(error = %e, ?wait, "Symphony call failed; retrying");
+            })
+            .await
+    }
+
+    /// One attempt of a call (and, after a 401, the same request again once re-logged in).
+    async fn call_once(
+        &self,
+        service: Service,
+        method: &Method,
+        path: &str,
+        url: &str,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+        relogged: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<String>, SymphonyError> {
         loop {
             let tokens = self.inner.tokens.lock().await.clone();
             let mut req = self
                 .inner
                 .http
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .header("sessionToken", &tokens.session);
             if service == Service::Agent {
                 req = req.header("keyManagerToken", &tokens.key_manager);
             }
-            let outcome = match build(req).send().await {
-                Ok(resp) if resp.status() == StatusCode::NO_CONTENT => return Ok(None),
-                Ok(resp) if resp.status().is_success() => {
-                    let body = resp.text().await.map_err(|e| SymphonyError::Network {
-                        method: method.to_string(),
-                        endpoint: path.into(),
-                        reason: e.to_string(),
-                    })?;
-                    return Ok((!body.trim().is_empty()).then_some(body));
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = header_retry_after(&resp);
-                    let message = error_message(resp.text().await.unwrap_or_default());
-                    if status == 401 && !relogged {
-                        relogged = true;
-                        self.refresh(&tokens.session).await?;
-                        continue;
-                    }
-                    SymphonyError::Http {
-                        method: method.to_string(),
-                        endpoint: path.into(),
-                        status,
-                        message,
-                        retry_after,
-                    }
-                }
-                Err(e) => SymphonyError::Network {
-                    method: method.to_string(),
-                    endpoint: path.into(),
-                    reason: with_causes(&e),
-                },
+            let network = |e: &reqwest::Error| SymphonyError::Network {
+                method: method.to_string(),
+                endpoint: path.into(),
+                reason: with_causes(e),
             };
-            self.count_error(method.as_str(), path, &outcome);
-            attempt += 1;
-            let retryable = retry == Retry::Standard && outcome.is_retryable();
-            let Some(wait) = policy.next_wait(attempt, retryable, outcome.retry_after()) else {
-                return Err(outcome);
-            };
-            tracing::warn!(error = %outcome, ?wait, attempt, "Symphony call failed; retrying");
-            tokio::time::sleep(wait).await;
+            let resp = build(req).send().await.map_err(|e| network(&e))?;
+            if resp.status() == StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            if resp.status().is_success() {
+                let body = resp.text().await.map_err(|e| network(&e))?;
+                return Ok((!body.trim().is_empty()).then_some(body));
+            }
+            let status = resp.status().as_u16();
+            let retry_after = header_retry_after(&resp);
+            let message = error_message(resp.text().await.unwrap_or_default());
+            if status == 401 && !relogged.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.refresh(&tokens.session).await?;
+                continue;
+            }
+            return Err(SymphonyError::Http {
+                method: method.to_string(),
+                endpoint: path.into(),
+                status,
+                message,
+                retry_after,
+            });
         }
     }
 
@@ -725,20 +735,7 @@ fn decode_attachment(body: &str) -> Option<Vec<u8>> {
     STANDARD.decode(&compact).or_else(|_| STANDARD_NO_PAD.decode(&compact)).ok()
 }
 
-/// An error with its causes: reqwest says "error sending request", its causes say why
-/// (`Connection refused`, a DNS failure, a certificate problem).
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
-}
+use crate::http::{parse_retry_after, with_causes};
 
 fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)

@@ -127,22 +127,7 @@ pub(crate) struct RoomNameOnly {
     pub name: Option<String>,
 }
 
-/// `StreamAttachmentItem`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttachmentInfo {
-    pub message_id: String,
-    #[serde(default)]
-    pub ingestion_date: Option<i64>,
-    #[serde(default)]
-    pub user_id: Option<UserId>,
-    pub file_id: String,
-    pub name: String,
-    #[serde(default)]
-    pub size: Option<u64>,
-    #[serde(default, rename = "content-type", alias = "contentType")]
-    pub content_type: Option<String>,
-}
+pub use crate::events::symphony::AttachmentInfo;
 
 /// The part of `V4Message` the bot needs back after sending.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -20,6 +20,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("symphony/effect_failed", include_str!("../../templates/symphony/effect_failed.hbs")),
     ("symphony/group_failed", include_str!("../../templates/symphony/group_failed.hbs")),
     ("symphony/group_ready", include_str!("../../templates/symphony/group_ready.hbs")),
+    ("symphony/group_suspended", include_str!("../../templates/symphony/group_suspended.hbs")),
     ("symphony/help", include_str!("../../templates/symphony/help.hbs")),
     ("symphony/event_failed", include_str!("../../templates/symphony/event_failed.hbs")),
     ("symphony/info", include_str!("../../templates/symphony/info.hbs")),
@@ -48,9 +49,15 @@ const TEMPLATES: &[(&str, &str)] = &[
 /// `check-config` renders each template with it, and a template without an entry here fails a
 /// unit test. User text carries `&`, `<`, `$` and `#`, so the escaping is exercised too.
 const SAMPLE_DATA: &[(&str, &str)] = &[
-    ("symphony/contact_joined", r#"{"phone": "+447911123456"}"#),
-    ("symphony/contact_left", r#"{"phone": "+447911123456"}"#),
-    ("symphony/contact_removed", r#"{"phone": "+447911123456"}"#),
+    (
+        "symphony/contact_joined",
+        r#"{"phone": "+447911123456", "who": "Dana <Reyes> (+44 7911 123456)"}"#,
+    ),
+    (
+        "symphony/contact_left",
+        r#"{"phone": "+447911123456", "who": "Dana Reyes (+44 7911 123456)"}"#,
+    ),
+    ("symphony/contact_removed", r#"{"phone": "+447911123456", "who": "+447911123456"}"#),
     ("symphony/contacts_invited", r#"{"phones": ["+447911123456", "+447911123457"]}"#),
     (
         "symphony/create_form",
@@ -70,6 +77,7 @@ const SAMPLE_DATA: &[(&str, &str)] = &[
     ),
     ("symphony/group_failed", r#"{"name": "Deal & Co", "reason": "131000: something went wrong"}"#),
     ("symphony/group_ready", r#"{"name": "Deal & Co", "invited": ["+447911123456"]}"#),
+    ("symphony/group_suspended", r#"{"name": "Deal & Co <team>", "suspended": true}"#),
     (
         "symphony/help",
         r#"{"commands": [{"name": "help", "usage": "/wa help", "summary": "list the commands"}, {"name": "rename", "usage": "/wa rename \"<name>\"", "summary": "rename the room"}]}"#,
@@ -138,24 +146,7 @@ pub enum TemplateError {
     NotMessageMl { name: String, reason: String },
 }
 
-/// Escapes text for MessageML: XML's five characters, plus `$` and `#`, which would otherwise
-/// start FreeMarker expressions (`${…}`, `#{…}`) when the agent renders the message.
-pub fn escape_message_ml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '$' => out.push_str("&#36;"),
-            '#' => out.push_str("&#35;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::markup::escape_message_ml;
 
 /// A strict registry; MessageML ones escape what they interpolate.
 fn registry(message_ml: bool) -> Handlebars<'static> {
@@ -222,7 +213,7 @@ fn check_message_ml(text: &str) -> Result<(), String> {
             Event::GeneralRef(r) => {
                 let is_char = r.resolve_char_ref().map_err(|e| e.to_string())?.is_some();
                 let name = r.decode().map_err(|e| e.to_string())?;
-                if !is_char && crate::symphony::messageml::named_entity(&name).is_none() {
+                if !is_char && crate::markup::named_entity(&name).is_none() {
                     return Err(format!("unknown entity &{name};"));
                 }
             }
@@ -345,8 +336,9 @@ impl Templates {
     }
 
     /// `/wa help` as MessageML.
-    pub fn help(&self) -> Result<String, TemplateError> {
-        let commands: Vec<_> = crate::commands::COMMANDS
+    /// `/wa help`: `commands` is the command table, `(name, usage, summary)` each.
+    pub fn help(&self, commands: &[(&str, &str, &str)]) -> Result<String, TemplateError> {
+        let commands: Vec<_> = commands
             .iter()
             .map(|(name, usage, summary)| serde_json::json!({"name": name, "usage": usage, "summary": summary}))
             .collect();
@@ -366,7 +358,7 @@ mod tests {
     #[test]
     fn shipped_templates_compile_and_escape_user_text() {
         let t = Templates::embedded().expect("compile");
-        let help = t.help().expect("help");
+        let help = t.help(crate::commands::COMMANDS).expect("help");
         assert!(help.starts_with("<messageML>") && help.contains("/wa rename"), "{help}");
         let usage = t.usage("bad <b>name</b> & ${x}", "/wa rename \"<name>\"").expect("usage");
         assert!(usage.contains("bad &lt;b&gt;name&lt;/b&gt; &amp; &#36;{x}"), "{usage}");

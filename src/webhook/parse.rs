@@ -5,7 +5,9 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::events::whatsapp::{FailedParticipant, SettingOutcome, WaError, WaUser, WhatsAppEvent};
+use crate::events::whatsapp::{
+    FailedParticipant, SettingOutcome, WaContact, WaError, WaUser, WhatsAppEvent,
+};
 use crate::groups::GroupId;
 
 /// A parsed event and its deduplication key.
@@ -208,7 +210,7 @@ fn message(m: &Value, contacts: &[Value]) -> Option<WhatsAppEvent> {
     })
 }
 
-fn status(st: &Value) -> Option<WhatsAppEvent> {
+fn status(st: &Value, contacts: &[Value]) -> Option<WhatsAppEvent> {
     let mut participant_id =
         s(st, "recipient_participant_id").or_else(|| s(st, "participant_recipient_id"));
     let participant_user = s(st, "recipient_participant_user_id");
@@ -235,6 +237,27 @@ fn status(st: &Value) -> Option<WhatsAppEvent> {
         }),
         timestamp: ts(st, "timestamp"),
         errors: errors(st),
+        contact: status_contact(st, contacts),
+    })
+}
+
+/// The recipient's profile in a status's `contacts`: the one whose number is the recipient's,
+/// else the only one.
+fn status_contact(st: &Value, contacts: &[Value]) -> Option<WaContact> {
+    let recipient = s(st, "recipient_id");
+    let c = contacts
+        .iter()
+        .find(|c| recipient.is_some() && s(c, "wa_id") == recipient)
+        .or(if contacts.len() == 1 { contacts.first() } else { None })?;
+    let profile = c.get("profile");
+    Some(WaContact {
+        user: WaUser {
+            wa_id: s(c, "wa_id"),
+            user_id: s(c, "user_id"),
+            username: profile.and_then(|p| s(p, "username")),
+            input: None,
+        },
+        name: profile.and_then(|p| s(p, "name")),
     })
 }
 
@@ -316,7 +339,7 @@ pub fn parse_ours(body: &[u8], ours: &Ours<'_>) -> Result<Vec<Keyed>, ParseError
             }
             for st in arr(&value, "statuses") {
                 produced = true;
-                match status(st) {
+                match status(st, &contacts) {
                     Some(event) => out.push(Keyed { key: format!("status:{}", digest(st)), event }),
                     None => tracing::warn!("webhook status without id/status skipped"),
                 }

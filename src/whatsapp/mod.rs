@@ -4,6 +4,7 @@
 
 pub mod media;
 pub mod model;
+pub mod rules;
 
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub use model::{
 };
 
 /// Longest group subject / description the API accepts.
-pub const MAX_SUBJECT_CHARS: usize = 128;
+pub const MAX_SUBJECT_CHARS: usize = crate::groups::model::MAX_NAME_CHARS;
 pub const MAX_DESCRIPTION_CHARS: usize = 2048;
 /// Most participants one remove call (and one group) may hold.
 pub const MAX_PARTICIPANTS: usize = 8;
@@ -191,7 +192,7 @@ impl WhatsAppClient {
                 self.http.request(method.clone(), &url).bearer_auth(self.token.expose_secret());
             let resp = build(req).send().await.map_err(|e| WhatsAppError::Network {
                 endpoint: endpoint.clone(),
-                reason: crate::symphony::with_causes(&e),
+                reason: crate::http::with_causes(&e),
             })?;
             let status = resp.status().as_u16();
             let retry_after = header_retry_after(&resp);
@@ -241,24 +242,24 @@ impl WhatsAppClient {
     where
         Fut: Future<Output = Result<T, WhatsAppError>>,
     {
-        let mut attempts = 0u32;
-        loop {
-            let outcome = match attempt().await {
-                Ok(value) => return Ok(value),
-                Err(e) => e,
-            };
-            self.count_error(&outcome);
-            attempts += 1;
-            let Some(wait) = self.retry.next_wait(
-                attempts,
-                retries && outcome.is_retryable(),
-                outcome.retry_after(),
-            ) else {
-                return Err(outcome);
-            };
-            tracing::warn!(error = %outcome, ?wait, attempt = attempts, "WhatsApp call failed; retrying");
-            tokio::time::sleep(wait).await;
-        }
+        use backon::Retryable as _;
+        let policy = self.retry;
+        let counted = || async {
+            let outcome = attempt().await;
+            if let Err(e) = &outcome {
+                self.count_error(e);
+            }
+            outcome
+        };
+        counted
+            .retry(policy.backoff_builder())
+            .sleep(tokio::time::sleep)
+            .when(|e: &WhatsAppError| retries && e.is_retryable())
+            .adjust(|e: &WhatsAppError, planned| policy.honour(planned, e.retry_after()))
+            .notify(|e: &WhatsAppError, wait| {
+                tracing::warn!(error = %e, ?wait, "WhatsApp call failed; retrying");
+            })
+            .await
     }
 
     /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
@@ -763,7 +764,7 @@ fn header_retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::symphony::parse_retry_after)
+        .and_then(crate::http::parse_retry_after)
 }
 
 fn graph_error(

@@ -5,53 +5,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::whatsapp::{WaError, WaUser};
-use crate::groups::{E164, GroupId};
+use crate::groups::GroupId;
 
-/// Who a message goes to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", content = "id", rename_all = "camelCase")]
-pub enum Recipient {
-    /// `recipient_type: individual`
-    Phone(E164),
-    /// `recipient_type: group`
-    Group(GroupId),
-}
-
-impl Recipient {
-    /// The chat a message goes to, as the customer-service window is tracked: the group id, or
-    /// the phone in E.164.
-    pub fn chat(&self) -> &str {
-        match self {
-            Recipient::Phone(p) => p.as_str(),
-            Recipient::Group(g) => g.as_str(),
-        }
-    }
-
-    /// The contact of a 1:1 message.
-    pub fn phone(&self) -> Option<&E164> {
-        match self {
-            Recipient::Phone(p) => Some(p),
-            Recipient::Group(_) => None,
-        }
-    }
-
-    /// How people are told who a message went to.
-    pub fn shown(&self) -> String {
-        match self {
-            Recipient::Phone(p) => p.as_str().to_owned(),
-            Recipient::Group(_) => "the WhatsApp group".to_owned(),
-        }
-    }
-}
-
-/// A template body parameter.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", content = "value", rename_all = "camelCase")]
-pub enum TemplateParam {
-    Text(String),
-    /// `{"type":"group_id","group_id":…}`: WhatsApp puts the group's invite link there.
-    GroupId(GroupId),
-}
+pub use crate::groups::model::{Recipient, TemplateParam};
 
 #[derive(Deserialize)]
 pub(crate) struct RequestIdResponse {

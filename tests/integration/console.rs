@@ -133,7 +133,7 @@ async fn an_advisor_and_a_phone_create_join_and_chat_through_the_console() {
     page.wait_for("the tap's answer", WAIT, &shows("#toast", "Request to join sent")).await;
 
     // The bot approves the invited contact: the room says so, the phone has the group.
-    let joined = format!("+{} joined the WhatsApp group", dana.0);
+    let joined = format!("{} (+44 7911 123456) joined the WhatsApp group", dana.1);
     page.wait_for("the join in the room", WAIT, &shows("#messages", &joined)).await;
     page.wait_for("the group in Dana's chats", WAIT, &click_item("#chats", "Console desk")).await;
     page.wait_for("the group chat open", WAIT, &shows("#chat-title", "Console desk")).await;

@@ -189,8 +189,9 @@ async fn scenario(k: u64) -> (bool, usize) {
 
     let label = format!("crash point {k}");
     // Decisions are made once, so what the bot creates is made once (a lost answer is
-    // recognised by its marker). A message being sent at the very moment of the kill may go
-    // twice (at-least-once to the APIs): every message arrives, at most one extra time.
+    // recognised by its marker). Messages being sent at the very moment of the kill (up to one
+    // per order key, several keys at once) may go twice (at-least-once to the APIs): every
+    // message arrives, at most one extra time.
     let rooms =
         pod.streams().iter().filter(|s| s["type"] == "ROOM" && s["name"] == "Crash").count();
     assert_eq!(rooms, 1, "{label}: one room");
@@ -215,7 +216,6 @@ async fn scenario(k: u64) -> (bool, usize) {
         let n = notices(&g).iter().filter(|n| n.contains(phone)).count();
         once(n, "a removal notice");
     }
-    assert!(repeats <= 1, "{label}: only what was in flight at the kill repeats ({repeats})");
     assert_eq!(g["participants"], serde_json::json!([]), "{label}: nobody barred inside");
     // John, removed before he joined, asks again: rejected, and the room is told.
     let tapped = sim.tap(JOHN, &link)["result"].clone();
@@ -266,6 +266,6 @@ async fn the_bot_killed_at_any_commit_ends_the_same() {
     assert!(crashed_runs * stride >= 40, "the scenario has crash points to test: {crashed_runs}");
     eprintln!(
         "crash test: {crashed_runs} runs aborted at a commit, each ended the same; \
-         {repeated_runs} repeated the one message in flight at the kill"
+         {repeated_runs} repeated a message in flight at the kill"
     );
 }

@@ -461,3 +461,124 @@ async fn start_bot_with_whatsapp_templates(
     })
     .await
 }
+
+/// A group WhatsApp suspends: the room is told, a message written meanwhile is reported as not
+/// delivered (131207), and the room hears when the suspension is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_group_is_reported_in_its_room() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Moderated", &[JANE]).await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123456 joined")).await;
+    let suspend = |on: bool| {
+        let url = format!("{}/_sandbox/wa/groups/{gid}/suspend", sim.url());
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"suspended": on}))
+                .send()
+                .await
+                .expect("suspend");
+            assert!(answer.status().is_success());
+        }
+    };
+    suspend(true).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("WhatsApp suspended")).await;
+    pod.post_message(&sid, ALICE, "<messageML>while suspended</messageML>").expect("post");
+    let report = wait_for_message(&pod, &sid, BOT, |t| {
+        t.contains("while suspended") && (t.contains("131207") || t.contains("Could not"))
+    })
+    .await;
+    assert!(report.text.contains("131207"), "Meta's code is named: {}", report.text);
+    suspend(false).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("lifted the suspension")).await;
+    bot.stop().await;
+}
+
+/// A contact with a WhatsApp username whose number WhatsApp no longer shows (no 1:1 exchange
+/// for 30 days): known by the user id seen when they joined, their messages reach the room
+/// attributed to them, their leave is shown, and a removal still reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_only_contact_is_known_by_their_user_id() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Usernames", &[JANE, JOHN]).await;
+    for phone in [JANE, JOHN] {
+        assert_eq!(sim.tap(phone, &link)["result"], "requested");
+    }
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123456 joined")).await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457 joined")).await;
+    // Both take a username, and the business no longer sees their numbers.
+    for (phone, name, username) in [(JANE, "Dana Reyes", "dana.reyes"), (JOHN, "John B", "john_b")]
+    {
+        let answer = reqwest::Client::new()
+            .put(format!("{}/_sandbox/wa/phones/{phone}", sim.url()))
+            .json(&json!({"name": name, "username": username, "hideNumber": true}))
+            .send()
+            .await
+            .expect("username");
+        assert!(answer.status().is_success());
+    }
+    sim.send_as_phone(JANE, Some(&gid), "hello from a username", None).expect("Jane writes");
+    let relayed = wait_for_message(&pod, &sid, BOT, |t| t.contains("hello from a username")).await;
+    assert!(
+        relayed.text.contains("Dana Reyes") && relayed.text.contains("+447911123456"),
+        "attributed to Jane, number included: {}",
+        relayed.text
+    );
+    let left = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/phones/{JOHN}/leave", sim.url()))
+        .json(&json!({"groupId": gid}))
+        .send()
+        .await
+        .expect("leave");
+    assert!(left.status().is_success());
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457") && t.contains("left")).await;
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JANE}</messageML>"))
+        .expect("remove");
+    wait_for("Jane removed", Duration::from_secs(10), || {
+        let p = participants(&sim, &gid);
+        async move { (p == json!([])).then_some(()) }
+    })
+    .await;
+    assert!(info_state(&pod, &sid, JOHN).await.contains("left"));
+    bot.stop().await;
+}
+
+/// Confirmations name the contact as a person would, once WhatsApp showed their profile name
+/// (with the delivery of their invitation): "Dana Reyes (+44 7911 123456) joined".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmations_name_the_contact() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    sim.set_phone_name(JANE, "Dana Reyes");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, _gid, link) = native_group(&pod, &sim, "Named", &[JANE, JOHN]).await;
+    // The invitation's delivery shows her profile; then she joins.
+    wait_for("Dana's profile known", Duration::from_secs(10), || {
+        let known = bot
+            .store
+            .read(|r| {
+                let key = r.group_by_stream(&wa_groups_bot::groups::StreamId::new(&sid))?;
+                Ok(key.map(|g| r.contacts(g.key)).transpose()?.unwrap_or_default())
+            })
+            .ok()
+            .is_some_and(|c| c.iter().any(|c| c.name.as_deref() == Some("Dana Reyes")));
+        async move { known.then_some(()) }
+    })
+    .await;
+    assert_eq!(sim.tap(JANE, &link)["result"], "requested");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Dana Reyes (+44 7911 123456) joined")).await;
+    assert!(info_state(&pod, &sid, JANE).await.contains("Dana Reyes"));
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JANE}</messageML>"))
+        .expect("remove");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("Dana Reyes (+44 7911 123456) was removed"))
+        .await;
+    bot.stop().await;
+}

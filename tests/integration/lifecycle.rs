@@ -184,7 +184,12 @@ pub(crate) async fn group_with_two_contacts(pod: &MockPod, sim: &WhatsAppSim) ->
     inbox_has(sim, JOHN, "group_invite_link").await;
     for phone in [JANE, JOHN] {
         assert_eq!(sim.tap(phone, &link)["result"], "requested");
-        wait_for_message(pod, &sid, BOT, |t| t.contains(&format!("+{phone} joined"))).await;
+        // Named once WhatsApp showed the profile ("Jane Doe (+44 7911 …) joined"), else the number.
+        let spaced = wa_groups_bot::groups::E164::parse(phone).expect("phone").international();
+        wait_for_message(pod, &sid, BOT, |t| {
+            t.contains("joined") && (t.contains(&format!("+{phone} ")) || t.contains(&spaced))
+        })
+        .await;
     }
     (sid, gid)
 }

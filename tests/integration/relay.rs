@@ -75,7 +75,8 @@ async fn chat_goes_both_ways_with_attribution_and_replies_point_at_the_right_mes
     let jane_id = sim
         .send_as_phone(JANE, Some(&gid), "Hi all <b>not bold</b> & *ready* ${x}", None)
         .expect("jane writes");
-    let shown = wait_for_message(&pod, &sid, BOT, |t| t.contains("Jane Doe")).await;
+    let shown =
+        wait_for_message(&pod, &sid, BOT, |t| t.contains("Jane Doe") && t.contains("Hi all")).await;
     assert!(shown.text.contains("+447911123456"), "{}", shown.text);
     assert!(shown.text.contains("Hi all <b>not bold</b> & ready ${x}"), "{}", shown.text);
     assert!(shown.presentation_ml.contains("<b>ready</b>"), "{}", shown.presentation_ml);

@@ -76,6 +76,10 @@ struct PhoneBody {
     /// A WhatsApp username: the business then sees the phone by `user_id` (and `username`) only,
     /// without `wa_id`, until the two exchange a 1:1 message.
     username: Option<String>,
+    /// Forget the last 1:1 exchange (as if it were over 30 days old): a username user's number
+    /// is hidden from the business again.
+    #[serde(default, rename = "hideNumber")]
+    hide_number: bool,
 }
 
 async fn set_phone(
@@ -96,6 +100,9 @@ async fn set_phone(
     let p = st.phone(&phone);
     p.name = b.name;
     p.username = b.username;
+    if b.hide_number {
+        p.last_exchange = None;
+    }
     Json(json!({"phone": phone, "userId": SimState::bsuid(&phone), "username": p.username}))
         .into_response()
 }

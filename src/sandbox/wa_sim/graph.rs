@@ -1152,8 +1152,23 @@ async fn send_message(
             return invalid(&format!("recipient_type must be individual or group, not {other}"));
         }
     }
-    let values: Vec<Value> =
-        statuses.into_iter().map(|s| st.value(json!({"statuses": [s]}))).collect();
+    // Delivered and read statuses of a 1:1 message carry the recipient's profile (Meta's
+    // `contacts`, only on those two).
+    let values: Vec<Value> = statuses
+        .into_iter()
+        .map(|s| {
+            let individual = s["recipient_type"] == "individual"
+                && matches!(s["status"].as_str(), Some("delivered" | "read"));
+            match s["recipient_id"].as_str().map(str::to_owned) {
+                Some(to) if individual => {
+                    let profile = json!({"profile": {"name": st.profile_name(&to)}});
+                    let contact = st.user(&to, profile);
+                    st.value(json!({"statuses": [s], "contacts": [contact]}))
+                }
+                _ => st.value(json!({"statuses": [s]})),
+            }
+        })
+        .collect();
     drop(st);
     for v in values {
         shared.emit("messages", v);

@@ -12,9 +12,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod create;
+mod relay;
+
+pub use create::{ROOM_DESCRIPTION, carries_marker, room_description, wa_description};
+
 use super::{Effect, Outcome};
 use crate::config::{RetryConfig, TemplateRef};
-use crate::groups::{ContactState, E164, GroupKey, StreamId, WaMessageRecord};
+use crate::groups::{ContactState, E164, GroupKey, WaMessageRecord};
 use crate::metrics::{Metrics, RelayDirection};
 use crate::store::{GroupRepo, OutboxRow, Source, Store, StoreError, now_ms};
 use crate::symphony::SymphonyClient;
@@ -43,9 +48,6 @@ pub fn approval_entitled(
             && matches!(c.state, ContactState::Invited | ContactState::Requested)
     }))
 }
-
-/// The room description and keyword prefix that mark what the bot creates for a group.
-pub const ROOM_DESCRIPTION: &str = "WhatsApp group managed by wa-groups-bot";
 
 /// Why an attempt failed.
 #[derive(Debug)]
@@ -255,7 +257,7 @@ impl EffectExecutor {
 
     fn window_open(&self, to: &Recipient) -> Result<bool, Failure> {
         let last = self.store.read(|r| r.last_inbound(to.chat()))?;
-        Ok(last.is_some_and(|at| crate::relay::window_open(at, now_ms())))
+        Ok(last.is_some_and(|at| crate::whatsapp::rules::window_open(at, now_ms())))
     }
 
     /// Performs one effect.
@@ -286,9 +288,9 @@ impl EffectExecutor {
                         phone: to.phone().cloned(),
                         symphony_message_id: None,
                         author: "wa-groups-bot".to_owned(),
-                        excerpt: crate::relay::format::quote_snippet(
+                        excerpt: crate::markup::quote_snippet(
                             about.as_deref().unwrap_or(name),
-                            crate::relay::EXCERPT_CHARS,
+                            crate::markup::EXCERPT_CHARS,
                         ),
                         kind: "template".to_owned(),
                         body: None,
@@ -313,11 +315,7 @@ impl EffectExecutor {
                         tracing::info!(group = %group, "a join request was withdrawn before its approval");
                         return Ok(Done::default());
                     }
-                    let reason = errors
-                        .iter()
-                        .map(|e| format!("{} ({})", e.message.clone().unwrap_or_default(), e.code))
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = crate::events::whatsapp::WaError::describe(errors);
                     return Err(permanent(format!("WhatsApp did not approve it: {reason}")));
                 }
                 Ok(Done::default())
@@ -395,7 +393,7 @@ impl EffectExecutor {
                     None => {
                         let t = &self.message_template;
                         let mut ids = Vec::new();
-                        for part in crate::relay::template_parts(text) {
+                        for part in crate::whatsapp::rules::template_parts(text) {
                             let param = [TemplateParam::Text(part)];
                             ids.push((
                                 wa.send_template(to, &t.name, &t.language, &param).await?,
@@ -457,7 +455,7 @@ impl EffectExecutor {
             } => {
                 let file = match self.whatsapp()?.download_media(media_id).await {
                     Ok((bytes, mime)) => Ok(crate::symphony::Attachment {
-                        name: crate::relay::file_name(filename.as_deref(), kind, &mime),
+                        name: crate::whatsapp::rules::file_name(filename.as_deref(), kind, &mime),
                         content_type: mime,
                         bytes: bytes.into(),
                     }),
@@ -516,205 +514,5 @@ impl EffectExecutor {
                 }))
             }
         }
-    }
-
-    /// The group's room: recognised by its marker if a lost earlier attempt made it, else made.
-    async fn create_room(&self, key: GroupKey) -> Result<Done, Failure> {
-        let record = self
-            .store
-            .read(|r| r.group(key))?
-            .ok_or_else(|| permanent(format!("group {} is not stored", key.0)))?;
-        if let Some(stream) = record.stream {
-            return Ok(Done::outcome(Outcome::RoomCreated { group: key, stream }));
-        }
-        let description = room_description(record.reference.as_deref());
-        let earlier = self.store.transaction(|tx| tx.mark_create_attempt(key, true))?;
-        if earlier && let Some(stream) = self.find_room(&record.name, &description).await? {
-            tracing::warn!(room = %stream, "the room a lost attempt created is adopted by its marker");
-            return Ok(Done::outcome(Outcome::RoomCreated { group: key, stream }));
-        }
-        let room = self.symphony.create_room(&record.name, &description).await?;
-        Ok(Done::outcome(Outcome::RoomCreated { group: key, stream: room.stream }))
-    }
-
-    /// A room of the bot's named `name` whose description is exactly `description` (which
-    /// carries the group's marker) and that no group has: what a lost create made.
-    async fn find_room(&self, name: &str, description: &str) -> Result<Option<StreamId>, Failure> {
-        for (sid, room_name) in self.symphony.my_rooms().await? {
-            if room_name != name || self.store.read(|r| r.group_by_stream(&sid))?.is_some() {
-                continue;
-            }
-            if self.symphony.room_info(&sid).await?.description == description {
-                return Ok(Some(sid));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The WhatsApp group: recognised by its marker if a lost earlier attempt made it, else
-    /// asked for (its id and link come by webhook).
-    async fn create_wa_group(&self, key: GroupKey) -> Result<Done, Failure> {
-        let record = self
-            .store
-            .read(|r| r.group(key))?
-            .ok_or_else(|| permanent(format!("group {} is not stored", key.0)))?;
-        if record.create_request_id.is_some() || record.wa_group.is_some() {
-            return Ok(Done::default()); // already asked; the webhook will come
-        }
-        let wa = self.whatsapp()?;
-        let earlier = self.store.transaction(|tx| tx.mark_create_attempt(key, false))?;
-        if earlier
-            && let Some(marker) = record.reference.as_deref()
-            && let Some(found) = self.find_marked_wa_group(marker).await?
-        {
-            tracing::warn!(group = %found, "the WhatsApp group a lost attempt created is adopted by its marker");
-            let link = wa.invite_link(&found).await?;
-            return Ok(Done::outcome(Outcome::WaGroupFound {
-                group: key,
-                wa_group: found,
-                invite_link: Some(link),
-            }));
-        }
-        let description = self.description(key, record.reference.as_deref()).await?;
-        let request_id = wa.create_group(&record.name, &description, true).await?;
-        Ok(Done::outcome(Outcome::WaGroupRequested { group: key, request_id }))
-    }
-
-    /// A WhatsApp group of this number, linked to no group, whose description carries `marker`
-    /// (the reconciler's look-up; the error says why the list could not be read).
-    pub async fn find_wa_group(
-        &self,
-        marker: &str,
-    ) -> Result<Option<crate::groups::GroupId>, String> {
-        self.find_marked_wa_group(marker).await.map_err(|f| f.message)
-    }
-
-    async fn find_marked_wa_group(
-        &self,
-        marker: &str,
-    ) -> Result<Option<crate::groups::GroupId>, Failure> {
-        let wa = self.whatsapp()?;
-        for g in wa.all_groups().await? {
-            if self.store.read(|r| r.group_by_wa(&g.id))?.is_some() {
-                continue;
-            }
-            let info = wa.group_info(&g.id).await?;
-            if info.description.as_deref().is_some_and(|d| carries_marker(d, marker)) {
-                return Ok(Some(g.id));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The WhatsApp group description: the advisors' current display names, then the marker.
-    async fn description(&self, key: GroupKey, marker: Option<&str>) -> Result<String, Failure> {
-        let mut names = Vec::new();
-        for (user, _) in self.store.read(|r| r.advisors(key))? {
-            let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
-            names.push(shown.unwrap_or_else(|| user.to_string()));
-        }
-        let text = self
-            .templates
-            .render("whatsapp/description", &serde_json::json!({"members": names}))?;
-        Ok(wa_description(&text, marker))
-    }
-
-    /// A Symphony file to WhatsApp as media, or, outside the window (WhatsApp takes no free
-    /// media then), a notice through the template that a file was shared, and the room told.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_file(
-        &self,
-        group: GroupKey,
-        to: &Recipient,
-        stream: &StreamId,
-        message_id: &str,
-        file_id: &str,
-        name: &str,
-        author: &str,
-    ) -> Result<Done, Failure> {
-        let wa = self.whatsapp()?;
-        let record = |id: String, kind: &str| WaMessageRecord {
-            wa_message_id: id,
-            group,
-            inbound: false,
-            phone: to.phone().cloned(),
-            symphony_message_id: Some(message_id.to_owned()),
-            author: author.to_owned(),
-            excerpt: name.to_owned(),
-            kind: kind.to_owned(),
-            body: None,
-        };
-        if !self.window_open(to)? {
-            let t = &self.message_template;
-            let text = self.templates.render(
-                "whatsapp/file_shared",
-                &serde_json::json!({"sender": author, "name": name}),
-            )?;
-            // The notice is short (a name): one part.
-            let part = crate::relay::template_parts(&text).concat();
-            let id =
-                wa.send_template(to, &t.name, &t.language, &[TemplateParam::Text(part)]).await?;
-            return Ok(Done {
-                sent: vec![record(id, "template")],
-                outcome: Some(Outcome::FileNotSent {
-                    stream: stream.clone(),
-                    name: name.to_owned(),
-                }),
-                posted: None,
-            });
-        }
-        let bytes = self.symphony.download_attachment(stream, message_id, file_id).await?;
-        let mime = mime_guess::from_path(name).first_or_octet_stream().essence_str().to_owned();
-        let kind = crate::whatsapp::media::MediaKind::for_mime(&mime)
-            .ok_or_else(|| permanent(format!("WhatsApp does not take {mime} files")))?;
-        let file =
-            crate::whatsapp::OutgoingFile { filename: name.to_owned(), mime, bytes: bytes.into() };
-        let caption = format!("*{author}*");
-        let caption = kind.takes_caption().then_some(caption.as_str());
-        let id = wa.send_file(to, kind, &file, caption).await?;
-        self.metrics.relayed(RelayDirection::ToWhatsApp);
-        Ok(Done { sent: vec![record(id, "media")], ..Done::default() })
-    }
-}
-
-/// The description of a group's room: fixed words and the group's marker.
-pub fn room_description(marker: Option<&str>) -> String {
-    match marker {
-        Some(m) => format!("{ROOM_DESCRIPTION} (ref {m})"),
-        None => ROOM_DESCRIPTION.to_owned(),
-    }
-}
-
-/// The WhatsApp description: `text` cut to fit, then the marker on its own last line.
-pub fn wa_description(text: &str, marker: Option<&str>) -> String {
-    let Some(marker) = marker else {
-        return text.chars().take(crate::whatsapp::MAX_DESCRIPTION_CHARS).collect();
-    };
-    let tail = format!("\nref {marker}");
-    let room = crate::whatsapp::MAX_DESCRIPTION_CHARS.saturating_sub(tail.chars().count());
-    let mut out: String = text.trim_end().chars().take(room).collect();
-    out.push_str(&tail);
-    out
-}
-
-/// Whether a WhatsApp description ends with the marker line of [`wa_description`].
-pub fn carries_marker(description: &str, marker: &str) -> bool {
-    description.trim_end().lines().last().is_some_and(|l| l.trim() == format!("ref {marker}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_marker_survives_a_description_at_the_limit_and_is_recognised_exactly() {
-        let long = "x".repeat(5_000);
-        let d = wa_description(&long, Some("wagb-1a2b3c"));
-        assert_eq!(d.chars().count(), crate::whatsapp::MAX_DESCRIPTION_CHARS);
-        assert!(carries_marker(&d, "wagb-1a2b3c"));
-        assert!(!carries_marker(&d, "wagb-1a2b3"), "a prefix is not the marker");
-        assert!(!carries_marker("Alice, Bob\nref wagb-other", "wagb-1a2b3c"));
-        assert!(!carries_marker("Alice, Bob", "wagb-1a2b3c"), "same names, no marker");
-        assert_eq!(room_description(Some("wagb-9")), format!("{ROOM_DESCRIPTION} (ref wagb-9)"));
     }
 }
