@@ -5,6 +5,7 @@
 # `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>`).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]     targets: `cargo fuzz list` (default: all)
+#   FUZZ_SEED=1 scripts/fuzz.sh 20              a fixed seed: the same inputs on every run (CI)
 #
 # cargo-fuzz is installed when missing (`cargo install cargo-fuzz --locked`). It passes
 # nightly-only `-Z` flags (the sanitizer, coverage counters) to rustc: RUSTC_BOOTSTRAP=1 lets the
@@ -41,6 +42,7 @@ for target in "${targets[@]}"; do
   status=0
   cargo fuzz run -O --debug-assertions "$target" "$work" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
     >"$log" 2>&1 || status=$?
   runs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -n 1)
   if [ "$status" -ne 0 ]; then
