@@ -170,6 +170,19 @@ fn registry(message_ml: bool) -> Handlebars<'static> {
 }
 
 /// `<dir>/<name>.hbs`.
+/// Writes the shipped templates into `dir` (`<dir>/<name>.hbs`), e.g. for a bot process that
+/// loads them from a folder.
+pub fn write_embedded(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in TEMPLATES {
+        let path = dir.join(format!("{name}.hbs"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
 fn read_template(dir: &Path, name: &str) -> Result<String, TemplateError> {
     let path = dir.join(format!("{name}.hbs"));
     let shown = path.display().to_string();
