@@ -128,9 +128,10 @@ enum Cmd {
         /// The bot binary to measure (default: this executable).
         #[arg(long)]
         bot: Option<PathBuf>,
-        /// Another build of the bot measured side by side in P1 (e.g. an older commit's).
+        /// Another build of the bot measured side by side in P1, as LABEL=PATH (or PATH);
+        /// repeatable (e.g. `--baseline before=/tmp/old/wa-groups-bot`).
         #[arg(long)]
-        baseline: Option<PathBuf>,
+        baseline: Vec<String>,
         /// A Python with symphony-bdk-python 3.0.0 (default: target/py-venvs/symphony-bdk,
         /// built when missing).
         #[arg(long)]
@@ -306,7 +307,14 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .collect::<anyhow::Result<_>>()?;
             }
-            opts.baseline = baseline;
+            opts.baselines = baseline
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match b.split_once('=') {
+                    Some((label, path)) => (label.to_owned(), PathBuf::from(path)),
+                    None => (format!("baseline {}", i + 1), PathBuf::from(b)),
+                })
+                .collect();
             opts.python = python;
             if let Some(ms) = latency_ms {
                 opts.latency = std::time::Duration::from_millis(ms);

@@ -59,8 +59,9 @@ pub struct BenchOptions {
     pub scenarios: Vec<Scenario>,
     /// The bot binary measured (this executable by default).
     pub bot: PathBuf,
-    /// Another build of the bot, measured side by side in P1 (e.g. an older commit's).
-    pub baseline: Option<PathBuf>,
+    /// Other builds of the bot, measured side by side in P1 (e.g. an older commit's): labels
+    /// and binaries.
+    pub baselines: Vec<(String, PathBuf)>,
     /// A Python with `symphony-bdk-python` installed; by default the venv the interop tests
     /// build (`target/py-venvs/symphony-bdk`), built the same way when missing.
     pub python: Option<PathBuf>,
@@ -83,7 +84,7 @@ impl BenchOptions {
             smoke,
             scenarios: vec![Scenario::P1, Scenario::P2, Scenario::P3, Scenario::P4],
             bot,
-            baseline: None,
+            baselines: Vec::new(),
             python: None,
             latency: Duration::from_millis(if smoke { 20 } else { 100 }),
             p1_sizes: if smoke { vec![20, 60] } else { vec![1_000, 10_000] },

@@ -76,8 +76,16 @@ impl BotProcess {
         }
     }
 
-    /// Kills it and waits for it.
+    /// Asks it to stop (SIGTERM, as a service manager would), then kills it if it has not
+    /// within 5 s.
     pub async fn stop(mut self) {
+        let asked = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if asked && tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_ok() {
+            return;
+        }
         let _ = self.child.kill().await;
     }
 }

@@ -294,7 +294,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -443,13 +443,14 @@ pub async fn p1(
     report: &mut Report,
 ) -> Result<(), BenchError> {
     let python = bdk_python(opts);
-    let baseline_templates = match &opts.baseline {
-        Some(b) => Some(templates_for(b, work.path())?),
-        None => None,
-    };
+    let baseline_templates: Vec<PathBuf> = opts
+        .baselines
+        .iter()
+        .map(|(_, b)| templates_for(b, work.path()))
+        .collect::<Result<_, _>>()?;
     let mut subjects = vec![Subject::Ours { label: "this build", binary: &opts.bot, templates }];
-    if let (Some(b), Some(t)) = (&opts.baseline, &baseline_templates) {
-        subjects.push(Subject::Ours { label: "baseline", binary: b, templates: t });
+    for ((label, binary), templates) in opts.baselines.iter().zip(&baseline_templates) {
+        subjects.push(Subject::Ours { label, binary, templates });
     }
     match &python {
         Ok(p) => subjects.push(Subject::Bdk(p)),
@@ -532,13 +533,12 @@ pub async fn p1(
             "1.2×",
             ratio.map(|r| r <= 1.2),
         );
-        if opts.baseline.is_some() {
-            let old = (cost.get(&(1, *small)), cost.get(&(1, *large)));
-            if let (Some(a), Some(b)) = old {
+        for (b, (label, _)) in opts.baselines.iter().enumerate() {
+            if let (Some(a), Some(z)) = (cost.get(&(b + 1, *small)), cost.get(&(b + 1, *large))) {
                 report.notes.push(format!(
-                    "P1 baseline vs this build, CPU per command: {} {:.0} µs vs {:.0} µs; {} {:.0} µs vs {:.0} µs",
+                    "P1 {label} vs this build, CPU per command: at {} {:.0} µs vs {:.0} µs; at {} {:.0} µs vs {:.0} µs",
                     thousands(*small), a, cost.get(&(0, *small)).copied().unwrap_or(0.0),
-                    thousands(*large), b, cost.get(&(0, *large)).copied().unwrap_or(0.0)
+                    thousands(*large), z, cost.get(&(0, *large)).copied().unwrap_or(0.0)
                 ));
             }
         }

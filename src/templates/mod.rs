@@ -255,6 +255,8 @@ fn check_message_ml(text: &str) -> Result<(), String> {
 pub struct Templates {
     message_ml: Handlebars<'static>,
     whatsapp: Handlebars<'static>,
+    /// `/wa help`'s answer, rendered once (it depends on nothing but the templates).
+    help: std::sync::OnceLock<String>,
 }
 
 impl Templates {
@@ -289,7 +291,7 @@ impl Templates {
                 reason: e.to_string(),
             })?;
         }
-        Ok(Self { message_ml, whatsapp })
+        Ok(Self { message_ml, whatsapp, help: std::sync::OnceLock::new() })
     }
 
     /// Renders a template by name (`symphony/help`, `whatsapp/…`).
@@ -359,11 +361,15 @@ impl Templates {
 
     /// `/wa help` as MessageML.
     pub fn help(&self) -> Result<String, TemplateError> {
+        if let Some(help) = self.help.get() {
+            return Ok(help.clone());
+        }
         let commands: Vec<_> = crate::commands::COMMANDS
             .iter()
             .map(|(name, usage, summary)| serde_json::json!({"name": name, "usage": usage, "summary": summary}))
             .collect();
-        self.render("symphony/help", &serde_json::json!({ "commands": commands }))
+        let help = self.render("symphony/help", &serde_json::json!({ "commands": commands }))?;
+        Ok(self.help.get_or_init(|| help).clone())
     }
 
     /// A bad-command reply: the problem and the usage line, as MessageML.

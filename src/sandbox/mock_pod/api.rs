@@ -64,7 +64,8 @@ pub(crate) async fn inject_faults(
     if !path.starts_with("/_sandbox") {
         let method = request.method().as_str().to_owned();
         let latency = shared.lock().cfg.latency;
-        if !latency.is_zero() && !(path.contains("/datafeeds/") && path.ends_with("/read")) {
+        let feed_read = path.contains("/datafeeds/") && path.ends_with("/read");
+        if !latency.is_zero() && !feed_read {
             tokio::time::sleep(latency).await;
         }
         let fault = {
