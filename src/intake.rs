@@ -44,13 +44,25 @@ pub fn persist(
     events: &[SymphonyEvent],
 ) -> Result<(), IntakeError> {
     let mut latest = None;
+    let mut payloads = Vec::with_capacity(events.len());
     for event in events {
-        let payload = serde_json::to_value(InboundEvent::Symphony(event.clone()))?;
-        let new = store.enqueue_inbound(Source::Symphony, &event.dedupe_key(), &payload)?;
-        metrics.inbound_event(EventSource::Symphony, new);
+        payloads.push(serde_json::to_value(InboundEvent::Symphony(event.clone()))?);
         if event.timestamp > 0 {
             latest = latest.max(Some(event.timestamp));
         }
+    }
+    // One commit for the whole batch: a burst costs one WAL write, not one per event.
+    let fresh = store.transaction(|tx| -> Result<Vec<bool>, StoreError> {
+        events
+            .iter()
+            .zip(&payloads)
+            .map(|(event, payload)| {
+                tx.enqueue_inbound(Source::Symphony, &event.dedupe_key(), payload)
+            })
+            .collect()
+    })?;
+    for new in fresh {
+        metrics.inbound_event(EventSource::Symphony, new);
     }
     if let Some(at) = latest {
         store.advance_symphony_watermark(at)?;

@@ -31,10 +31,12 @@
 //! - [`metrics`]: the bot's counters and datafeed heartbeat, in Prometheus text format.
 //! - [`monitoring`]: `GET /healthz` and `GET /metrics` on the bot's HTTP listener.
 //! - [`admin`]: the admin's tools: `check-config` (with `--connect`) and `render`.
+//! - [`bench`]: `wa-groups-bot bench`, the performance scenarios and their budgets.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
 
 pub mod admin;
 pub mod app;
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod crashpoint;

@@ -56,6 +56,10 @@ enum Cmd {
         /// Datafeed long-poll hold, in seconds.
         #[arg(long, default_value_t = 20)]
         datafeed_hold: u64,
+        /// Milliseconds added before every API call is served (datafeed reads excepted), to
+        /// play a distant pod.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Run the WhatsApp Cloud API simulator alone (for other bots' CI).
     WhatsappSim {
@@ -70,6 +74,9 @@ enum Cmd {
         access_token: String,
         #[arg(long, default_value = "106540352242922")]
         phone_number_id: String,
+        /// Milliseconds added before every Graph call is served, to play a distant API.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Write a new RSA key pair for the bot and print the public key for the pod admin console.
     Keygen {
@@ -106,6 +113,41 @@ enum Cmd {
         /// The templates folder.
         #[arg(long, default_value = "templates")]
         templates: PathBuf,
+    },
+    /// Measure the bot (as a separate process) against a mock pod and the WhatsApp simulator:
+    /// command bursts vs the official Python BDK, create under latency, memory and start, the
+    /// relay at a steady rate. Prints one table with the budgets; exits 1 only if a
+    /// correctness check fails (speed is reported, not asserted).
+    Bench {
+        /// Every scenario once at a small size (CI): correctness, not speed.
+        #[arg(long)]
+        smoke: bool,
+        /// Scenarios to run (p1 commands, p2 create, p3 memory/start, p4 relay); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// The bot binary to measure (default: this executable).
+        #[arg(long)]
+        bot: Option<PathBuf>,
+        /// Another build of the bot measured side by side in P1, as LABEL=PATH (or PATH);
+        /// repeatable (e.g. `--baseline before=/tmp/old/wa-groups-bot`).
+        #[arg(long)]
+        baseline: Vec<String>,
+        /// A Python with symphony-bdk-python 3.0.0 (default: target/py-venvs/symphony-bdk,
+        /// built when missing).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// P2's latency added to every pod and Graph call, in ms.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// P1's burst sizes (default 1000,10000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// P3's seeded groups (default 10000).
+        #[arg(long)]
+        groups: Option<usize>,
+        /// P4's messages per direction (default 4000, at 200/s across 50 groups).
+        #[arg(long)]
+        messages: Option<usize>,
     },
     /// Print a shell completion script, e.g. `wa-groups-bot completions bash > /etc/bash_completion.d/wa-groups-bot`.
     Completions {
@@ -170,7 +212,9 @@ async fn main() -> anyhow::Result<()> {
     // do not log.
     match &cli.command {
         Cmd::Run { .. } | Cmd::Completions { .. } | Cmd::Man => {}
-        Cmd::Demo { logs: false, .. } => init_logging_from_env(Verbosity::Fixed("warn")),
+        Cmd::Demo { logs: false, .. } | Cmd::Bench { .. } => {
+            init_logging_from_env(Verbosity::Fixed("warn"))
+        }
         _ => init_logging_from_env(Verbosity::Default("info")),
     }
     let cancel = CancellationToken::new();
@@ -186,22 +230,31 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Cmd::Demo { keep, logs: _ } => app::run_demo(keep, cancel).await?,
-        Cmd::MockPod { listen, users, datafeed_hold } => {
+        Cmd::MockPod { listen, users, datafeed_hold, latency_ms } => {
             app::run_mock_pod(
                 listen,
                 &users,
                 std::time::Duration::from_secs(datafeed_hold),
+                std::time::Duration::from_millis(latency_ms),
                 cancel,
             )
             .await?;
         }
-        Cmd::WhatsappSim { listen, webhook_url, app_secret, access_token, phone_number_id } => {
+        Cmd::WhatsappSim {
+            listen,
+            webhook_url,
+            app_secret,
+            access_token,
+            phone_number_id,
+            latency_ms,
+        } => {
             let mut cfg = wa_groups_bot::sandbox::wa_sim::WhatsAppSimConfig::new(
                 &access_token,
                 &app_secret,
                 &phone_number_id,
             );
             cfg.webhook_url = webhook_url;
+            cfg.latency = std::time::Duration::from_millis(latency_ms);
             app::run_whatsapp_sim(listen, cfg, cancel).await?;
         }
         Cmd::Keygen { out, bits } => {
@@ -238,6 +291,48 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Render { template, data, templates } => {
             let rendered = admin::render_preview(&templates, &template, &data)?;
             println!("{rendered}");
+        }
+        Cmd::Bench { smoke, only, bot, baseline, python, latency_ms, sizes, groups, messages } => {
+            let bot = match bot {
+                Some(b) => b,
+                None => std::env::current_exe().context("the bot binary")?,
+            };
+            let mut opts = wa_groups_bot::bench::BenchOptions::new(bot, smoke);
+            if !only.is_empty() {
+                opts.scenarios = only
+                    .iter()
+                    .map(|s| {
+                        wa_groups_bot::bench::Scenario::parse(s)
+                            .with_context(|| format!("unknown scenario {s:?} (p1, p2, p3, p4)"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            opts.baselines = baseline
+                .iter()
+                .enumerate()
+                .map(|(i, b)| match b.split_once('=') {
+                    Some((label, path)) => (label.to_owned(), PathBuf::from(path)),
+                    None => (format!("baseline {}", i + 1), PathBuf::from(b)),
+                })
+                .collect();
+            opts.python = python;
+            if let Some(ms) = latency_ms {
+                opts.latency = std::time::Duration::from_millis(ms);
+            }
+            if !sizes.is_empty() {
+                opts.p1_sizes = sizes;
+            }
+            if let Some(g) = groups {
+                opts.p3_groups = g;
+            }
+            if let Some(m) = messages {
+                opts.p4_messages = m;
+            }
+            let (report, machine) = wa_groups_bot::bench::run(&opts).await?;
+            print_bytes(report.render(&machine).as_bytes())?;
+            if !report.passed() {
+                std::process::exit(1);
+            }
         }
         Cmd::Completions { shell } => print_bytes(completion_script(shell).as_bytes())?,
         Cmd::Man => {

@@ -19,11 +19,13 @@ pub async fn run_mock_pod(
     listen: SocketAddr,
     users: &Path,
     hold: Duration,
+    latency: Duration,
     cancel: CancellationToken,
 ) -> Result<(), AppError> {
     let users = load_users(users)?;
     let mut cfg = MockPodConfig::new(users);
     cfg.datafeed_hold = hold;
+    cfg.latency = latency;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let pod = MockPod::start_on(listener, cfg, cancel.clone())
         .await

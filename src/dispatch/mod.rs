@@ -53,6 +53,13 @@ impl Default for DispatchPolicy {
 }
 
 impl DispatchPolicy {
+    /// The wait before the `tries`-th look at an event that came too early: 10 ms, doubled,
+    /// up to the second backoff.
+    fn not_yet_wait(&self, tries: u32) -> Duration {
+        let factor = 2u32.saturating_pow(tries.saturating_sub(1).min(16));
+        Duration::from_millis(10).saturating_mul(factor).min(self.backoff(2))
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         self.first_backoff.saturating_mul(factor).min(self.max_backoff)
@@ -190,6 +197,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     async fn handle(&self, row: &InboundRow, route: &Route) {
         let started = Instant::now();
         let mut attempts = row.attempts;
+        let mut not_yet = 0u32;
         loop {
             let result = {
                 let Ok(_permit) = self.permits.acquire().await else { return };
@@ -211,7 +219,10 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                         return self.set_aside(row, route, attempts + 1, &reason);
                     }
                     tracing::debug!(%reason, "not yet: tried again shortly");
-                    self.policy.backoff(2)
+                    // What it waits for is usually an outcome a moment away (a webhook that
+                    // outran the answer recording it): look again soon, then less often.
+                    not_yet = not_yet.saturating_add(1);
+                    self.policy.not_yet_wait(not_yet)
                 }
                 Err(DecideError::Transient(reason)) => {
                     attempts += 1;

@@ -155,8 +155,11 @@ pub enum Effect {
 /// Effects with the same key are performed in order, one at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OrderKey {
-    /// A Symphony stream: posts and membership changes.
+    /// A Symphony stream: posts and room changes.
     Stream(StreamId),
+    /// One person's membership of a room: added before promoted, each person's changes in
+    /// order, different people's at once (a new group's members are added in parallel).
+    Member(StreamId, UserId),
     /// A stored group's creation steps.
     Group(GroupKey),
     /// A WhatsApp chat: a group id, or a contact's phone for 1:1 messages.
@@ -169,6 +172,7 @@ impl std::fmt::Display for OrderKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OrderKey::Stream(s) => write!(f, "stream:{s}"),
+            OrderKey::Member(s, u) => write!(f, "member:{s}:{u}"),
             OrderKey::Group(g) => write!(f, "group:{}", g.0),
             OrderKey::WaChat(c) => write!(f, "wa:{c}"),
             OrderKey::Status(m) => write!(f, "status:{m}"),
@@ -183,11 +187,11 @@ impl Effect {
             Effect::PostMessage { stream, .. }
             | Effect::PostRelayed { stream, .. }
             | Effect::PostRelayedFile { stream, .. }
-            | Effect::AddMember { stream, .. }
-            | Effect::PromoteOwner { stream, .. }
-            | Effect::RenameRoom { stream, .. }
-            | Effect::RemoveMember { stream, .. }
-            | Effect::DemoteOwner { stream, .. } => OrderKey::Stream(stream.clone()),
+            | Effect::RenameRoom { stream, .. } => OrderKey::Stream(stream.clone()),
+            Effect::AddMember { stream, user }
+            | Effect::PromoteOwner { stream, user }
+            | Effect::RemoveMember { stream, user }
+            | Effect::DemoteOwner { stream, user } => OrderKey::Member(stream.clone(), *user),
             Effect::CreateRoom { group }
             | Effect::CreateWaGroup { group }
             | Effect::RefreshDescription { group } => OrderKey::Group(*group),

@@ -279,6 +279,15 @@ pub trait StateStore: Send + Sync {
         body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// Runs `body` in a transaction meant for reading: a consistent view, without waiting for
+    /// (or taking) the write lock first. What it writes anyway still commits.
+    fn read_transaction(
+        &self,
+        body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.transaction(body)
+    }
+
     // ----- [feed-catchup] the Symphony watermark (catch-up after a datafeed loss) -----
     /// The pod timestamps of the latest and the first Symphony event persisted, if any.
     fn symphony_watermark(&self) -> Result<Option<Watermark>, StoreError>;
@@ -338,7 +347,16 @@ impl Store {
         &self,
         body: impl FnOnce(&dyn GroupRepo) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.transaction(|tx| body(tx))
+        let mut body = Some(body);
+        let mut outcome: Option<Result<T, StoreError>> = None;
+        self.0.read_transaction(&mut |tx| {
+            let Some(body) = body.take() else { return Ok(false) };
+            let result = body(tx);
+            let commit = result.is_ok();
+            outcome = Some(result);
+            Ok(commit)
+        })?;
+        outcome.unwrap_or(Err(StoreError::Poisoned))
     }
 }
 

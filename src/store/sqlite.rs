@@ -361,6 +361,18 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
+    fn read_transaction(
+        &self,
+        body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        if body(&SqlTx(&tx))? {
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
     // [feed-catchup]
     fn symphony_watermark(&self) -> Result<Option<Watermark>, StoreError> {
         let found = self

@@ -432,6 +432,15 @@ impl SymphonyClient {
         Ok(self.users("uid", &id.to_string()).await?.into_iter().next())
     }
 
+    /// `GET /pod/v3/users?uid=a,b,c`: several users in one call (unknown ids are left out).
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<UserInfo>, SymphonyError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.users("uid", &list.join(",")).await
+    }
+
     /// `GET /pod/v3/users?email=`
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserInfo>, SymphonyError> {
         Ok(self.users("email", email).await?.into_iter().next())

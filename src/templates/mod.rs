@@ -161,6 +161,19 @@ fn registry(message_ml: bool) -> Handlebars<'static> {
 }
 
 /// `<dir>/<name>.hbs`.
+/// Writes the shipped templates into `dir` (`<dir>/<name>.hbs`), e.g. for a bot process that
+/// loads them from a folder.
+pub fn write_embedded(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in TEMPLATES {
+        let path = dir.join(format!("{name}.hbs"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
 fn read_template(dir: &Path, name: &str) -> Result<String, TemplateError> {
     let path = dir.join(format!("{name}.hbs"));
     let shown = path.display().to_string();
@@ -233,6 +246,8 @@ fn check_message_ml(text: &str) -> Result<(), String> {
 pub struct Templates {
     message_ml: Handlebars<'static>,
     whatsapp: Handlebars<'static>,
+    /// `/wa help`'s answer, rendered once (it depends on nothing but the templates).
+    help: std::sync::OnceLock<String>,
 }
 
 impl Templates {
@@ -267,7 +282,7 @@ impl Templates {
                 reason: e.to_string(),
             })?;
         }
-        Ok(Self { message_ml, whatsapp })
+        Ok(Self { message_ml, whatsapp, help: std::sync::OnceLock::new() })
     }
 
     /// Renders a template by name (`symphony/help`, `whatsapp/…`).
@@ -335,14 +350,18 @@ impl Templates {
         render_one(name, &read_template(dir, name)?, data)
     }
 
-    /// `/wa help` as MessageML.
-    /// `/wa help`: `commands` is the command table, `(name, usage, summary)` each.
+    /// `/wa help`: `commands` is the command table, `(name, usage, summary)` each. Rendered
+    /// once and kept (the table and the template do not change while the bot runs).
     pub fn help(&self, commands: &[(&str, &str, &str)]) -> Result<String, TemplateError> {
+        if let Some(help) = self.help.get() {
+            return Ok(help.clone());
+        }
         let commands: Vec<_> = commands
             .iter()
             .map(|(name, usage, summary)| serde_json::json!({"name": name, "usage": usage, "summary": summary}))
             .collect();
-        self.render("symphony/help", &serde_json::json!({ "commands": commands }))
+        let help = self.render("symphony/help", &serde_json::json!({ "commands": commands }))?;
+        Ok(self.help.get_or_init(|| help).clone())
     }
 
     /// A bad-command reply: the problem and the usage line, as MessageML.

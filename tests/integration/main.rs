@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod bdk_interop;
+mod bench;
 mod burst;
 mod catch_up;
 mod cli;

@@ -107,11 +107,21 @@ impl EffectExecutor {
         key: GroupKey,
         marker: Option<&str>,
     ) -> Result<String, Failure> {
-        let mut names = Vec::new();
-        for (user, _) in self.store.read(|r| r.advisors(key))? {
-            let shown = self.symphony.user_by_id(user).await?.and_then(|u| u.display_name);
-            names.push(shown.unwrap_or_else(|| user.to_string()));
-        }
+        let advisors: Vec<_> =
+            self.store.read(|r| r.advisors(key))?.into_iter().map(|(user, _)| user).collect();
+        // One lookup for every advisor (not one call after the other): a create's WhatsApp
+        // group waits for these names.
+        let found = self.symphony.users_by_ids(&advisors).await?;
+        let names: Vec<String> = advisors
+            .iter()
+            .map(|user| {
+                found
+                    .iter()
+                    .find(|u| u.id == *user)
+                    .and_then(|u| u.display_name.clone())
+                    .unwrap_or_else(|| user.to_string())
+            })
+            .collect();
         let text = self
             .templates
             .render("whatsapp/description", &serde_json::json!({"members": names}))?;

@@ -63,6 +63,11 @@ pub(crate) async fn inject_faults(
     let path = request.uri().path().to_owned();
     if !path.starts_with("/_sandbox") {
         let method = request.method().as_str().to_owned();
+        let latency = shared.lock().cfg.latency;
+        let feed_read = path.contains("/datafeeds/") && path.ends_with("/read");
+        if !latency.is_zero() && !feed_read {
+            tokio::time::sleep(latency).await;
+        }
         let fault = {
             let mut st = shared.lock();
             let fault = st.faults.take(&method, &path);
@@ -859,6 +864,10 @@ async fn feeds_read(
     let hold = {
         let mut st = shared.lock();
         st.stats.feed_reads += 1;
+        if let Some(observer) = &st.observer {
+            let at = Instant::now();
+            let _ = observer.send(super::PodObservation::FeedRead { user, at });
+        }
         st.cfg.datafeed_hold
     };
     let deadline = Instant::now() + hold;

@@ -21,6 +21,15 @@ use tokio_util::sync::CancellationToken;
 pub use presentation::{Rendered, render as render_message_ml};
 pub use state::PodStats;
 
+/// What an observer of the pod sees ([`MockPod::observe`]), with when it happened.
+#[derive(Debug, Clone)]
+pub enum PodObservation {
+    /// A message was posted (by anyone, the bot included).
+    Posted { stream: String, user: i64, text: String, at: std::time::Instant },
+    /// A datafeed read came in.
+    FeedRead { user: i64, at: std::time::Instant },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MockPodError {
     #[error("cannot read the users file {path}: {reason}")]
@@ -58,6 +67,9 @@ pub struct MockPodConfig {
     pub redelivery_delay: Duration,
     /// A feed not read for this long is gone (real pod: 30 min).
     pub feed_expiry: Duration,
+    /// Added before every product-API call is served (datafeed reads excepted: a long poll
+    /// already waits), to play a distant pod (`--latency-ms`; the benchmark's create scenario).
+    pub latency: Duration,
 }
 
 impl MockPodConfig {
@@ -67,6 +79,7 @@ impl MockPodConfig {
             datafeed_hold: Duration::from_secs(20),
             redelivery_delay: Duration::from_secs(30),
             feed_expiry: Duration::from_secs(30 * 60),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -198,6 +211,14 @@ impl MockPod {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, every message posted and datafeed read is sent to the returned receiver
+    /// (one observer at a time: a new call replaces the previous one). For benchmarks.
+    pub fn observe(&self) -> tokio::sync::mpsc::UnboundedReceiver<PodObservation> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.shared.lock().observer = Some(tx);
+        rx
     }
 
     /// Counters: logins, feeds, reads, redeliveries, faults served.

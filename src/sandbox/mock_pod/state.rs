@@ -175,6 +175,8 @@ pub(crate) struct PodState {
     pub feeds: HashMap<String, Feed>,
     pub faults: crate::sandbox::faults::Faults,
     pub stats: PodStats,
+    /// Told of every post and datafeed read (benchmarks).
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<super::PodObservation>>,
 }
 
 impl PodState {
@@ -190,6 +192,7 @@ impl PodState {
             feeds: HashMap::new(),
             faults: Default::default(),
             stats: PodStats::default(),
+            observer: None,
         }
     }
 
@@ -543,6 +546,14 @@ impl PodState {
             forms: rendered.forms,
         };
         let v4 = self.v4_message(id, &stored);
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(super::PodObservation::Posted {
+                stream: id.to_owned(),
+                user: sender,
+                text: stored.text.clone(),
+                at: Instant::now(),
+            });
+        }
         if let Some(s) = self.streams.get_mut(id) {
             s.messages.push(stored);
         }

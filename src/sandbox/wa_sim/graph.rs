@@ -117,6 +117,10 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
             "Unknown path components: the path must start with a Graph version like /v23.0",
         );
     }
+    let latency = shared.lock().cfg.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let fault = {
         let mut st = shared.lock();
         st.stats.api_calls += 1;
@@ -1113,6 +1117,7 @@ async fn send_message(
                 statuses.push(status("failed", &to, "group", None, Some(media_failed(details))));
             } else {
                 let msg = Delivered { group_id: Some(to.clone()), ..delivered };
+                msg.observed(&st, &to);
                 if let Some(gm) = st.groups.get_mut(&to) {
                     gm.messages.push(msg.clone());
                 }
@@ -1141,6 +1146,7 @@ async fn send_message(
                     Some(media_failed(details)),
                 ));
             } else {
+                delivered.observed(&st, &to);
                 let phone = st.phone(&to);
                 phone.inbox.push(delivered);
                 phone.last_exchange = Some(Instant::now());

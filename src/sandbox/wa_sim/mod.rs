@@ -19,6 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 pub use state::SimStats;
 
+/// A message the business sent, as an observer sees it ([`WhatsAppSim::observe`]).
+#[derive(Debug, Clone)]
+pub struct SentObservation {
+    /// The group id, or the phone (digits) of a 1:1 message.
+    pub chat: String,
+    /// `text`, `template`, `image`, …
+    pub kind: String,
+    /// The text, or a template's first parameter.
+    pub text: String,
+    pub at: std::time::Instant,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WaSimError {
     #[error("cannot listen: {0}")]
@@ -41,6 +53,9 @@ pub struct WhatsAppSimConfig {
     pub webhook_url: Option<String>,
     /// First retry delay of a failed webhook delivery (doubles, capped at 5 s).
     pub webhook_retry_initial: Duration,
+    /// Added before every Graph call is served, to play a distant API (`--latency-ms`; the
+    /// benchmark's create scenario).
+    pub latency: Duration,
 }
 
 impl std::fmt::Debug for WhatsAppSimConfig {
@@ -62,6 +77,7 @@ impl WhatsAppSimConfig {
             business_phone: "447911000001".into(),
             webhook_url: None,
             webhook_retry_initial: Duration::from_millis(200),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -145,6 +161,14 @@ impl WhatsAppSim {
     /// Where webhooks go from now on (queued ones included).
     pub fn set_webhook_url(&self, url: &str) {
         *self.shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.to_owned());
+    }
+
+    /// From now on, every message the business sends (and the simulator delivers) is sent to
+    /// the returned receiver (one observer at a time). For benchmarks.
+    pub fn observe(&self) -> mpsc::UnboundedReceiver<SentObservation> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.lock().observer = Some(tx);
+        rx
     }
 
     pub fn stats(&self) -> SimStats {

@@ -60,6 +60,22 @@ pub(crate) struct Delivered {
 }
 
 impl Delivered {
+    /// Tells the observer, if any, that the business sent this to `chat`.
+    pub(crate) fn observed(&self, state: &SimState, chat: &str) {
+        if let Some(observer) = &state.observer {
+            let text = match &self.template {
+                Some(t) => t["params"][0].as_str().unwrap_or_default().to_owned(),
+                None => self.text.clone(),
+            };
+            let _ = observer.send(super::SentObservation {
+                chat: chat.to_owned(),
+                kind: self.kind.clone(),
+                text,
+                at: Instant::now(),
+            });
+        }
+    }
+
     pub(crate) fn to_json(&self) -> Value {
         let mut v = json!({"id": self.id, "from": self.from, "type": self.kind, "text": self.text, "timestamp": self.timestamp});
         if let Some(g) = &self.group_id {
@@ -253,6 +269,8 @@ pub(crate) struct SimState {
     pub faults: crate::sandbox::faults::Faults,
     pub delivery_faults: DeliveryFaults,
     pub stats: SimStats,
+    /// Told of every message the business sends (benchmarks).
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<super::SentObservation>>,
 }
 
 impl SimState {
@@ -267,6 +285,7 @@ impl SimState {
             faults: Default::default(),
             delivery_faults: DeliveryFaults::default(),
             stats: SimStats::default(),
+            observer: None,
         }
     }
 
