@@ -12,7 +12,8 @@ use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 
 use crate::lifecycle::{JANE, JOHN, inbox_has, room_named, wa_group_named};
 use crate::support::{
-    ALICE, BOB, BOT, start_bot_with_whatsapp, start_pod, start_sim, wait_for, wait_for_message,
+    ALICE, BOB, BOT, members_are, start_bot_with_whatsapp, start_pod, start_sim, wait_for,
+    wait_for_message,
 };
 
 /// The `n`-th create form (from 1) the bot posted in `stream`.
@@ -54,16 +55,6 @@ async fn open_form(pod: &MockPod) -> (String, PostedMessage) {
 
 async fn invitation(sim: &WhatsAppSim, phone: &str) -> Value {
     inbox_has(sim, phone, "group_invite_link").await
-}
-
-async fn members_are(pod: &MockPod, sid: &str, want: Value) {
-    wait_for("the room's members", Duration::from_secs(10), || {
-        let members =
-            pod.streams().into_iter().find(|s| s["streamId"] == sid).map(|s| s["members"].clone());
-        let want = want.clone();
-        async move { (members == Some(want)).then_some(()) }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,12 +57,8 @@ async fn a_native_group_is_created_and_only_invited_contacts_get_in() {
     // The room: the bot and Alice own it, Bob is a member.
     let room = room_named(&pod, "Deal team").await;
     let sid = room["streamId"].as_str().expect("sid").to_owned();
-    wait_for("the room's members", Duration::from_secs(10), || {
-        let members = pod.streams().into_iter().find(|s| s["streamId"] == sid.as_str()).map(|s| s["members"].clone());
-        let want = serde_json::json!([{"userId": BOT, "owner": true}, {"userId": ALICE, "owner": true}, {"userId": BOB, "owner": false}]);
-        async move { (members == Some(want)).then_some(()) }
-    })
-    .await;
+    let want = serde_json::json!([{"userId": BOT, "owner": true}, {"userId": ALICE, "owner": true}, {"userId": BOB, "owner": false}]);
+    crate::support::members_are(&pod, &sid, want).await;
 
     // The WhatsApp group: approval required, the Symphony members in the description.
     let group = wa_group_named(&sim, "Deal team").await;
@@ -662,13 +658,8 @@ async fn lost_answers_to_create_calls_never_make_a_second_room_or_group() {
         "one WhatsApp group"
     );
     assert_eq!(sim.inbox(JANE).len(), 1, "one invitation");
-    let members = pod
-        .streams()
-        .into_iter()
-        .find(|s| s["streamId"] == sid.as_str())
-        .map(|s| s["members"].clone());
     assert_eq!(
-        members,
+        crate::support::room_members(&pod, &sid),
         Some(serde_json::json!([{"userId": BOT, "owner": true}, {"userId": ALICE, "owner": true}]))
     );
     bot.stop().await;

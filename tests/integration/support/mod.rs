@@ -289,3 +289,22 @@ pub async fn start_bot_with_whatsapp_loaded(
     sim.set_webhook_url(&format!("http://{addr}{path}"));
     bot
 }
+
+/// A room's members as the pod lists them, ordered by user id (the pod lists them in the order
+/// they joined, which parallel membership changes do not fix).
+pub fn room_members(pod: &MockPod, sid: &str) -> Option<serde_json::Value> {
+    let stream = pod.streams().into_iter().find(|s| s["streamId"] == sid)?;
+    let mut members = stream["members"].as_array()?.clone();
+    members.sort_by_key(|m| m["userId"].as_i64());
+    Some(serde_json::Value::Array(members))
+}
+
+/// Waits until the room's members (by user id) are `want`.
+pub async fn members_are(pod: &MockPod, sid: &str, want: serde_json::Value) {
+    wait_for("the room's members", Duration::from_secs(10), || {
+        let members = room_members(pod, sid);
+        let want = want.clone();
+        async move { (members == Some(want)).then_some(()) }
+    })
+    .await;
+}
