@@ -13,6 +13,8 @@
 //! - [`whatsapp`]: typed Meta Cloud API client (groups, invite links, join requests, messages).
 //! - [`webhook`]: signed WhatsApp webhook receiver (verify, persist, then 200).
 //! - [`crashpoint`]: `WAGB_CRASH_AT=k` aborts at the k-th commit (the crash tests).
+//! - [`domain`]: the vocabulary every module shares: validated ids (`StreamId`, `GroupId`,
+//!   `E164`…), the group aggregate as stored, what goes to WhatsApp. It imports nothing.
 //! - [`dispatch`]: decides persisted events, in order per group, groups in parallel; one
 //!   transaction per event; events that keep failing are set aside.
 //! - [`effects`]: side effects as data, queued in the outbox and performed with retries; what
@@ -41,6 +43,7 @@ pub mod commands;
 pub mod config;
 pub mod crashpoint;
 pub mod dispatch;
+pub mod domain;
 pub mod effects;
 pub mod events;
 pub mod groups;

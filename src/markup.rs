@@ -1,7 +1,7 @@
 //! Text and markup shared by every side, with no dependency of its own: the pieces of a received
 //! message ([`Segment`]), MessageML escaping, XML's named entities, and plain-text excerpts.
 
-use crate::groups::UserId;
+use crate::domain::UserId;
 
 /// A piece of a received message: plain text, or a mention resolved to a user id.
 #[derive(Debug, Clone, PartialEq, Eq)]

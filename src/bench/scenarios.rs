@@ -743,7 +743,7 @@ pub async fn p2(
 
 /// Seeds `n` active native groups (2 advisors, 3 joined contacts each) through the Store API.
 fn seed(store_path: &Path, n: usize) -> Result<(), BenchError> {
-    use crate::groups::{ContactState, E164, GroupId, GroupKind, Origin, StreamId, UserId};
+    use crate::domain::{ContactState, E164, GroupId, GroupKind, Origin, StreamId, UserId};
     let store = crate::store::Store::open(store_path).map_err(setup)?;
     for chunk in 0..n.div_ceil(500) {
         store
@@ -762,7 +762,7 @@ fn seed(store_path: &Path, n: usize) -> Result<(), BenchError> {
                         &origin,
                         &format!("seedref{i:08}"),
                     )?;
-                    let crate::groups::Created::New(key) = created else { continue };
+                    let crate::domain::Created::New(key) = created else { continue };
                     tx.set_group_stream(key, &StreamId::new(format!("seedstream{i:08}")))?;
                     tx.set_group_request(key, &format!("seedreq{i}"))?;
                     tx.set_group_created(

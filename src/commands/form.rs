@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 
 use super::parser::{NUMBER_HINT, checked_name, push_number};
-use crate::groups::{E164, UserId};
+use crate::domain::{E164, UserId};
 use crate::templates::{TemplateError, Templates};
 
 /// The id of the bot's create form: a submission of any other form is not a create.

@@ -4,12 +4,12 @@
 //! Arguments are double-quoted strings (with `\"` escapes), mentions (matched by user id, never
 //! by display name), E.164 phone numbers and the `--standard` flag.
 
-use crate::groups::{E164, UserId};
+use crate::domain::{E164, UserId};
 
 pub use crate::markup::Segment;
 
 /// Longest room name / WhatsApp subject.
-pub use crate::groups::model::MAX_NAME_CHARS;
+pub use crate::domain::MAX_NAME_CHARS;
 
 /// A parsed `/wa` command.
 #[derive(Debug, Clone, PartialEq, Eq)]

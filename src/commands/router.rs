@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use crate::commands::{self, Command};
+use crate::domain::{Origin, StreamId, UserId};
 use crate::effects::Effect;
 use crate::events::ReceivedMessage;
 use crate::groups::service::{GroupService, InfoExtras, Manage, NewGroup, Requester, ServiceError};
-use crate::groups::{Origin, StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::relay::RelayService;
 use crate::store::{GroupRepo, Store, StoreError};

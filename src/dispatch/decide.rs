@@ -8,10 +8,10 @@ use crate::commands::router::{
     CommandError, CommandRouter, LiveReads, Prepared as MessagePrepared,
 };
 use crate::commands::{self};
+use crate::domain::{GroupKey, Origin, StreamId};
 use crate::effects::{Effect, Outcome};
 use crate::events::{InboundEvent, SymphonyEvent, SymphonyEventKind, WhatsAppEvent};
 use crate::groups::service::{GroupService, NewGroup, Requester, ServiceError};
-use crate::groups::{GroupKey, Origin, StreamId};
 use crate::relay::{RelayService, WaInbound};
 use crate::store::{GroupRepo, InboundRow, Source, Store, StoreError};
 use crate::templates::{TemplateError, Templates};
@@ -143,7 +143,7 @@ impl<L: LiveReads> Decider<L> {
             let stream = store.read(|r| r.group(key)).ok().flatten().and_then(|g| g.stream);
             Route { key: group_key(key), stream, what }
         };
-        let group_of_wa = |wa: &crate::groups::GroupId, what| match store
+        let group_of_wa = |wa: &crate::domain::GroupId, what| match store
             .read(|r| r.group_by_wa(wa))
             .ok()
             .flatten()
@@ -448,7 +448,7 @@ pub fn group_key(key: GroupKey) -> String {
 enum FailedRoute {
     Group(GroupKey),
     Stream(StreamId),
-    Wa(crate::groups::GroupId),
+    Wa(crate::domain::GroupId),
 }
 
 fn failed_effect_route(effect: &Effect) -> FailedRoute {
@@ -468,10 +468,10 @@ fn failed_effect_route(effect: &Effect) -> FailedRoute {
         | Effect::RelayFileToWhatsApp { group, .. } => FailedRoute::Group(*group),
         Effect::SendWaTemplate { group: Some(group), .. } => FailedRoute::Group(*group),
         Effect::SendWaTemplate { group: None, order, .. } => {
-            FailedRoute::Wa(crate::groups::GroupId(order.clone()))
+            FailedRoute::Wa(crate::domain::GroupId(order.clone()))
         }
         Effect::CheckStatus { message_id, .. } => {
-            FailedRoute::Wa(crate::groups::GroupId(message_id.clone()))
+            FailedRoute::Wa(crate::domain::GroupId(message_id.clone()))
         }
         Effect::ApproveJoin { group, .. }
         | Effect::RejectJoin { group, .. }

@@ -7,8 +7,8 @@ pub mod executor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{E164, GroupId, GroupKey, StreamId, UserId};
 use crate::events::whatsapp::{WaError, WaUser};
-use crate::groups::{E164, GroupId, GroupKey, StreamId, UserId};
 use crate::whatsapp::{Recipient, TemplateParam};
 
 pub use executor::EffectExecutor;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::groups::{StreamId, UserId};
+use crate::domain::{StreamId, UserId};
 
 /// One datafeed event. `id` is the datafeed's `id` (stable across redeliveries), used to
 /// process each event once.
@@ -33,7 +33,7 @@ impl SymphonyEvent {
 
 /// `msg:<message id>`, the id in its URL-safe form (datafeed payloads may carry standard base64).
 pub fn message_key(message_id: &str) -> String {
-    format!("msg:{}", crate::groups::model::to_url_safe_id(message_id))
+    format!("msg:{}", crate::domain::to_url_safe_id(message_id))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::groups::GroupId;
+use crate::domain::GroupId;
 
 /// A WhatsApp user as a webhook names them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,7 +246,7 @@ impl GroupService {
             return Ok(Vec::new());
         }
         let mut effects = Vec::new();
-        let name: String = group.name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
+        let name: String = group.name.chars().take(crate::domain::MAX_NAME_CHARS).collect();
         if subject.is_some_and(|s| s != name) {
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject: name });
         }
@@ -974,7 +974,7 @@ impl GroupService {
         tx.rename_group(group.key, name)?;
         let mut effects = Vec::new();
         if let Some(wa) = &group.wa_group {
-            let subject: String = name.chars().take(crate::groups::model::MAX_NAME_CHARS).collect();
+            let subject: String = name.chars().take(crate::domain::MAX_NAME_CHARS).collect();
             effects.push(Effect::UpdateWaSubject { group: wa.clone(), subject });
         }
         let renamed = GroupRecord { name: name.to_owned(), ..group };

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::domain::{
+    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, Recipient, StreamId,
+    WaMessageRecord,
+};
 use crate::effects::Effect;
 use crate::events::whatsapp::{WaError, WaUser};
 use crate::events::{ReceivedMessage, WhatsAppEvent};
 use crate::groups::service::ServiceError;
-use crate::groups::{
-    ContactState, E164, GroupId, GroupKind, GroupRecord, GroupState, Recipient, StreamId,
-    WaMessageRecord,
-};
 use crate::store::GroupRepo;
 use crate::templates::Templates;
 

@@ -11,7 +11,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use crate::groups::{
+use crate::domain::{
     ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };

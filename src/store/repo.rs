@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{GroupRepo, QueuedEffect, Source, StoreError, Tx, now_ms};
-use crate::groups::{
+use crate::domain::{
     ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };

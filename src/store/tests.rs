@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::groups::{ContactState, Created, E164, GroupId, GroupKind, GroupState, Origin};
+use crate::domain::{ContactState, Created, E164, GroupId, GroupKind, GroupState, Origin};
 
 /// Every backend the suite runs against, freshly opened.
 fn backends() -> Vec<(&'static str, Store)> {

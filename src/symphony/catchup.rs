@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 
 use super::model::{self, StreamAttributes};
 use super::{Retry, Service, SymphonyClient, SymphonyError};
+use crate::domain::{StreamId, UserId};
 use crate::events::symphony::message_key;
 use crate::events::{SymphonyEvent, SymphonyEventKind};
-use crate::groups::{StreamId, UserId};
 
 /// How far before the watermark the history is read again: the datafeed does not promise order,
 /// so a message a little older than the latest event seen may still have been in flight.

@@ -5,7 +5,7 @@ use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde_json::Value;
 
-use crate::groups::UserId;
+use crate::domain::UserId;
 use crate::markup::{Segment, named_entity};
 
 pub use crate::markup::escape_message_ml as escape;

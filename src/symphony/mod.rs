@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::config::{RetryConfig, SymphonyConfig};
-use crate::groups::{StreamId, UserId};
+use crate::domain::{StreamId, UserId};
 use crate::metrics::{ApiClient, Metrics};
 
 pub use catchup::CatchUp;

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::{StreamId, UserId};
 use crate::events::{MessageAttachment, ReceivedMessage, SymphonyEvent, SymphonyEventKind};
-use crate::groups::{StreamId, UserId};
 
 use super::messageml;
 

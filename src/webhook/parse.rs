@@ -5,10 +5,10 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::domain::GroupId;
 use crate::events::whatsapp::{
     FailedParticipant, SettingOutcome, WaContact, WaError, WaUser, WhatsAppEvent,
 };
-use crate::groups::GroupId;
 
 /// A parsed event and its deduplication key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::config::{RetryConfig, WhatsAppConfig};
-use crate::groups::GroupId;
+use crate::domain::GroupId;
 use crate::metrics::{ApiClient, Metrics};
 
 pub use media::MediaKind;
@@ -24,7 +24,7 @@ pub use model::{
 };
 
 /// Longest group subject / description the API accepts.
-pub const MAX_SUBJECT_CHARS: usize = crate::groups::model::MAX_NAME_CHARS;
+pub const MAX_SUBJECT_CHARS: usize = crate::domain::MAX_NAME_CHARS;
 pub const MAX_DESCRIPTION_CHARS: usize = 2048;
 /// Most participants one remove call (and one group) may hold.
 pub const MAX_PARTICIPANTS: usize = 8;
@@ -265,7 +265,7 @@ impl WhatsAppClient {
     /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
     /// is a valid number.
     #[tracing::instrument(name = "whatsapp.business_number", skip_all)]
-    pub async fn business_number(&self) -> Result<Option<crate::groups::E164>, WhatsAppError> {
+    pub async fn business_number(&self) -> Result<Option<crate::domain::E164>, WhatsAppError> {
         let raw: Value = self
             .call(Method::GET, &self.phone_number_id, |r| {
                 r.query(&[("fields", "display_phone_number,verified_name")])
@@ -273,7 +273,7 @@ impl WhatsAppClient {
             .await?;
         let shown = raw.get("display_phone_number").and_then(Value::as_str).unwrap_or_default();
         let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
-        Ok(crate::groups::E164::parse(&digits).ok())
+        Ok(crate::domain::E164::parse(&digits).ok())
     }
 
     // ----- groups -----

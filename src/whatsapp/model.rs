@@ -4,10 +4,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::GroupId;
 use crate::events::whatsapp::{WaError, WaUser};
-use crate::groups::GroupId;
 
-pub use crate::groups::model::{Recipient, TemplateParam};
+pub use crate::domain::{Recipient, TemplateParam};
 
 #[derive(Deserialize)]
 pub(crate) struct RequestIdResponse {

@@ -185,7 +185,21 @@ async fn scenario(k: u64) -> (bool, usize) {
         (notices.len() >= 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // a settle time, then exact counts
+    // Then until the bot's outbox is empty (its /metrics), so that the counts are final.
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        bot.ensure_running();
+        let text = match reqwest::get(&metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains("wagb_outbox_effects{state=\"pending\"} 0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let label = format!("crash point {k}");
     // Decisions are made once, so what the bot creates is made once (a lost answer is

@@ -2,8 +2,8 @@
 //! recognised by the group's marker, never by a name.
 
 use super::{Done, EffectExecutor, Failure, permanent};
+use crate::domain::{GroupKey, StreamId};
 use crate::effects::Outcome;
-use crate::groups::{GroupKey, StreamId};
 
 /// The room description and keyword prefix that mark what the bot creates for a group.
 pub const ROOM_DESCRIPTION: &str = "WhatsApp group managed by wa-groups-bot";
@@ -80,14 +80,14 @@ impl EffectExecutor {
     pub async fn find_wa_group(
         &self,
         marker: &str,
-    ) -> Result<Option<crate::groups::GroupId>, String> {
+    ) -> Result<Option<crate::domain::GroupId>, String> {
         self.find_marked_wa_group(marker).await.map_err(|f| f.message)
     }
 
     pub(super) async fn find_marked_wa_group(
         &self,
         marker: &str,
-    ) -> Result<Option<crate::groups::GroupId>, Failure> {
+    ) -> Result<Option<crate::domain::GroupId>, Failure> {
         let wa = self.whatsapp()?;
         for g in wa.all_groups().await? {
             if self.store.read(|r| r.group_by_wa(&g.id))?.is_some() {

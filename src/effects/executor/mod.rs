@@ -19,7 +19,7 @@ pub use create::{ROOM_DESCRIPTION, carries_marker, room_description, wa_descript
 
 use super::{Effect, Outcome};
 use crate::config::{RetryConfig, TemplateRef};
-use crate::groups::{ContactState, E164, GroupKey, WaMessageRecord};
+use crate::domain::{ContactState, E164, GroupKey, WaMessageRecord};
 use crate::metrics::{Metrics, RelayDirection};
 use crate::store::{GroupRepo, OutboxRow, Source, Store, StoreError, now_ms};
 use crate::symphony::SymphonyClient;

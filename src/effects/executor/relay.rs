@@ -2,8 +2,8 @@
 //! that a file was shared (the room is told why).
 
 use super::{Done, EffectExecutor, Failure, permanent};
+use crate::domain::{GroupKey, StreamId, WaMessageRecord};
 use crate::effects::Outcome;
-use crate::groups::{GroupKey, StreamId, WaMessageRecord};
 use crate::metrics::RelayDirection;
 use crate::whatsapp::{Recipient, TemplateParam};
 

@@ -1,4 +1,6 @@
-//! Validated newtypes for the ids the product juggles, so that one can never stand in for another.
+//! The domain vocabulary every module shares, importing nothing of the crate: validated ids
+//! (so that one can never stand in for another), the group aggregate as stored, and what goes
+//! to WhatsApp.
 
 use std::fmt;
 
