@@ -34,7 +34,9 @@ fuzz_target!(|input: &[u8]| {
             let lower = name.to_ascii_lowercase();
             let secret =
                 ["accesstoken", "appsecret", "verifytoken"].iter().any(|s| lower.ends_with(s));
-            if secret && value.trim().len() >= 6 {
+            // A non-secret value may itself contain the secret's text (and is rightly shown).
+            let inside_another = env.iter().any(|(other, v)| other != name && v.contains(value.trim()));
+            if secret && value.trim().len() >= 6 && !inside_another {
                 assert!(!shown.contains(value.trim()), "{name}'s value is shown: {shown}");
             }
         }
