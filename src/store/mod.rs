@@ -16,7 +16,7 @@ use crate::domain::{
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{InstanceLock, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +35,13 @@ pub enum StoreError {
     Query(#[from] rusqlite::Error),
     #[error("store payload is not valid JSON: {0}")]
     Payload(#[from] serde_json::Error),
+    #[error(
+        "another wa-groups-bot instance runs on the store {path}: SQLite takes one instance; \
+         several instances share a PostgreSQL store (store.url)"
+    )]
+    InUse { path: String },
+    #[error("cannot lock the store {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
     #[error("the store lock was poisoned by a panic")]
     Poisoned,
 }
