@@ -276,6 +276,7 @@ impl Bot {
             retry: config.symphony.retry,
             metrics: metrics.clone(),
             dispatcher: wake.clone(),
+            names: Default::default(),
         });
         let housekeeping = Housekeeping {
             store: store.clone(),
