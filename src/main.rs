@@ -56,6 +56,10 @@ enum Cmd {
         /// Datafeed long-poll hold, in seconds.
         #[arg(long, default_value_t = 20)]
         datafeed_hold: u64,
+        /// Milliseconds after which a datafeed batch nobody acknowledged is handed out again, to
+        /// any reader of the feed (a real agent: about 30 s).
+        #[arg(long, default_value_t = 30_000)]
+        datafeed_redeliver_ms: u64,
         /// Milliseconds added before every API call is served (datafeed reads excepted), to
         /// play a distant pod.
         #[arg(long, default_value_t = 0)]
@@ -230,15 +234,13 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Cmd::Demo { keep, logs: _ } => app::run_demo(keep, cancel).await?,
-        Cmd::MockPod { listen, users, datafeed_hold, latency_ms } => {
-            app::run_mock_pod(
-                listen,
-                &users,
-                std::time::Duration::from_secs(datafeed_hold),
-                std::time::Duration::from_millis(latency_ms),
-                cancel,
-            )
-            .await?;
+        Cmd::MockPod { listen, users, datafeed_hold, datafeed_redeliver_ms, latency_ms } => {
+            let timings = app::MockPodTimings {
+                hold: std::time::Duration::from_secs(datafeed_hold),
+                redelivery: std::time::Duration::from_millis(datafeed_redeliver_ms),
+                latency: std::time::Duration::from_millis(latency_ms),
+            };
+            app::run_mock_pod(listen, &users, timings, cancel).await?;
         }
         Cmd::WhatsappSim {
             listen,
