@@ -69,9 +69,10 @@ enum Cmd {
     WhatsappSim {
         #[arg(long, default_value = "127.0.0.1:8181")]
         listen: SocketAddr,
-        /// Where to deliver signed webhooks.
-        #[arg(long)]
-        webhook_url: Option<String>,
+        /// Where to deliver signed webhooks; repeat it for several bot instances: deliveries
+        /// are spread round-robin, a URL that refuses connections skipped (a load balancer).
+        #[arg(long = "webhook-url", value_name = "URL")]
+        webhook_urls: Vec<String>,
         #[arg(long, env = "WAGB_SIM_APP_SECRET")]
         app_secret: String,
         #[arg(long, env = "WAGB_SIM_ACCESS_TOKEN")]
@@ -244,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::WhatsappSim {
             listen,
-            webhook_url,
+            webhook_urls,
             app_secret,
             access_token,
             phone_number_id,
@@ -255,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
                 &app_secret,
                 &phone_number_id,
             );
-            cfg.webhook_url = webhook_url;
+            cfg.webhook_urls = webhook_urls;
             cfg.latency = std::time::Duration::from_millis(latency_ms);
             app::run_whatsapp_sim(listen, cfg, cancel).await?;
         }
