@@ -389,6 +389,14 @@ impl MockPod {
         st.km_tokens.clear();
     }
 
+    /// The ids of the live datafeeds (of every user), oldest first.
+    pub fn datafeeds(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        let mut feeds: Vec<&state::Feed> = st.feeds.values().filter(|f| !f.expired).collect();
+        feeds.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        feeds.into_iter().map(|f| f.id.clone()).collect()
+    }
+
     /// Every existing datafeed is gone at its next read (→ 400).
     pub fn expire_datafeeds(&self) {
         for f in self.shared.lock().feeds.values_mut() {
