@@ -3,6 +3,7 @@
 
 mod support;
 
+mod active_active;
 mod admin;
 mod bdk_interop;
 mod bench;

@@ -33,6 +33,8 @@ pub struct InstanceOptions {
     pub extra_yaml: String,
     /// `RUST_LOG` of the processes.
     pub rust_log: String,
+    /// Calls are retried for ever (a scenario under faults must give nothing up), not 4 times.
+    pub retry_forever: bool,
 }
 
 impl InstanceOptions {
@@ -43,6 +45,7 @@ impl InstanceOptions {
             store: InstanceStore::Sqlite,
             extra_yaml: String::new(),
             rust_log: "warn".into(),
+            retry_forever: false,
         }
     }
 
@@ -87,7 +90,8 @@ impl Instances {
                 InstanceStore::Url(url) => format!("{{url: \"{url}\"}}"),
             };
             let config = dir.path().join(format!("bot-{i}.yaml"));
-            std::fs::write(&config, config_yaml(pod, sim, port, &store, &opts.extra_yaml))
+            let attempts = if opts.retry_forever { -1 } else { 4 };
+            std::fs::write(&config, config_yaml(pod, sim, port, &store, attempts, &opts.extra_yaml))
                 .expect("write config");
             slots.push(Slot {
                 label: format!("instance {i}"),
@@ -241,11 +245,18 @@ fn free_port() -> u16 {
 }
 
 /// One instance's configuration: the pod and simulator, fast retries, its own webhook port.
-fn config_yaml(pod: &MockPod, sim: &WhatsAppSim, port: u16, store: &str, extra: &str) -> String {
+fn config_yaml(
+    pod: &MockPod,
+    sim: &WhatsAppSim,
+    port: u16,
+    store: &str,
+    attempts: i32,
+    extra: &str,
+) -> String {
     format!(
         "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 5000\n\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: \"{key}\"}}}}\n\
-         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         retry: {{maxAttempts: {attempts}, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
          datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
          whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
            accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: {WA_VERIFY}}}}}\n\

@@ -1,0 +1,321 @@
+//! Several instances on one PostgreSQL (DESIGN.md §7), as processes behind the simulator's
+//! round-robin webhooks and on one shared datafeed: 20 native groups, a burst of messages both
+//! ways with commands (`/wa help`, renames, removals) among them; one instance SIGKILLed
+//! mid-burst and restarted; the database restarted once mid-burst. Every command answered once,
+//! every message relayed once and in order per group (a call in flight when its instance was
+//! killed may be made again, right after itself: counted, and bounded), one notice per change,
+//! no removed contact back in. The same scenario on one instance ends in the same state.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use wa_groups_bot::sandbox::mock_pod::MockPod;
+use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
+use wa_groups_bot::store::throwaway;
+
+use crate::support::instances::{InstanceOptions, InstanceStore, Instances};
+use crate::support::{ALICE, BOT, start_pod, start_sim, wait_for};
+
+const GROUPS: usize = 20;
+const PER_GROUP: usize = 10;
+/// Groups (the first ones) with a second contact, removed mid-burst.
+const WITH_REMOVAL: usize = 4;
+/// `/wa help` asked every this many rounds of the burst, in the IM.
+const HELP_EVERY: usize = 1;
+/// Effects one instance performs at once: what a SIGKILL can catch in flight, at most.
+const IN_FLIGHT_AT_MOST: usize = 32;
+
+fn contact(g: usize) -> String {
+    format!("4479114000{g:02}")
+}
+
+fn second(g: usize) -> String {
+    format!("4479114100{g:02}")
+}
+
+fn name(g: usize) -> String {
+    format!("Active {g:02}")
+}
+
+fn renamed(g: usize) -> String {
+    format!("Active {g:02} bis")
+}
+
+/// What the WhatsApp group's messages say (texts, or a template's first parameter), in order.
+fn group_said(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
+    sim.group(gid)
+        .and_then(|g| g["messages"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|m: &Value| match m["type"].as_str() {
+            Some("template") => m["template"]["params"][0].as_str().unwrap_or_default().to_owned(),
+            _ => m["text"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// What the bot posted in a stream, in order.
+fn bot_said(pod: &MockPod, sid: &str) -> Vec<String> {
+    pod.messages(sid).into_iter().filter(|m| m.user == BOT).map(|m| m.text).collect()
+}
+
+/// The burst's markers `{tag}{g:02}-{i:02}` in `texts`, in order.
+fn markers(texts: &[String], tag: char, g: usize) -> Vec<usize> {
+    let marker = format!("{tag}{g:02}-");
+    texts
+        .iter()
+        .filter_map(|t| {
+            let at = t.find(&marker)? + marker.len();
+            t.get(at..at + 2)?.parse().ok()
+        })
+        .collect()
+}
+
+/// `got` is `0..n` in order, each once, except that one may follow itself (made again after
+/// a kill caught it in flight); returns how many such repeats there were.
+fn in_order_once(got: &[usize], n: usize, what: &str) -> usize {
+    let mut repeats = 0;
+    let mut seen: Vec<usize> = Vec::new();
+    for &i in got {
+        if seen.last() == Some(&i) {
+            repeats += 1;
+            continue;
+        }
+        seen.push(i);
+    }
+    assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{what}: complete, in order, once: {got:?}");
+    repeats
+}
+
+/// What a run ends with, per group: the WhatsApp subject and participants, what the group was
+/// told and what the room was told (each a sorted list, repeats from a kill removed).
+type FinalState = BTreeMap<String, (String, Vec<String>, Vec<String>, Vec<String>)>;
+
+/// Counts printed by a run.
+#[derive(Debug, Default)]
+struct Counts {
+    commands: usize,
+    help_answers: usize,
+    to_whatsapp: usize,
+    to_room: usize,
+    renames: usize,
+    removals: usize,
+    repeats_after_kill: usize,
+    webhooks_refused: u64,
+}
+
+async fn wait_long<T, F>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Option<T>,
+{
+    wait_for(what, Duration::from_secs(180), || {
+        let found = check();
+        async move { found }
+    })
+    .await
+}
+
+/// The scenario on `count` instances; `None` when no PostgreSQL can be had outside CI.
+async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
+    let db = throwaway::database(test)?;
+    let server = throwaway::server().expect("the server of the database");
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let mut opts = InstanceOptions::new(count).store(InstanceStore::Url(db.url().to_owned()));
+    opts.retry_forever = true;
+    let mut bots = Instances::start(&pod, &sim, opts).await;
+    let mut counts = Counts::default();
+
+    // 20 native groups; the first ones with a second contact. Everyone joins.
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    for g in 0..GROUPS {
+        let mut phones = format!("+{}", contact(g));
+        if g < WITH_REMOVAL {
+            phones.push_str(&format!(" +{}", second(g)));
+        }
+        let text = format!("<messageML>/wa create \"{}\" {phones}</messageML>", name(g));
+        pod.post_message(&im, ALICE, &text).expect("create");
+        counts.commands += 1;
+    }
+    let mut rooms = Vec::new();
+    let mut groups = Vec::new();
+    let mut links = Vec::new();
+    for g in 0..GROUPS {
+        let group = wait_long("the WhatsApp group", || {
+            sim.groups().into_iter().find(|x| x["subject"] == name(g))
+        })
+        .await;
+        let gid = group["id"].as_str().expect("gid").to_owned();
+        let link = group["inviteLink"].as_str().expect("link").to_owned();
+        let mut phones = vec![contact(g)];
+        if g < WITH_REMOVAL {
+            phones.push(second(g));
+        }
+        for p in &phones {
+            wait_long("the invitation", || {
+                sim.inbox(p).into_iter().any(|m| m["template"]["name"] == "group_invite_link").then_some(())
+            })
+            .await;
+            assert_eq!(sim.tap(p, &link)["result"], "requested", "{p} asks to join");
+        }
+        phones.sort();
+        wait_long("the contacts in the group", || {
+            let mut got: Vec<String> = sim
+                .group(&gid)
+                .and_then(|x| serde_json::from_value(x["participants"].clone()).ok())
+                .unwrap_or_default();
+            got.sort();
+            (got == phones).then_some(())
+        })
+        .await;
+        let sid = wait_long("the room", || {
+            pod.streams()
+                .into_iter()
+                .find(|s| s["type"] == "ROOM" && s["name"] == name(g))
+                .and_then(|s| s["streamId"].as_str().map(str::to_owned))
+        })
+        .await;
+        rooms.push(sid);
+        groups.push(gid);
+        links.push(link);
+    }
+
+    // The burst, with commands among the messages; an instance killed and the database
+    // restarted half-way.
+    let killed = count.min(2) - 1; // the second instance (the only one when alone)
+    for i in 0..PER_GROUP {
+        if i == PER_GROUP / 2 {
+            bots.kill(killed).await;
+            server.restart().expect("the database restarts");
+        }
+        if i == PER_GROUP / 2 + 2 {
+            bots.restart(killed).await;
+        }
+        for g in 0..GROUPS {
+            pod.post_message(&rooms[g], ALICE, &format!("<messageML>r{g:02}-{i:02}</messageML>"))
+                .expect("advisor writes");
+            sim.send_as_phone(&contact(g), Some(&groups[g]), &format!("w{g:02}-{i:02}"), None)
+                .expect("contact writes");
+            if i == 3 {
+                let text = format!("<messageML>/wa rename \"{}\"</messageML>", renamed(g));
+                pod.post_message(&rooms[g], ALICE, &text).expect("rename");
+                counts.commands += 1;
+                counts.renames += 1;
+            }
+            if i == 4 && g < WITH_REMOVAL {
+                let text = format!("<messageML>/wa remove +{}</messageML>", second(g));
+                pod.post_message(&rooms[g], ALICE, &text).expect("remove");
+                counts.commands += 1;
+                counts.removals += 1;
+            }
+        }
+        if i % HELP_EVERY == 0 {
+            pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("help");
+            counts.commands += 1;
+        }
+    }
+    let helps = PER_GROUP.div_ceil(HELP_EVERY);
+
+    // Everything arrives: each message once, in order per group (bar a repeat after the kill).
+    for g in 0..GROUPS {
+        let said = wait_long("every advisor message in the WhatsApp group", || {
+            let said = group_said(&sim, &groups[g]);
+            (markers(&said, 'r', g).iter().collect::<std::collections::BTreeSet<_>>().len()
+                == PER_GROUP)
+                .then_some(said)
+        })
+        .await;
+        counts.repeats_after_kill +=
+            in_order_once(&markers(&said, 'r', g), PER_GROUP, &format!("group {g}"));
+        let posted = wait_long("every contact message in the room", || {
+            let posted = bot_said(&pod, &rooms[g]);
+            (markers(&posted, 'w', g).iter().collect::<std::collections::BTreeSet<_>>().len()
+                == PER_GROUP)
+                .then_some(posted)
+        })
+        .await;
+        counts.repeats_after_kill +=
+            in_order_once(&markers(&posted, 'w', g), PER_GROUP, &format!("room {g}"));
+    }
+    wait_long("every /wa help answered", || {
+        let n = bot_said(&pod, &im).iter().filter(|t| t.starts_with("WhatsApp groups: commands")).count();
+        (n >= helps).then_some(())
+    })
+    .await;
+    // The removed contacts try again: never let back in.
+    for g in 0..WITH_REMOVAL {
+        let tapped = sim.tap(&second(g), &links[g]);
+        assert_ne!(tapped["result"], "joined", "a removed contact never gets in: {tapped}");
+    }
+    // Settled: every instance's outbox empty, nothing set aside.
+    for i in 0..count {
+        bots.wait_outbox_empty(i).await;
+        let metrics = bots.metrics(i).await.unwrap_or_default();
+        assert!(metrics.contains("wagb_events_set_aside 0"), "instance {i}: nothing set aside");
+    }
+
+    // One answer per command, one notice per change.
+    let help_answers =
+        bot_said(&pod, &im).iter().filter(|t| t.starts_with("WhatsApp groups: commands")).count();
+    assert_eq!(help_answers, helps, "each /wa help answered once");
+    counts.help_answers = help_answers;
+    let mut state = FinalState::new();
+    for g in 0..GROUPS {
+        let info = sim.group(&groups[g]).expect("group");
+        assert_eq!(info["subject"], renamed(g), "renamed on WhatsApp");
+        let said = group_said(&sim, &groups[g]);
+        let notices = said.iter().filter(|t| t.contains(&renamed(g))).count();
+        assert_eq!(notices, 1, "group {g}: one rename notice: {said:?}");
+        let mut participants: Vec<String> =
+            serde_json::from_value(info["participants"].clone()).unwrap_or_default();
+        participants.sort();
+        assert_eq!(participants, vec![contact(g)], "group {g}: the right people");
+        let posted = bot_said(&pod, &rooms[g]);
+        if g < WITH_REMOVAL {
+            let removed = said.iter().filter(|t| t.contains("was removed")).count();
+            assert_eq!(removed, 1, "group {g}: one removal notice on WhatsApp: {said:?}");
+            let replies = posted.iter().filter(|t| t.contains("removed")).count();
+            assert!(replies >= 1, "group {g}: its removal answered in the room");
+        }
+        counts.to_whatsapp += markers(&said, 'r', g).len();
+        counts.to_room += markers(&posted, 'w', g).len();
+        let dedup = |mut v: Vec<String>| {
+            v.dedup();
+            v.sort();
+            v
+        };
+        state.insert(
+            renamed(g),
+            (
+                info["subject"].as_str().unwrap_or_default().to_owned(),
+                participants,
+                dedup(said),
+                dedup(posted),
+            ),
+        );
+    }
+    assert!(
+        counts.repeats_after_kill <= IN_FLIGHT_AT_MOST,
+        "repeats only of calls in flight at the kill: {counts:?}"
+    );
+    counts.webhooks_refused = sim.stats().webhooks_refused;
+    eprintln!("{count} instance(s): {counts:?}");
+    bots.stop_all().await;
+    Some((state, counts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_lose_nothing_and_end_as_one_does() {
+    let Some((three, counts)) =
+        scenario(3, "three_instances_lose_nothing_and_end_as_one_does").await
+    else {
+        return;
+    };
+    assert_eq!(counts.help_answers, PER_GROUP.div_ceil(HELP_EVERY));
+    let Some((one, _)) = scenario(1, "three_instances_lose_nothing_and_end_as_one_does").await
+    else {
+        return;
+    };
+    assert_eq!(three, one, "three instances end in the state one instance ends in");
+}
