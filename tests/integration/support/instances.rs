@@ -33,6 +33,8 @@ pub struct InstanceOptions {
     pub extra_yaml: String,
     /// `RUST_LOG` of the processes.
     pub rust_log: String,
+    /// More environment for every process (e.g. `WAGB__STORE__URL`, `WAGB_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl InstanceOptions {
@@ -43,6 +45,7 @@ impl InstanceOptions {
             store: InstanceStore::Sqlite,
             extra_yaml: String::new(),
             rust_log: "warn".into(),
+            env: Vec::new(),
         }
     }
 
@@ -64,7 +67,7 @@ struct Slot {
 pub struct Instances {
     dir: tempfile::TempDir,
     slots: Vec<Slot>,
-    rust_log: String,
+    env: Vec<(String, String)>,
 }
 
 /// How long an instance may take to answer `/healthz` (the binary starts, logs in, finds its
@@ -99,7 +102,9 @@ impl Instances {
         }
         let urls: Vec<String> = slots.iter().map(|s| webhook_url(s.port)).collect();
         sim.set_webhook_urls(&urls);
-        let mut instances = Instances { dir, slots, rust_log: opts.rust_log };
+        let mut env = vec![("RUST_LOG".to_owned(), opts.rust_log)];
+        env.extend(opts.env);
+        let mut instances = Instances { dir, slots, env };
         for i in 0..opts.count {
             instances.spawn(i);
         }
@@ -190,12 +195,14 @@ impl Instances {
     fn spawn(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         let args = [std::ffi::OsStr::new("run"), "--config".as_ref(), slot.config.as_os_str()];
+        let env: Vec<(&str, &str)> =
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let process = BotProcess::spawn(
             &slot.label,
             Path::new(env!("CARGO_BIN_EXE_wa-groups-bot")),
             &args,
             &slot.log,
-            &[("RUST_LOG", self.rust_log.as_str())],
+            &env,
         )
         .expect("start the bot");
         slot.process = Some(process);
