@@ -65,9 +65,10 @@ struct Slot {
 
 /// The running instances (killed when dropped: their processes are `kill_on_drop`).
 pub struct Instances {
-    dir: tempfile::TempDir,
+    // Before `dir`: fields drop in order, the processes before their folder.
     slots: Vec<Slot>,
     env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 /// How long an instance may take to answer `/healthz` (the binary starts, logs in, finds its
@@ -104,7 +105,7 @@ impl Instances {
         sim.set_webhook_urls(&urls);
         let mut env = vec![("RUST_LOG".to_owned(), opts.rust_log)];
         env.extend(opts.env);
-        let mut instances = Instances { dir, slots, env };
+        let mut instances = Instances { slots, env, dir };
         for i in 0..opts.count {
             instances.spawn(i);
         }
