@@ -808,25 +808,28 @@ async fn two_readers_of_one_feed_get_disjoint_batches_and_together_every_event()
             }
         }));
     }
-    let mut posted = std::collections::BTreeSet::new();
-    for i in 0..40 {
-        posted.insert(post_as_alice(&url, &sid, &format!("m{i}")).await);
-    }
     let message_ids = |seen: &[(char, Value)]| -> std::collections::BTreeSet<String> {
         seen.iter()
             .filter_map(|(_, e)| e["payload"]["messageSent"]["message"]["messageId"].as_str())
             .map(str::to_owned)
             .collect()
     };
-    crate::support::wait_for(
-        "every message read by one reader or the other",
-        Duration::from_secs(15),
-        || {
-            let complete = posted.is_subset(&message_ids(&seen.lock().expect("lock")));
-            async move { complete.then_some(()) }
-        },
-    )
-    .await;
+    // In bursts of four, each once the previous one is read: both readers are then waiting.
+    let mut posted = std::collections::BTreeSet::new();
+    for burst in 0..10 {
+        for i in 0..4 {
+            posted.insert(post_as_alice(&url, &sid, &format!("m{burst}.{i}")).await);
+        }
+        crate::support::wait_for(
+            "the burst read by one reader or the other",
+            Duration::from_secs(15),
+            || {
+                let complete = posted.is_subset(&message_ids(&seen.lock().expect("lock")));
+                async move { complete.then_some(()) }
+            },
+        )
+        .await;
+    }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     for r in readers {
         r.await.expect("reader");

@@ -178,6 +178,7 @@ async fn two_instances_share_the_feed_and_the_webhooks_and_one_takes_all_when_th
     .await;
     assert_eq!(per_instance(&bots, helps).await[0], commands[0] + 5);
     assert!(per_instance(&bots, webhooks).await[0] >= received[0] + 10);
+    assert!(sim.stats().webhooks_refused > 0, "the dead instance's turns were skipped");
     bots.wait_outbox_empty(0).await;
     assert_eq!(answers(&pod, &im), 25, "every command answered once");
     bots.stop_all().await;

@@ -35,6 +35,8 @@ pub struct InstanceOptions {
     pub rust_log: String,
     /// Calls are retried for ever (a scenario under faults must give nothing up), not 4 times.
     pub retry_forever: bool,
+    /// More environment for every process (e.g. `WAGB__STORE__URL`, `WAGB_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl InstanceOptions {
@@ -46,6 +48,7 @@ impl InstanceOptions {
             extra_yaml: String::new(),
             rust_log: "warn".into(),
             retry_forever: false,
+            env: Vec::new(),
         }
     }
 
@@ -65,9 +68,10 @@ struct Slot {
 
 /// The running instances (killed when dropped: their processes are `kill_on_drop`).
 pub struct Instances {
-    dir: tempfile::TempDir,
+    // Before `dir`: fields drop in order, the processes before their folder.
     slots: Vec<Slot>,
-    rust_log: String,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 /// How long an instance may take to answer `/healthz` (the binary starts, logs in, finds its
@@ -103,7 +107,9 @@ impl Instances {
         }
         let urls: Vec<String> = slots.iter().map(|s| webhook_url(s.port)).collect();
         sim.set_webhook_urls(&urls);
-        let mut instances = Instances { dir, slots, rust_log: opts.rust_log };
+        let mut env = vec![("RUST_LOG".to_owned(), opts.rust_log)];
+        env.extend(opts.env);
+        let mut instances = Instances { slots, env, dir };
         for i in 0..opts.count {
             instances.spawn(i);
         }
@@ -194,12 +200,14 @@ impl Instances {
     fn spawn(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         let args = [std::ffi::OsStr::new("run"), "--config".as_ref(), slot.config.as_os_str()];
+        let env: Vec<(&str, &str)> =
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let process = BotProcess::spawn(
             &slot.label,
             Path::new(env!("CARGO_BIN_EXE_wa-groups-bot")),
             &args,
             &slot.log,
-            &[("RUST_LOG", self.rust_log.as_str())],
+            &env,
         )
         .expect("start the bot");
         slot.process = Some(process);
