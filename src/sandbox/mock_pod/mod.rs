@@ -352,8 +352,10 @@ impl MockPod {
             status,
             code: None,
             retry_after,
+            retry_after_date: false,
             hang: None,
             after: false,
+            drop: false,
             remaining: count,
         });
         Ok(())
@@ -368,8 +370,10 @@ impl MockPod {
             status: 0,
             code: None,
             retry_after: None,
+            retry_after_date: false,
             hang: Some(hang),
             after: false,
+            drop: false,
             remaining: count,
         });
         Ok(())
