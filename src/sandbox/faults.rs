@@ -110,13 +110,16 @@ pub async fn cut_mid_body(response: axum::response::Response) -> axum::response:
     let full = bytes.len().max(2);
     let half = bytes.slice(..bytes.len() / 2);
     parts.headers.insert(axum::http::header::CONTENT_LENGTH, axum::http::HeaderValue::from(full));
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-        Ok(half),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected fault: dropped")),
-    ];
+    // The half is flushed before the connection goes (an error at once would make the server
+    // drop what it buffered: no answer at all).
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(half)]);
+    let then_cut = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected fault: dropped"))
+    });
     axum::response::Response::from_parts(
         parts,
-        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+        axum::body::Body::from_stream(futures::StreamExt::chain(first, then_cut)),
     )
 }
 

@@ -726,3 +726,35 @@ async fn a_webhook_redelivered_after_a_restart_is_decided_once() {
     assert_eq!(participants(&sim, &gid), json!([JANE]));
     second.stop().await;
 }
+
+/// The answer to a relayed message cut half-way after WhatsApp took it: the send is a network
+/// failure (retried: the message arrives, at most once more, as any send whose answer is lost),
+/// never a refusal reported as "Could not relay".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_answer_is_cut_mid_response_is_retried_not_reported_as_refused() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Cut", &[JANE]).await;
+    joins(&pod, &sim, &sid, JANE, &link).await;
+    sim.send_as_phone(JANE, Some(&gid), "window open", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("window open")).await;
+    settled(&bot).await;
+    sim_fault(&sim, json!({"method": "POST", "path": "/messages$", "drop": true, "after": true}))
+        .await;
+    pod.post_message(&sid, ALICE, "<messageML>cut short</messageML>").expect("post");
+    pod.post_message(&sid, ALICE, "<messageML>next</messageML>").expect("post");
+    wait_for("the next message", Duration::from_secs(10), || {
+        let n = group_says(&sim, &gid, "*Alice Ng*: next");
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    settled(&bot).await;
+    assert_eq!(sim.stats().faults_served, 1);
+    let copies = group_says(&sim, &gid, "*Alice Ng*: cut short");
+    assert!((1..=2).contains(&copies), "delivered, at most once more: {copies}");
+    assert_eq!(posts(&pod, &sid, "Could not"), 0, "a delivered message is not reported lost");
+    assert_eq!(group_says(&sim, &gid, "*Alice Ng*: next"), 1);
+    bot.stop().await;
+}
