@@ -758,3 +758,94 @@ async fn a_send_whose_answer_is_cut_mid_response_is_retried_not_reported_as_refu
     assert_eq!(group_says(&sim, &gid, "*Alice Ng*: next"), 1);
     bot.stop().await;
 }
+
+// ----- the store -----
+
+/// `/healthz`: its status and body.
+async fn health(bot: &Bot) -> (u16, Value) {
+    let answer =
+        reqwest::get(format!("http://{}/healthz", bot.monitoring_addr)).await.expect("healthz");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+/// The store locked by another process (`BEGIN EXCLUSIVE` on the file) for 8 s, while a relayed
+/// message is being sent: the bot takes no event meanwhile (webhooks answered 500 and retried
+/// by Meta, the datafeed batch left unacknowledged), `/healthz` says the store is not
+/// writable, and when the lock goes everything is handled, once: the message sent during the
+/// lock is not sent again, the command posted and the contact's message written meanwhile are
+/// answered and relayed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_stops_the_intake_says_so_and_resumes_without_loss_or_repeats() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Locked", &[JANE]).await;
+    joins(&pod, &sim, &sid, JANE, &link).await;
+    sim.send_as_phone(JANE, Some(&gid), "window open", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("window open")).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    help_answered(&pod, &im, 1).await;
+    settled(&bot).await;
+    assert_eq!(health(&bot).await.0, 200);
+
+    // A relayed message is being sent (WhatsApp takes 1.5 s) when the store gets locked.
+    sim_fault(&sim, json!({"method": "POST", "path": "/messages$", "hangMs": 1500, "count": 1}))
+        .await;
+    pod.post_message(&sid, ALICE, "<messageML>in flight</messageML>").expect("post");
+    wait_for("the send under way", Duration::from_secs(10), || {
+        let n = sim.stats().faults_served;
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let lock = rusqlite::Connection::open(dir.path().join("bot.db")).expect("second connection");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock the store");
+    let locked = Instant::now();
+    let delivered = sim.stats().webhooks_delivered;
+    pod.post_message(&im, ALICE, HELP).expect("a command during the lock");
+    sim.send_as_phone(JANE, Some(&gid), "written during the lock", None).expect("write");
+    let (status, body) = wait_for("/healthz to say so", Duration::from_secs(20), || {
+        let bot = &bot;
+        async move {
+            let (status, body) = health(bot).await;
+            (status != 200).then_some((status, body))
+        }
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["problems"].to_string().contains("store: not writable"), "{body}");
+    wait_for("the lock held 8 s", Duration::from_secs(20), || {
+        let over = locked.elapsed() >= Duration::from_secs(8);
+        async move { over.then_some(()) }
+    })
+    .await;
+    assert_eq!(help_answers(&pod, &im), 1, "no event taken while the store is locked");
+    assert_eq!(posts(&pod, &sid, "written during the lock"), 0);
+    assert_eq!(sim.stats().webhooks_delivered, delivered, "webhooks refused, Meta retries");
+    lock.execute_batch("ROLLBACK").expect("unlock");
+
+    wait_for("the command answered", Duration::from_secs(20), || {
+        let n = help_answers(&pod, &im);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("written during the lock")).await;
+    wait_for("/healthz ok again", Duration::from_secs(20), || {
+        let bot = &bot;
+        async move { (health(bot).await.0 == 200).then_some(()) }
+    })
+    .await;
+    pod.post_message(&sid, ALICE, "<messageML>after</messageML>").expect("post");
+    wait_for("the next message", Duration::from_secs(10), || {
+        let n = group_says(&sim, &gid, "*Alice Ng*: after");
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    settled(&bot).await;
+    assert_eq!(group_says(&sim, &gid, "*Alice Ng*: in flight"), 1, "sent once, not again");
+    assert_eq!(help_answers(&pod, &im), 2, "answered once");
+    assert_eq!(posts(&pod, &sid, "written during the lock"), 1, "relayed once");
+    assert_eq!(bot.store.count_failed_inbound().expect("count"), 0, "nothing set aside");
+    bot.stop().await;
+}
