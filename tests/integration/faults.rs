@@ -849,3 +849,153 @@ async fn a_locked_store_stops_the_intake_says_so_and_resumes_without_loss_or_rep
     assert_eq!(bot.store.count_failed_inbound().expect("count"), 0, "nothing set aside");
     bot.stop().await;
 }
+
+// ----- the process killed -----
+
+/// SIGKILL in the middle of a 50-contact join burst (seven native groups, a native group has 8
+/// contacts at most), with two strangers tapping forwarded links meanwhile: after the restart
+/// everyone invited is in their group, nobody else is, every request is settled; each decision
+/// was made once (a post or confirmation in flight at the kill may go once more: at least
+/// once to the APIs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nobody_else() {
+    use crate::support::process;
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = process::free_port();
+    let config = process::write_config(&pod, &sim, dir.path(), port, &dir.path().join("bot.db"));
+    let mut child = process::spawn(&config, &[], &[]);
+    process::healthy(port, &config).await;
+
+    let phones: Vec<String> = (0..50).map(|i| format!("4479111240{i:02}")).collect();
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let batches: Vec<&[String]> = phones.chunks(8).collect();
+    for (n, batch) in batches.iter().enumerate() {
+        let numbers: Vec<String> = batch.iter().map(|p| format!("+{p}")).collect();
+        pod.post_message(
+            &im,
+            ALICE,
+            &format!("<messageML>/wa create \"Burst {n}\" {}</messageML>", numbers.join(" ")),
+        )
+        .expect("create");
+    }
+    // (room, group id, link, contacts) of each group, once every invitation is out.
+    let mut groups = Vec::new();
+    for (n, batch) in batches.iter().enumerate() {
+        let name = format!("Burst {n}");
+        let sid = wait_for("the room", Duration::from_secs(30), || {
+            let found = pod
+                .streams()
+                .into_iter()
+                .find(|s| s["type"] == "ROOM" && s["name"] == name.as_str())
+                .and_then(|s| s["streamId"].as_str().map(str::to_owned));
+            async move { found }
+        })
+        .await;
+        wait_for("the summary", Duration::from_secs(30), || {
+            let ready = posts(&pod, &sid, "is ready") > 0;
+            async move { ready.then_some(()) }
+        })
+        .await;
+        let (gid, link) =
+            wait_for("the group and its invitations", Duration::from_secs(30), || {
+                let group = sim.groups().into_iter().find(|g| g["subject"] == name.as_str());
+                let invited = batch.iter().all(|p| templates_to(&sim, p, "group_invite_link") > 0);
+                let found = group.filter(|_| invited).and_then(|g| {
+                    Some((g["id"].as_str()?.to_owned(), g["inviteLink"].as_str()?.to_owned()))
+                });
+                async move { found }
+            })
+            .await;
+        groups.push((sid, gid, link, batch.to_vec()));
+    }
+
+    // The burst: everyone taps at once, and two strangers with forwarded links.
+    let strangers = ["447911124098", "447911124099"];
+    for (i, (_, _, link, contacts)) in groups.iter().enumerate() {
+        for phone in contacts {
+            assert_eq!(sim.tap(phone, link)["result"], "requested");
+        }
+        if let Some(stranger) = strangers.get(i) {
+            assert_eq!(sim.tap(stranger, link)["result"], "requested");
+        }
+    }
+    let inside = |sim: &WhatsAppSim| -> usize {
+        sim.groups().iter().map(|g| g["participants"].as_array().map_or(0, Vec::len)).sum()
+    };
+    wait_for("a part of the burst let in", Duration::from_secs(30), || {
+        let n = inside(&sim);
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    let at_kill = inside(&sim);
+    let mut child = process::spawn(&config, &[], &[]);
+    process::healthy(port, &config).await;
+
+    wait_for("everyone invited let in", Duration::from_secs(60), || {
+        let all = groups.iter().all(|(_, gid, _, contacts)| {
+            sim.group(gid).is_some_and(|g| {
+                g["participants"].as_array().map_or(0, Vec::len) == contacts.len()
+                    && g["pendingRequests"] == json!([])
+            })
+        });
+        async move { all.then_some(()) }
+    })
+    .await;
+    wait_for("a quiet outbox", Duration::from_secs(30), || async move {
+        process::outbox_empty(port).await.then_some(())
+    })
+    .await;
+    let mut repeats = 0;
+    for (sid, gid, _, contacts) in &groups {
+        let g = sim.group(gid).expect("group");
+        let mut inside: Vec<String> = g["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+        inside.sort();
+        let mut want = contacts.clone();
+        want.sort();
+        assert_eq!(inside, want, "the invited and only them in {gid}");
+        for phone in contacts {
+            // "+44… joined", or "Name (+44 7911 …) joined" once WhatsApp showed the profile.
+            let spaced = wa_groups_bot::groups::E164::parse(phone).expect("phone").international();
+            let joined = pod
+                .messages(sid)
+                .iter()
+                .filter(|m| m.user == BOT && m.text.contains("joined"))
+                .filter(|m| m.text.contains(&format!("+{phone} ")) || m.text.contains(&spaced))
+                .count();
+            let confirmed = templates_to(&sim, phone, "group_update");
+            assert!((1..=2).contains(&joined), "{phone}: joined posted {joined} times");
+            assert!((1..=2).contains(&confirmed), "{phone}: confirmed {confirmed} times");
+            repeats += joined + confirmed - 2;
+        }
+    }
+    for stranger in strangers {
+        assert!(
+            sim.groups().iter().all(|g| !g["participants"].to_string().contains(stranger)),
+            "{stranger} let in"
+        );
+    }
+    let rejected: Vec<String> = groups
+        .iter()
+        .flat_map(|(sid, ..)| pod.messages(sid))
+        .filter(|m| m.user == BOT && m.text.contains("rejected"))
+        .map(|m| m.text)
+        .collect();
+    for stranger in strangers {
+        let spaced = wa_groups_bot::groups::E164::parse(stranger).expect("phone").international();
+        let n = rejected.iter().filter(|t| t.contains(stranger) || t.contains(&spaced)).count();
+        assert!((1..=2).contains(&n), "{stranger}'s rejection said {n} times: {rejected:?}");
+    }
+    assert!(rejected.len() <= 2 * strangers.len(), "only strangers are rejected: {rejected:?}");
+    eprintln!("join burst: {at_kill} of 50 in at the kill; {repeats} post(s) in flight repeated");
+    assert!(repeats <= 16, "only what was in flight at the kill repeats: {repeats}");
+    let _ = child.kill().await;
+}
