@@ -945,6 +945,25 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
         async move { all.then_some(()) }
     })
     .await;
+    // Webhooks Meta retried while the bot was down arrive with its backoff (up to 5 s apart).
+    let joined_posts = |sid: &str, phone: &str| -> usize {
+        // "+44… joined", or "Name (+44 7911 …) joined" once WhatsApp showed the profile.
+        let spaced = wa_groups_bot::groups::E164::parse(phone).expect("phone").international();
+        pod.messages(sid)
+            .iter()
+            .filter(|m| m.user == BOT && m.text.contains("joined"))
+            .filter(|m| m.text.contains(&format!("+{phone} ")) || m.text.contains(&spaced))
+            .count()
+    };
+    wait_for("every join said and confirmed", Duration::from_secs(60), || {
+        let all = groups.iter().all(|(sid, _, _, contacts)| {
+            contacts.iter().all(|phone| {
+                joined_posts(sid, phone) > 0 && templates_to(&sim, phone, "group_update") > 0
+            })
+        });
+        async move { all.then_some(()) }
+    })
+    .await;
     wait_for("a quiet outbox", Duration::from_secs(30), || async move {
         process::outbox_empty(port).await.then_some(())
     })
@@ -963,16 +982,13 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
         want.sort();
         assert_eq!(inside, want, "the invited and only them in {gid}");
         for phone in contacts {
-            // "+44… joined", or "Name (+44 7911 …) joined" once WhatsApp showed the profile.
-            let spaced = wa_groups_bot::groups::E164::parse(phone).expect("phone").international();
-            let joined = pod
-                .messages(sid)
-                .iter()
-                .filter(|m| m.user == BOT && m.text.contains("joined"))
-                .filter(|m| m.text.contains(&format!("+{phone} ")) || m.text.contains(&spaced))
-                .count();
+            let joined = joined_posts(sid, phone);
             let confirmed = templates_to(&sim, phone, "group_update");
-            assert!((1..=2).contains(&joined), "{phone}: joined posted {joined} times");
+            assert!(
+                (1..=2).contains(&joined),
+                "{phone}: joined posted {joined} times: {:?}",
+                pod.messages(sid).iter().map(|m| m.text.clone()).collect::<Vec<_>>()
+            );
             assert!((1..=2).contains(&confirmed), "{phone}: confirmed {confirmed} times");
             repeats += joined + confirmed - 2;
         }
@@ -997,5 +1013,107 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
     assert!(rejected.len() <= 2 * strangers.len(), "only strangers are rejected: {rejected:?}");
     eprintln!("join burst: {at_kill} of 50 in at the kill; {repeats} post(s) in flight repeated");
     assert!(repeats <= 16, "only what was in flight at the kill repeats: {repeats}");
+    let _ = child.kill().await;
+}
+
+/// The store's disk full (SQLITE_FULL): the bot runs in a mount namespace of its own
+/// (`unshare -rm`) with its store on an 8 MB tmpfs, which the test fills through
+/// `/proc/<pid>/root` while a reader holds a snapshot (so SQLite must grow its WAL, not reuse
+/// it). The bot takes no event meanwhile (webhooks refused and retried by Meta, the datafeed
+/// batch left unacknowledged), `/healthz` says the store is not writable, and once space is
+/// freed everything is handled, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_intake_says_so_and_resumes_without_loss_or_repeats() {
+    use crate::support::process;
+    use std::io::Write as _;
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).expect("store dir");
+    let port = process::free_port();
+    let config = process::write_config(&pod, &sim, dir.path(), port, &store_dir.join("bot.db"));
+    let script = "mount -t tmpfs -o size=8m tmpfs \"$1\" && shift && exec \"$@\"";
+    let shown = store_dir.display().to_string();
+    let mut child =
+        process::spawn(&config, &["unshare", "-rm", "sh", "-c", script, "sh", &shown], &[]);
+    process::healthy(port, &config).await;
+    let pid = child.id().expect("pid");
+    // The store as the bot sees it, on its tmpfs.
+    let seen = std::path::PathBuf::from(format!("/proc/{pid}/root"))
+        .join(store_dir.strip_prefix("/").expect("absolute"));
+    assert!(seen.join("bot.db").exists(), "the store is on the bot's tmpfs");
+    assert!(!store_dir.join("bot.db").exists(), "not on the test's file system");
+
+    let (sid, gid, link) = native_group(&pod, &sim, "Full", &[JANE]).await;
+    joins(&pod, &sim, &sid, JANE, &link).await;
+    sim.send_as_phone(JANE, Some(&gid), "window open", None).expect("write");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("window open")).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    help_answered(&pod, &im, 1).await;
+    wait_for("a quiet outbox", Duration::from_secs(20), || async move {
+        process::outbox_empty(port).await.then_some(())
+    })
+    .await;
+
+    // Fill the disk: a reader pins the WAL, a file takes every free byte.
+    let reader = rusqlite::Connection::open(seen.join("bot.db")).expect("reader");
+    reader.execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;").expect("snapshot");
+    let filler = seen.join("filler");
+    let mut file = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.flush();
+    drop(file);
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let body: Value = wait_for("/healthz to say so", Duration::from_secs(20), || {
+        let health = health.clone();
+        async move {
+            let answer = reqwest::get(&health).await.ok()?;
+            (answer.status().as_u16() == 503).then_some(())?;
+            answer.json().await.ok()
+        }
+    })
+    .await;
+    let problems = body["problems"].to_string();
+    assert!(problems.contains("store: not writable"), "{body}");
+    assert!(problems.contains("full"), "the reason is said: {body}");
+    let (delivered, attempts) = (sim.stats().webhooks_delivered, sim.stats().webhook_attempts);
+    pod.post_message(&im, ALICE, HELP).expect("a command while full");
+    sim.send_as_phone(JANE, Some(&gid), "written while full", None).expect("write");
+    wait_for("webhooks refused", Duration::from_secs(20), || {
+        let n = sim.stats().webhook_attempts;
+        async move { (n >= attempts + 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(sim.stats().webhooks_delivered, delivered, "refused while full: Meta retries");
+    assert_eq!(help_answers(&pod, &im), 1, "no event taken while the disk is full");
+    assert_eq!(posts(&pod, &sid, "written while full"), 0);
+
+    // Space again.
+    std::fs::remove_file(&filler).expect("free the space");
+    reader.execute_batch("ROLLBACK").expect("end the snapshot");
+    drop(reader);
+    wait_for("the command answered", Duration::from_secs(30), || {
+        let n = help_answers(&pod, &im);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("written while full")).await;
+    process::healthy(port, &config).await;
+    pod.post_message(&sid, ALICE, "<messageML>after</messageML>").expect("post");
+    wait_for("the next message", Duration::from_secs(10), || {
+        let n = group_says(&sim, &gid, "*Alice Ng*: after");
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    wait_for("a quiet outbox", Duration::from_secs(20), || async move {
+        process::outbox_empty(port).await.then_some(())
+    })
+    .await;
+    assert_eq!(help_answers(&pod, &im), 2, "answered once");
+    assert_eq!(posts(&pod, &sid, "written while full"), 1, "relayed once");
+    assert_eq!(group_says(&sim, &gid, "*Alice Ng*: after"), 1);
+    assert_eq!(participants(&sim, &gid), json!([JANE]));
     let _ = child.kill().await;
 }
