@@ -40,7 +40,9 @@ fn group_says(sim: &WhatsAppSim, gid: &str, needle: &str) -> usize {
         .iter()
         .filter(|m| {
             m["text"].as_str().is_some_and(|t| t.contains(needle))
-                || m["template"]["params"].to_string().contains(needle)
+                || m["template"]["params"].as_array().is_some_and(|params| {
+                    params.iter().any(|p| p.as_str().is_some_and(|p| p.contains(needle)))
+                })
         })
         .count()
 }
@@ -1116,4 +1118,58 @@ async fn a_full_disk_stops_the_intake_says_so_and_resumes_without_loss_or_repeat
     assert_eq!(group_says(&sim, &gid, "*Alice Ng*: after"), 1);
     assert_eq!(participants(&sim, &gid), json!([JANE]));
     let _ = child.kill().await;
+}
+
+/// The store locked while a command is being decided (its live read of the room's owners is
+/// under way, then its commit waits for the lock): with a single attempt allowed before an
+/// event is set aside, the command is still carried out, once, when the lock goes, and is
+/// not set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_while_a_command_is_decided_does_not_set_the_command_aside() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timings = wa_groups_bot::app::BotTimings {
+        dispatch: wa_groups_bot::dispatch::DispatchPolicy {
+            max_attempts: 1,
+            first_backoff: Duration::from_millis(50),
+            rescan_every: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let bot = start_bot_with_whatsapp_config(&pod, &sim, dir.path(), "\"*\"", timings, "").await;
+    let (sid, gid, link) = native_group(&pod, &sim, "Decided", &[JANE]).await;
+    joins(&pod, &sim, &sid, JANE, &link).await;
+    settled(&bot).await;
+    // The owners' check hangs 1 s; the store is locked meanwhile, for 8 s: the decision's
+    // commit waits 5 s and fails; the lock goes while what follows is under way.
+    pod_fault(&pod, json!({"path": "/membership/list$", "hangMs": 1000, "count": 1})).await;
+    let served = pod.stats().faults_served;
+    pod.post_message(&sid, ALICE, "<messageML>/wa rename \"Decided later\"</messageML>")
+        .expect("rename");
+    wait_for("the owners' check under way", Duration::from_secs(10), || {
+        let n = pod.stats().faults_served;
+        async move { (n > served).then_some(()) }
+    })
+    .await;
+    let lock = rusqlite::Connection::open(dir.path().join("bot.db")).expect("second connection");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock the store");
+    let locked = Instant::now();
+    wait_for("the lock held 8 s", Duration::from_secs(20), || {
+        let over = locked.elapsed() >= Duration::from_secs(8);
+        async move { over.then_some(()) }
+    })
+    .await;
+    lock.execute_batch("ROLLBACK").expect("unlock");
+    wait_for("the rename", Duration::from_secs(20), || {
+        let subject = sim.group(&gid).map(|g| g["subject"].clone());
+        async move { (subject == Some(json!("Decided later"))).then_some(()) }
+    })
+    .await;
+    settled(&bot).await;
+    assert_eq!(bot.store.count_failed_inbound().expect("count"), 0, "nothing set aside");
+    assert_eq!(posts(&pod, &sid, "could not handle"), 0);
+    assert_eq!(group_says(&sim, &gid, "now called \"Decided later\""), 1, "one notice");
+    bot.stop().await;
 }
