@@ -384,9 +384,10 @@ async fn lost_answers_to_the_group_create_and_its_invite_link_read_keep_one_link
     .await;
 }
 
-/// The summary's post in the new room: Symphony's message create has no idempotency key, so a
-/// lost answer to a post may repeat it (at least once); the room, group and invitations are
-/// not repeated.
+/// The last create step, the invitations: WhatsApp took the invitation and its answer was
+/// lost. Graph's messages call has no idempotency key, so the send is retried and the contact
+/// may get it twice (at least once to the APIs); the room and the group are not repeated,
+/// and the contact gets in once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_to_an_invitation_neither_loses_nor_repeats_the_group() {
     let pod = start_pod().await;
