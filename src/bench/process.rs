@@ -76,6 +76,17 @@ impl BotProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills it at once (SIGKILL: no cleanup, as a crash or the OOM killer would) and waits
+    /// for it to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Asks it to stop (SIGTERM, as a service manager would), then kills it if it has not
     /// within 5 s.
     pub async fn stop(mut self) {
