@@ -1,6 +1,6 @@
 //! The chaos: random faults on both mocks (the pod's and the Graph API's 5xx, 429 with
-//! `Retry-After`, answers lost after the call was carried out, an expired datafeed and expired
-//! sessions; webhooks duplicated, reordered, failed after delivery) and random SIGKILLs of the
+//! `Retry-After`, answers lost after the call was carried out, an expired datafeed, a datafeed
+//! read hanging past the read timeout and expired sessions; webhooks duplicated, reordered, failed after delivery) and random SIGKILLs of the
 //! bot followed by a restart, all drawn from the run's seed.
 
 use std::collections::BTreeMap;
@@ -23,15 +23,18 @@ const POD_PATHS: &[&str] = &[
     r"^/pod/v1/room/[^/]+/membership/(add|remove|promoteOwner)$",
     r"^/pod/v3/room/[^/]+/update$",
     r"^/pod/v2/room/[^/]+/membership/list$",
-    r"^/agent/v5/datafeeds/[^/]+/read$",
+    DATAFEED_READ,
     r"^/pod/v3/users$",
 ];
 
-/// Pod calls whose answer may be lost after they were carried out without a second call
-/// doing harm: what the bot creates (adopted by its marker) and idempotent changes.
+const DATAFEED_READ: &str = r"^/agent/v5/datafeeds/[^/]+/read$";
+
+/// Pod calls whose answer may be lost after they were carried out without the call being a
+/// message (a message performed again is the documented at-least-once): what the bot creates
+/// (adopted by its marker) and membership and room changes.
 const POD_AFTER_PATHS: &[&str] = &[
     r"^/pod/v3/room/create$",
-    r"^/pod/v1/room/[^/]+/membership/(add|promoteOwner)$",
+    r"^/pod/v1/room/[^/]+/membership/(add|remove|promoteOwner)$",
     r"^/pod/v3/room/[^/]+/update$",
 ];
 
@@ -45,9 +48,17 @@ const GRAPH_PATHS: &[&str] = &[
     r"^/v[0-9.]+/[0-9]+$",
 ];
 
-/// Graph calls whose answer may be lost after they were carried out: the group's creation
-/// (adopted by its marker) and a subject update.
-const GRAPH_AFTER: &[(&str, &str)] = &[("POST", r"/groups$"), ("POST", r"^/v[0-9.]+/[0-9]+$")];
+/// Graph calls whose answer may be lost after they were carried out (messages excepted, as for
+/// the pod): the group's creation (adopted by its marker), a subject or description update, an
+/// approval or rejection, a removal, a link reset.
+const GRAPH_AFTER: &[(&str, &str)] = &[
+    ("POST", r"/groups$"),
+    ("POST", r"^/v[0-9.]+/[0-9]+$"),
+    ("POST", r"/join_requests$"),
+    ("DELETE", r"/join_requests$"),
+    ("DELETE", r"/participants$"),
+    ("POST", r"/invite_link$"),
+];
 
 /// Injects one random fault every 0.3 to 2 s until the deadline; returns how many of each kind.
 pub(crate) async fn faults(ctx: Arc<Ctx>, seed: u64) -> (BTreeMap<String, u64>, Vec<String>) {
@@ -79,9 +90,14 @@ pub(crate) async fn faults(ctx: Arc<Ctx>, seed: u64) -> (BTreeMap<String, u64>, 
                 ctx.pod.expire_datafeeds();
                 ("pod datafeed expired", Ok(()))
             }
-            40..=42 => {
+            40..=41 => {
                 ctx.pod.expire_sessions();
                 ("pod sessions expired", Ok(()))
+            }
+            42 => {
+                // Past the bot's readTimeout (10 s): the read is given up, its batch comes back.
+                let body = json!({"path": DATAFEED_READ, "hangMs": 11_000, "count": 1});
+                ("pod datafeed read hangs", ctx.pod_post("/faults", body).await)
             }
             43..=62 => {
                 let path = GRAPH_PATHS[rng.gen_range(0..GRAPH_PATHS.len())];

@@ -22,5 +22,6 @@ mod pywa_interop;
 mod relay;
 mod sandbox_cli;
 mod secrets;
+mod soak;
 mod symphony_client;
 mod whatsapp;
