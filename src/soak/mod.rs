@@ -107,29 +107,29 @@ impl SoakReport {
         );
         let _ = writeln!(out, "\npopulation:");
         for (what, n) in &self.actions {
-            let _ = writeln!(out, "  {what:<34} {n:>6}");
+            let _ = writeln!(out, "  {what:<40} {n:>6}");
         }
         let commands: u64 =
             self.actions.iter().filter(|(k, _)| k.starts_with("command ")).map(|(_, n)| n).sum();
-        let _ = writeln!(out, "  {:<34} {commands:>6}", "commands (all)");
+        let _ = writeln!(out, "  {:<40} {commands:>6}", "commands (all)");
         let _ = writeln!(out, "\nfaults injected:");
         for (what, n) in &self.faults {
-            let _ = writeln!(out, "  {what:<34} {n:>6}");
+            let _ = writeln!(out, "  {what:<40} {n:>6}");
         }
         let injected: u64 = self.faults.values().sum();
-        let _ = writeln!(out, "  {:<34} {injected:>6}", "faults (all)");
-        let _ = writeln!(out, "  {:<34} {:>6}", "pod faults served", self.pod_faults_served);
-        let _ = writeln!(out, "  {:<34} {:>6}", "Graph faults served", self.graph_faults_served);
-        let _ = writeln!(out, "  {:<34} {:>6}", "SIGKILLs of the bot", self.kills);
+        let _ = writeln!(out, "  {:<40} {injected:>6}", "faults (all)");
+        let _ = writeln!(out, "  {:<40} {:>6}", "pod faults served", self.pod_faults_served);
+        let _ = writeln!(out, "  {:<40} {:>6}", "Graph faults served", self.graph_faults_served);
+        let _ = writeln!(out, "  {:<40} {:>6}", "SIGKILLs of the bot", self.kills);
         let _ = writeln!(out, "\nend state:");
         let _ = writeln!(
             out,
-            "  {:<34} {:>6}",
+            "  {:<40} {:>6}",
             "repeats at a SIGKILL (in flight)", self.repeats_at_kills
         );
-        let _ = writeln!(out, "  {:<34} {:>6}", "swaps by reordered webhooks", self.swaps);
-        let _ = writeln!(out, "  {:<34} {:>6}", "datafeed events missed", self.missed_events);
-        let _ = writeln!(out, "  {:<34} {:>6}", "violations", self.violations.len());
+        let _ = writeln!(out, "  {:<40} {:>6}", "swaps by reordered webhooks", self.swaps);
+        let _ = writeln!(out, "  {:<40} {:>6}", "datafeed events missed", self.missed_events);
+        let _ = writeln!(out, "  {:<40} {:>6}", "violations", self.violations.len());
         for v in &self.violations {
             let _ = writeln!(out, "  VIOLATION: {v}");
         }

@@ -23,19 +23,35 @@ pub enum ContactFate {
 #[derive(Debug, Clone)]
 pub struct ContactModel {
     pub fate: ContactFate,
-    /// Added with `/wa add` (not at create): the room says "Invitation sent" and the group gets
-    /// a notice.
+    /// Added with `/wa add` (not at create): the group gets a notice.
     pub added: bool,
-    /// Joined once (the room hears it once, the contact gets one confirmation).
-    pub joined: bool,
+    /// Invitations sent 1:1 (at create or `/wa add`, then each `/wa invite` after a leave).
+    pub invitations: usize,
+    /// "Invitation sent" answers in the room (`/wa add` and `/wa invite`).
+    pub invited_posts: usize,
+    /// Times let in (the room hears each once, the contact gets a confirmation each time).
+    pub joins: usize,
+    /// Times they left on WhatsApp.
+    pub leaves: usize,
     /// Taps after leaving or being removed that WhatsApp turned into a join request: each is
     /// rejected by the bot, the room told once.
     pub rejected_requests: usize,
+    /// `/wa invite` of them after their removal: refused in the room each time.
+    pub refused_invites: usize,
 }
 
 impl ContactModel {
     pub fn new(added: bool) -> Self {
-        Self { fate: ContactFate::Invited, added, joined: false, rejected_requests: 0 }
+        Self {
+            fate: ContactFate::Invited,
+            added,
+            invitations: 1,
+            invited_posts: usize::from(added),
+            joins: 0,
+            leaves: 0,
+            rejected_requests: 0,
+            refused_invites: 0,
+        }
     }
 }
 
@@ -64,6 +80,8 @@ pub struct GroupModel {
     pub advisors_removed: Vec<String>,
     /// Display names of advisors promoted with `/wa promote`.
     pub promoted: Vec<String>,
+    /// Display names of owners demoted with `/wa demote`.
+    pub demoted: Vec<String>,
     /// `/wa info` commands.
     pub infos: usize,
     /// Strangers (never invited) whose tap of the group's link became a join request: each is
@@ -362,6 +380,9 @@ fn check_group(c: &mut Checker<'_>, g: &GroupModel, swaps_allowed: &mut usize) {
             .or_else(|| {
                 text.starts_with("Invitation sent to").then(|| contact("invited")).flatten()
             })
+            .or_else(|| {
+                text.starts_with("No invitation was sent:").then(|| contact("refused")).flatten()
+            })
         {
             per_contact.entry(key).or_default().push(*at);
         } else {
@@ -377,10 +398,11 @@ fn check_group(c: &mut Checker<'_>, g: &GroupModel, swaps_allowed: &mut usize) {
             let at = per_contact.remove(&(phone.as_str(), kind)).unwrap_or_default();
             c.count(room, &at, want, &format!("{label}: +{phone} {what} in the room"));
         };
-        expect("joined", usize::from(m.joined), "joined");
-        expect("left", usize::from(m.fate == ContactFate::Left), "left");
+        expect("joined", m.joins, "joined");
+        expect("left", m.leaves, "left");
         expect("removed", usize::from(m.fate == ContactFate::Removed), "was removed");
-        expect("invited", usize::from(m.added), "\"Invitation sent\"");
+        expect("invited", m.invited_posts, "\"Invitation sent\"");
+        expect("refused", m.refused_invites, "invitation refused");
         let rejections = rejected.remove(phone.as_str()).unwrap_or_default();
         let want = m.rejected_requests + g.strangers.get(phone).copied().unwrap_or(0);
         c.count(room, &rejections, want, &format!("{label}: +{phone}'s requests rejected"));
@@ -475,6 +497,9 @@ fn check_group(c: &mut Checker<'_>, g: &GroupModel, swaps_allowed: &mut usize) {
     for a in &g.promoted {
         *expected.entry(format!("{a} is now an owner of the group.")).or_default() += 1;
     }
+    for a in &g.demoted {
+        *expected.entry(format!("{a} is no longer an owner of the group.")).or_default() += 1;
+    }
     for (text, want) in &expected {
         let at = notices.remove(text).unwrap_or_default();
         c.count(wa, &at, *want, &format!("{label}: notice {text:?}"));
@@ -493,19 +518,14 @@ fn check_group(c: &mut Checker<'_>, g: &GroupModel, swaps_allowed: &mut usize) {
             .filter(|(_, x)| x.template.as_deref() == Some("group_invite_link"))
             .map(|(i, _)| i)
             .collect();
-        c.count(&chat, &invitations, 1, &format!("{label}: +{phone}'s invitations"));
+        c.count(&chat, &invitations, m.invitations, &format!("{label}: +{phone}'s invitations"));
         let confirmations: Vec<usize> = inbox
             .iter()
             .enumerate()
             .filter(|(_, x)| x.text.contains("You joined the WhatsApp group"))
             .map(|(i, _)| i)
             .collect();
-        c.count(
-            &chat,
-            &confirmations,
-            usize::from(m.joined),
-            &format!("{label}: +{phone}'s join confirmations"),
-        );
+        c.count(&chat, &confirmations, m.joins, &format!("{label}: +{phone}'s join confirmations"));
     }
 }
 
@@ -562,7 +582,7 @@ mod tests {
         };
         g.contacts.insert(
             dana.into(),
-            ContactModel { fate: ContactFate::Joined, joined: true, ..ContactModel::new(false) },
+            ContactModel { fate: ContactFate::Joined, joins: 1, ..ContactModel::new(false) },
         );
         g.contacts.insert(
             eli.into(),

@@ -2,7 +2,8 @@
 //! seed and the group's index, so the same seed plays the same script. An actor creates its
 //! group, then, until the deadline, picks among what its people may do now (from its model, not
 //! from timing): contacts tap their invitation, chat, leave and try to come back; advisors chat;
-//! the creator renames, adds and removes contacts and advisors, promotes, asks for `/wa info`;
+//! the creator renames, adds and removes contacts and advisors, promotes and demotes, invites
+//! again a contact who left (and, refused, one who was removed), asks for `/wa info`;
 //! strangers tap a leaked link. A step that changes who is where waits (bounded) for its
 //! effect before the next, so the model always says what is true; chat does not wait.
 
@@ -176,6 +177,9 @@ enum Action {
     AddAdvisor,
     RemoveAdvisor,
     Promote,
+    Demote,
+    Reinvite,
+    InviteBarred,
     Info,
     Stranger,
 }
@@ -266,12 +270,32 @@ impl Actor {
         })
     }
 
+    /// How many invitations a phone received 1:1.
+    fn invitations(&self, phone: &str) -> usize {
+        self.ctx
+            .sim
+            .inbox(phone)
+            .iter()
+            .filter(|m| m["template"]["name"] == "group_invite_link" && m["groupId"].is_null())
+            .count()
+    }
+
     fn bot_said(&self, needle: &str) -> bool {
+        self.bot_said_count(needle) > 0
+    }
+
+    /// The bot's messages in the room containing `needle` (spaces ignored).
+    fn bot_said_count(&self, needle: &str) -> usize {
         let bot = self.ctx.bot;
-        self.ctx.pod.messages(self.room()).iter().any(|m| {
-            m.user == bot
-                && m.text.chars().filter(|c| *c != ' ').collect::<String>().contains(needle)
-        })
+        self.ctx
+            .pod
+            .messages(self.room())
+            .iter()
+            .filter(|m| {
+                m.user == bot
+                    && m.text.chars().filter(|c| *c != ' ').collect::<String>().contains(needle)
+            })
+            .count()
     }
 
     fn new_contact(&mut self) -> String {
@@ -349,6 +373,9 @@ impl Actor {
         let sends = joined > 0;
         let outside = self.ctx.advisors.iter().filter(|a| !self.members.contains_key(&a.0)).count();
         let plain = self.members.values().filter(|o| !**o).count();
+        let demotable = self.demotable().len();
+        let left = c.values().filter(|m| m.fate == ContactFate::Left).count();
+        let barred = c.values().filter(|m| m.fate == ContactFate::Removed).count();
         let weighted = [
             (Action::Tap, if untapped > 0 { 8 } else { 0 }),
             (Action::GroupMessage, if joined > 0 { 10 } else { 0 }),
@@ -361,6 +388,9 @@ impl Actor {
             (Action::AddAdvisor, if sends && outside > 0 { 2 } else { 0 }),
             (Action::RemoveAdvisor, if sends && plain > 0 { 1 } else { 0 }),
             (Action::Promote, if sends && plain > 0 { 2 } else { 0 }),
+            (Action::Demote, if sends && demotable > 0 { 1 } else { 0 }),
+            (Action::Reinvite, if left > 0 { 2 } else { 0 }),
+            (Action::InviteBarred, if barred > 0 { 1 } else { 0 }),
             (Action::Info, 1),
             (Action::Stranger, 1),
         ];
@@ -391,6 +421,11 @@ impl Actor {
             (m.fate == ContactFate::Joined && joined > 1)
                 || (m.fate == ContactFate::Invited && !self.tapped.contains_key(p))
         })
+    }
+
+    /// Owners `/wa demote` may take: any but the creator.
+    fn demotable(&self) -> Vec<i64> {
+        self.members.iter().filter(|(u, o)| **o && **u != self.creator).map(|(u, _)| *u).collect()
     }
 
     fn contacts_where(&self, pred: impl Fn(&str, &ContactModel) -> bool) -> Vec<String> {
@@ -424,7 +459,7 @@ impl Actor {
                 .await?;
                 if let Some(m) = self.g.contacts.get_mut(&phone) {
                     m.fate = ContactFate::Joined;
-                    m.joined = true;
+                    m.joins += 1;
                 }
                 self.ctx.count("joins");
             }
@@ -458,6 +493,7 @@ impl Actor {
                     .await?;
                 if let Some(m) = self.g.contacts.get_mut(&phone) {
                     m.fate = ContactFate::Left;
+                    m.leaves += 1;
                 }
                 // Coming back is tried only once the room was told (the bot knows they left).
                 self.until(&format!("the room told +{phone} left"), || {
@@ -475,7 +511,7 @@ impl Actor {
                 });
                 let Some(phone) = self.one(&back) else { return Ok(()) };
                 self.tapped.insert(phone.clone(), false);
-                self.try_back(&phone, "rejoins after leaving");
+                self.try_back(&phone, "rejoins after leaving").await?;
             }
             Action::Rename => {
                 let name = format!("{} r{}", self.g.name, self.g.renames.len() + 1);
@@ -509,7 +545,7 @@ impl Actor {
                 })
                 .await?;
                 // A removed contact tries to come back: refused for ever.
-                self.try_back(&phone, "rejoins after removal");
+                self.try_back(&phone, "rejoins after removal").await?;
             }
             Action::AddAdvisor => {
                 let outside: Vec<i64> = self
@@ -554,6 +590,42 @@ impl Actor {
                 let name = self.name_of(uid);
                 self.g.promoted.push(name);
             }
+            Action::Demote => {
+                let owners = self.demotable();
+                let Some(uid) = self.one(&owners) else { return Ok(()) };
+                self.command(&format!("/wa demote {}", mention(uid)))?;
+                self.ctx.count("command /wa demote");
+                self.members.insert(uid, false);
+                let name = self.name_of(uid);
+                self.g.demoted.push(name);
+            }
+            Action::Reinvite => {
+                let left = self.contacts_where(|_, m| m.fate == ContactFate::Left);
+                let Some(phone) = self.one(&left) else { return Ok(()) };
+                let before = self.invitations(&phone);
+                self.command(&format!("/wa invite +{phone}"))?;
+                self.ctx.count("command /wa invite (after a leave)");
+                // The new invitation must be out before they tap it.
+                self.until(&format!("+{phone}'s new invitation"), || {
+                    (self.invitations(&phone) > before).then_some(())
+                })
+                .await?;
+                if let Some(m) = self.g.contacts.get_mut(&phone) {
+                    m.fate = ContactFate::Invited;
+                    m.invitations += 1;
+                    m.invited_posts += 1;
+                }
+                self.tapped.remove(&phone);
+            }
+            Action::InviteBarred => {
+                let barred = self.contacts_where(|_, m| m.fate == ContactFate::Removed);
+                let Some(phone) = self.one(&barred) else { return Ok(()) };
+                self.command(&format!("/wa invite +{phone}"))?;
+                self.ctx.count("command /wa invite (barred: refused)");
+                if let Some(m) = self.g.contacts.get_mut(&phone) {
+                    m.refused_invites += 1;
+                }
+            }
             Action::Info => {
                 self.command("/wa info")?;
                 self.g.infos += 1;
@@ -581,15 +653,26 @@ impl Actor {
     /// A contact who left or was removed taps the group's link (as if leaked) again:
     /// WhatsApp refuses a removed participant itself; any request that gets through must be
     /// rejected by the bot.
-    fn try_back(&mut self, phone: &str, what: &'static str) {
+    async fn try_back(&mut self, phone: &str, what: &'static str) -> Result<(), String> {
         let current =
             self.ctx.sim.group(self.wa()).and_then(|g| g["inviteLink"].as_str().map(str::to_owned));
         let link = current.or_else(|| self.invitation(phone));
-        let Some(link) = link else { return };
+        let Some(link) = link else { return Ok(()) };
+        let needle = format!("from+{phone}wasrejected");
+        let before = self.bot_said_count(&needle);
         let tapped = self.ctx.sim.tap(phone, &link);
         self.ctx.count(what);
+        if tapped["result"] == "requested" {
+            // Nothing else happens to them until the bot said no (a later /wa invite must not
+            // meet this request still pending).
+            self.until(&format!("+{phone}'s request rejected"), || {
+                (self.bot_said_count(&needle) > before).then_some(())
+            })
+            .await?;
+        }
         if let (true, Some(m)) = (tapped["result"] == "requested", self.g.contacts.get_mut(phone)) {
             m.rejected_requests += 1;
         }
+        Ok(())
     }
 }
