@@ -4,10 +4,13 @@
 //! mark commit together or not at all (DESIGN.md §4). SQLite ([`SqliteStore`]) is the embedded
 //! backend; the conformance tests in `tests.rs` are what any other backend must pass.
 
+mod postgres;
 mod repo;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[doc(hidden)]
+pub mod throwaway;
 
 use std::sync::Arc;
 
@@ -16,6 +19,7 @@ use crate::domain::{
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };
 
+pub use postgres::{PostgresOptions, PostgresStore, is_postgres_url, redacted_url};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,50 @@ pub enum StoreError {
     Payload(#[from] serde_json::Error),
     #[error("the store lock was poisoned by a panic")]
     Poisoned,
+    // ----- PostgreSQL (no variant shows the URL's password) -----
+    #[error("store.url {at}: {reason}")]
+    BadUrl { at: String, reason: String },
+    #[error("cannot connect to the PostgreSQL store {at}: {reason}")]
+    Connect { at: String, reason: String },
+    #[error("the PostgreSQL store's CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("TLS setup for the PostgreSQL store failed: {0}")]
+    Tls(rustls::Error),
+    #[error("PostgreSQL store migration {version} failed: {source}")]
+    PgMigration { version: usize, source: tokio_postgres::Error },
+    /// A concurrent transaction got there first (serialization failure, deadlock, a unique
+    /// key taken meanwhile): transient, try again.
+    #[error("a concurrent store transaction conflicted (try again): {0}")]
+    Conflict(tokio_postgres::Error),
+    /// `store.statementTimeoutMillis` ran out (or the statement was cancelled).
+    #[error("a store statement took too long: {0}")]
+    Timeout(tokio_postgres::Error),
+    /// The database cannot be reached now (down, restarting, pool exhausted): transient.
+    #[error("the PostgreSQL store cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("PostgreSQL store query failed: {0}")]
+    Postgres(tokio_postgres::Error),
+    /// A statement of the transaction failed and the body went on: nothing was committed.
+    #[error("the store transaction was rolled back: a statement in it had failed")]
+    RolledBack,
+    #[error("the store holds an unreadable row: {0}")]
+    BadRow(String),
+    #[error("the store could not run: {0}")]
+    Runtime(String),
+}
+
+impl StoreError {
+    /// Worth trying again: another instance's transaction got in the way, or the database is
+    /// momentarily out of reach.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict(_)
+                | StoreError::Timeout(_)
+                | StoreError::Unavailable(_)
+                | StoreError::RolledBack
+        )
+    }
 }
 
 /// Where an inbound event came from.
