@@ -5,6 +5,8 @@
 //! backend; the conformance tests in `tests.rs` are what any other backend must pass.
 
 mod postgres;
+#[cfg(test)]
+mod postgres_tests;
 mod repo;
 mod sqlite;
 #[cfg(test)]
@@ -19,7 +21,7 @@ use crate::domain::{
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };
 
-pub use postgres::{PostgresOptions, PostgresStore, is_postgres_url, redacted_url};
+pub use postgres::{PgError, PostgresOptions, PostgresStore, is_postgres_url, redacted_url};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +53,19 @@ pub enum StoreError {
     #[error("TLS setup for the PostgreSQL store failed: {0}")]
     Tls(rustls::Error),
     #[error("PostgreSQL store migration {version} failed: {source}")]
-    PgMigration { version: usize, source: tokio_postgres::Error },
+    PgMigration { version: usize, source: PgError },
     /// A concurrent transaction got there first (serialization failure, deadlock, a unique
     /// key taken meanwhile): transient, try again.
     #[error("a concurrent store transaction conflicted (try again): {0}")]
-    Conflict(tokio_postgres::Error),
+    Conflict(PgError),
     /// `store.statementTimeoutMillis` ran out (or the statement was cancelled).
     #[error("a store statement took too long: {0}")]
-    Timeout(tokio_postgres::Error),
+    Timeout(PgError),
     /// The database cannot be reached now (down, restarting, pool exhausted): transient.
     #[error("the PostgreSQL store cannot be reached: {0}")]
     Unavailable(String),
     #[error("PostgreSQL store query failed: {0}")]
-    Postgres(tokio_postgres::Error),
+    Postgres(PgError),
     /// A statement of the transaction failed and the body went on: nothing was committed.
     #[error("the store transaction was rolled back: a statement in it had failed")]
     RolledBack,

@@ -77,19 +77,26 @@ impl PostgresOptions {
     }
 }
 
-/// A PostgreSQL URL as it may be shown: the password left out.
+/// A PostgreSQL URL as it may be shown: the password and the query (which may carry one too,
+/// `password=`) left out. Works on text that does not parse as a URL as well.
 pub fn redacted_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            // Query parameters may carry a password too (`password=`): left out.
-            parsed.set_query(None);
-            parsed.to_string()
-        }
-        Err(_) => "(an unreadable URL)".to_owned(),
-    }
+    let url = url.trim();
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
 }
 
 /// Whether `url` names a PostgreSQL server (`postgres://` or `postgresql://`).
@@ -99,7 +106,7 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 /// A SQL parameter the store's runtime can own.
-type Param = Box<dyn ToSql + Sync + Send>;
+pub(super) type Param = Box<dyn ToSql + Sync + Send>;
 
 macro_rules! params {
     ($($p:expr),* $(,)?) => { vec![$(Box::new($p) as Param),*] };
@@ -184,6 +191,35 @@ fn tls(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// A PostgreSQL error, shown with what the server said (tokio-postgres alone says "db error").
+#[derive(Debug)]
+pub struct PgError(pub tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(db) = self.0.as_db_error() {
+            write!(f, "{} {}: {}", db.severity(), db.code().code(), db.message())?;
+            if let Some(detail) = db.detail() {
+                write!(f, " ({detail})")?;
+            }
+            return Ok(());
+        }
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(&self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 /// What a PostgreSQL error means for the caller.
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if let Some(code) = e.code() {
@@ -192,23 +228,23 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
             || *code == SqlState::UNIQUE_VIOLATION
             || *code == SqlState::LOCK_NOT_AVAILABLE
         {
-            return StoreError::Conflict(e);
+            return StoreError::Conflict(PgError(e));
         }
         if *code == SqlState::QUERY_CANCELED {
-            return StoreError::Timeout(e);
+            return StoreError::Timeout(PgError(e));
         }
         if code.code().starts_with("08")
             || code.code().starts_with("57P")
             || *code == SqlState::CANNOT_CONNECT_NOW
         {
-            return StoreError::Unavailable(e.to_string());
+            return StoreError::Unavailable(PgError(e).to_string());
         }
-        return StoreError::Postgres(e);
+        return StoreError::Postgres(PgError(e));
     }
     if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(PgError(e).to_string());
     }
-    StoreError::Postgres(e)
+    StoreError::Postgres(PgError(e))
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -277,7 +313,7 @@ async fn migrate(c: &mut deadpool_postgres::ClientWrapper, at: &str) -> Result<i
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         let target = index + 1;
-        let failed = |source| StoreError::PgMigration { version: target, source };
+        let failed = |e| StoreError::PgMigration { version: target, source: PgError(e) };
         tx.batch_execute(sql).await.map_err(failed)?;
         tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&(target as i64)])
             .await
@@ -302,7 +338,7 @@ impl PostgresStore {
         let (url, root) = split_url(raw);
         let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             // The parser's message names the option, never its value.
-            StoreError::BadUrl { at: at.clone(), reason: e.to_string() }
+            StoreError::BadUrl { at: at.clone(), reason: PgError(e).to_string() }
         })?;
         let timeout_ms = options.statement_timeout.as_millis();
         let mut session = format!("-c statement_timeout={timeout_ms}");
@@ -406,7 +442,7 @@ impl PostgresStore {
         })
     }
 
-    fn count(&self, sql: &str, params: Vec<Param>) -> Result<u64, StoreError> {
+    pub(super) fn count(&self, sql: &str, params: Vec<Param>) -> Result<u64, StoreError> {
         let rows = self.query(sql, params)?;
         let n: i64 = match rows.first() {
             Some(row) => row.try_get(0)?,

@@ -161,9 +161,11 @@ impl Cluster {
     }
 
     fn start(&self) -> Result<(), ThrowawayError> {
+        // fsync off: a stop -m immediate (a crash of the server, not of the machine) keeps
+        // every commit, since the OS still has the writes.
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=64MB",
+             -c full_page_writes=off -c shared_buffers=64MB",
             self.port,
             self.dir.display()
         );
