@@ -74,6 +74,8 @@ pub struct Bot {
     tracker: TaskTracker,
     /// Why the bot stopped on its own, if it did.
     fatal: Arc<Mutex<Option<String>>>,
+    /// Held until the bot has stopped: no second instance on the same SQLite store.
+    _instance: Option<crate::store::InstanceLock>,
 }
 
 /// Runs long-lived tasks: each one's state is shown by `/healthz`; one that ends while the bot
@@ -127,6 +129,7 @@ impl Bot {
         cancel: CancellationToken,
         timings: BotTimings,
     ) -> Result<Bot, AppError> {
+        let instance = Some(crate::store::InstanceLock::acquire(&config.store.path)?);
         let store = Store::open(&config.store.path)?;
         let metrics = Metrics::default();
         let symphony = SymphonyClient::new(&config.symphony)?.with_metrics(metrics.clone());
@@ -273,6 +276,7 @@ impl Bot {
             retry: config.symphony.retry,
             metrics: metrics.clone(),
             dispatcher: wake.clone(),
+            names: Default::default(),
         });
         let housekeeping = Housekeeping {
             store: store.clone(),
@@ -339,6 +343,7 @@ impl Bot {
             cancel,
             tracker,
             fatal,
+            _instance: instance,
         })
     }
 

@@ -198,7 +198,9 @@ impl World {
         let config = self.bot_config(keys, templates, store)?;
         let log = self.dir.join("bot.log");
         let args = [std::ffi::OsStr::new("run"), "--config".as_ref(), config.as_os_str()];
-        let bot = BotProcess::spawn(label, binary, &args, &log, &[("RUST_LOG", "warn")])?;
+        // `WAGB_BENCH_RUST_LOG` (e.g. `wa_groups_bot=debug`) shows where a scenario's time goes.
+        let filter = std::env::var("WAGB_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let bot = BotProcess::spawn(label, binary, &args, &log, &[("RUST_LOG", filter.as_str())])?;
         let up = self.first_read(BOT, &mut Some(bot)).await;
         up.map_err(|e| BenchError::Setup(format!("{e} (log: {})", log.display())))
     }

@@ -30,6 +30,10 @@ pub enum DecideError {
     /// event): set aside at once.
     #[error("{0}")]
     Permanent(String),
+    /// This instance lost its claim on the event's key (it stalled past the claim's expiry and
+    /// another instance took the key over): nothing is written, the new holder decides it.
+    #[error("the claim on this event's key was lost to another instance")]
+    Fenced,
 }
 
 impl From<StoreError> for DecideError {

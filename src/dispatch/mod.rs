@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::router::LiveReads;
 use crate::effects::to_outbox;
 use crate::metrics::Metrics;
-use crate::store::{InboundRow, Store};
+use crate::store::{Claim, InboundRow, Store};
 
 pub use decide::{DecideError, Decider, Event, Route};
 
@@ -37,6 +37,12 @@ pub struct DispatchPolicy {
     pub parallel: usize,
     /// How often the queue is read again from its start (events put back by an administrator).
     pub rescan_every: Duration,
+    /// … when other instances share the store: events they received, events of keys they held,
+    /// and events whose ids committed out of order are found this soon.
+    pub shared_rescan_every: Duration,
+    /// How long a claim on a key lasts without a decision renewing it: what a dead instance's
+    /// keys wait before another instance takes them.
+    pub claim_ttl: Duration,
 }
 
 impl Default for DispatchPolicy {
@@ -48,6 +54,8 @@ impl Default for DispatchPolicy {
             not_yet_for: Duration::from_secs(60),
             parallel: 16,
             rescan_every: Duration::from_secs(10),
+            shared_rescan_every: Duration::from_millis(500),
+            claim_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -107,8 +115,13 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         let mut workers: JoinSet<()> = JoinSet::new();
         let mut cursor = 0i64;
         let mut last_scan = Instant::now();
+        let rescan_every = if self.store.shared() {
+            self.policy.rescan_every.min(self.policy.shared_rescan_every)
+        } else {
+            self.policy.rescan_every
+        };
         loop {
-            if last_scan.elapsed() >= self.policy.rescan_every {
+            if last_scan.elapsed() >= rescan_every {
                 cursor = 0; // events an administrator put back are below the cursor
                 last_scan = Instant::now();
             }
@@ -134,7 +147,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     return;
                 }
                 () = wake.notified() => {}
-                () = tokio::time::sleep(self.policy.rescan_every) => {}
+                () = tokio::time::sleep(rescan_every) => {}
                 Some(done) = workers.join_next(), if !workers.is_empty() => {
                     if let Err(e) = done && e.is_panic() {
                         // Events are decided under catch_unwind: a panic here is the
@@ -169,8 +182,20 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         }
     }
 
-    /// Decides a key's events one after the other until its queue is empty.
+    /// Decides a key's events one after the other until its queue is empty, holding the key's
+    /// claim meanwhile (other instances leave the key alone).
     async fn work(self: Arc<Self>, key: String) {
+        let claim = match self.store.claim_key(&key, self.policy.claim_ttl) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                tracing::debug!(%key, "another instance decides this key now; left to it");
+                return self.drop_key(&key);
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "the key could not be claimed; tried again soon");
+                return self.drop_key(&key);
+            }
+        };
         loop {
             let next = {
                 let mut q = self.queues();
@@ -178,30 +203,48 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     Some(next) => next,
                     None => {
                         q.by_key.remove(&key);
-                        return;
+                        break;
                     }
                 }
             };
             let (row, route) = next;
-            self.handle(&row, &route).await;
+            if !self.handle(&row, &route, &claim).await {
+                tracing::warn!(%key, "the key's claim was lost (this instance stalled); left to its new holder");
+                return self.drop_key(&key);
+            }
             let mut q = self.queues();
             q.taken.remove(&row.id);
             if let Some(events) = q.by_key.get_mut(&key) {
                 events.pop_front();
             }
         }
+        if let Err(e) = self.store.release_key(&claim) {
+            tracing::warn!(%key, error = %e, "the key's claim could not be given up; it expires");
+        }
     }
 
-    /// Decides one event: retried until it commits, or set aside.
+    /// Forgets a key's queued events: they stay pending in the store, for whichever instance
+    /// holds the key (a later scan finds them again).
+    fn drop_key(&self, key: &str) {
+        let mut q = self.queues();
+        if let Some(events) = q.by_key.remove(key) {
+            for (row, _) in events {
+                q.taken.remove(&row.id);
+            }
+        }
+    }
+
+    /// Decides one event: retried until it commits, or set aside. `false` when the key's
+    /// claim was lost: the event is left undecided, to the key's new holder.
     #[tracing::instrument(skip_all, fields(event = row.id, key = %route.key, source = row.source.as_str()))]
-    async fn handle(&self, row: &InboundRow, route: &Route) {
+    async fn handle(&self, row: &InboundRow, route: &Route, claim: &Claim) -> bool {
         let started = Instant::now();
         let mut attempts = row.attempts;
         let mut not_yet = 0u32;
         loop {
             let result = {
-                let Ok(_permit) = self.permits.acquire().await else { return };
-                AssertUnwindSafe(self.decide_once(row))
+                let Ok(_permit) = self.permits.acquire().await else { return true };
+                AssertUnwindSafe(self.decide_once(row, claim))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| Err(DecideError::Permanent("deciding it panicked".into())))
@@ -211,12 +254,14 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     if queued {
                         self.effects.notify_one();
                     }
-                    return;
+                    return true;
                 }
+                Err(DecideError::Fenced) => return false,
                 Err(DecideError::NotYet(reason)) => {
                     if started.elapsed() >= self.policy.not_yet_for {
                         let reason = format!("what it refers to never appeared ({reason})");
-                        return self.set_aside(row, route, attempts + 1, &reason);
+                        self.set_aside(row, route, attempts + 1, &reason);
+                        return true;
                     }
                     tracing::debug!(%reason, "not yet: tried again shortly");
                     // What it waits for is usually an outcome a moment away (a webhook that
@@ -227,7 +272,8 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                 Err(DecideError::Transient(reason)) => {
                     attempts += 1;
                     if attempts >= self.policy.max_attempts {
-                        return self.set_aside(row, route, attempts, &reason);
+                        self.set_aside(row, route, attempts, &reason);
+                        return true;
                     }
                     tracing::warn!(%reason, attempts, "event handling failed; will retry");
                     if let Err(e) = self.store.inbound_failed(row.id, &reason, false) {
@@ -236,7 +282,8 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     self.policy.backoff(attempts)
                 }
                 Err(DecideError::Permanent(reason)) => {
-                    return self.set_aside(row, route, attempts + 1, &reason);
+                    self.set_aside(row, route, attempts + 1, &reason);
+                    return true;
                 }
             };
             tokio::time::sleep(wait).await;
@@ -244,10 +291,14 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     }
 
     /// One attempt: read live, then decide and commit. `Ok(true)` when effects were queued.
-    async fn decide_once(&self, row: &InboundRow) -> Result<bool, DecideError> {
+    async fn decide_once(&self, row: &InboundRow, claim: &Claim) -> Result<bool, DecideError> {
         let event = Event::decode(row)?;
         let prepared = self.decider.prepare(&self.store, &event).await?;
         let queued = self.store.transaction(|tx| -> Result<bool, DecideError> {
+            // First, so that a takeover of the key waits for this decision to commit.
+            if !tx.hold_claim(claim, self.policy.claim_ttl)? {
+                return Err(DecideError::Fenced);
+            }
             if !tx.mark_processed(row.id)? {
                 return Ok(false); // decided already
             }

@@ -256,7 +256,8 @@ impl GroupService {
                 continue;
             }
             invited.push(contact.phone.as_str().to_owned());
-            effects.push(self.invitation(&group, wa, contact.phone));
+            let order = contact.phone.as_str().to_owned();
+            effects.push(self.invitation(&group, wa, contact.phone, &order));
         }
         if let Some(stream) = &group.stream {
             effects.push(self.post(
@@ -677,11 +678,13 @@ fn new_reference() -> String {
 
 impl GroupService {
     /// A contact's personal invitation: the invitation template, whose `group_id` parameter
-    /// WhatsApp turns into the group's link.
-    fn invitation(&self, group: &GroupRecord, wa: &GroupId, phone: E164) -> Effect {
+    /// WhatsApp turns into the group's link. `order`: the contact's phone for a new group's
+    /// invitations (sent side by side: nothing was queued for the group before them), the
+    /// group's id for later ones (after a link reset queued before them).
+    fn invitation(&self, group: &GroupRecord, wa: &GroupId, phone: E164, order: &str) -> Effect {
         let t = &self.settings.wa_templates.invitation;
         Effect::SendWaTemplate {
-            order: wa.as_str().to_owned(),
+            order: order.to_owned(),
             to: Recipient::Phone(phone),
             name: t.name.clone(),
             language: t.language.clone(),
@@ -938,7 +941,7 @@ impl GroupService {
         for phone in phones {
             tx.set_contact_state(group.key, phone, ContactState::Invited)?;
             if let Some(wa) = &group.wa_group {
-                effects.push(self.invitation(group, wa, phone.clone()));
+                effects.push(self.invitation(group, wa, phone.clone(), wa.as_str()));
             }
             if adding {
                 effects.extend(self.announce(

@@ -22,7 +22,7 @@ use crate::domain::{
 };
 
 pub use postgres::{PgError, PostgresOptions, PostgresStore, is_postgres_url, redacted_url};
-pub use sqlite::SqliteStore;
+pub use sqlite::{InstanceLock, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +41,13 @@ pub enum StoreError {
     Query(#[from] rusqlite::Error),
     #[error("store payload is not valid JSON: {0}")]
     Payload(#[from] serde_json::Error),
+    #[error(
+        "another wa-groups-bot instance runs on the store {path}: SQLite takes one instance; \
+         several instances share a PostgreSQL store (store.url)"
+    )]
+    InUse { path: String },
+    #[error("cannot lock the store {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
     #[error("the store lock was poisoned by a panic")]
     Poisoned,
     // ----- PostgreSQL (no variant shows the URL's password) -----
@@ -277,6 +284,23 @@ pub trait Tx: GroupRepo {
     /// Marks an outbox effect done (or given up, with `error`); the next effect of its key
     /// becomes due.
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
+    /// Fencing: confirms that this instance still holds `claim` and extends it by `ttl`, inside
+    /// the decision's transaction (a takeover waits for it to commit). `false` when the claim
+    /// was lost (it expired and another instance took the key): the caller must roll back.
+    /// A store no other instance shares holds every claim.
+    fn hold_claim(&self, claim: &Claim, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let _ = (claim, ttl);
+        Ok(true)
+    }
+}
+
+/// This instance's claim on deciding one key's events (DESIGN.md §7): while it holds it, no
+/// other instance decides them. `token` grows with every takeover, so a holder that stalled past
+/// its claim's expiry is told apart from the instance that took the key over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub token: i64,
 }
 
 /// A backend: the queues, and transactions over the group state.
@@ -336,6 +360,25 @@ pub trait StateStore: Send + Sync {
         body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         self.transaction(body)
+    }
+
+    // ----- coordination between instances (DESIGN.md §7) -----
+    /// Whether other instances may share this store (PostgreSQL). A store no other instance
+    /// shares (SQLite: one instance) grants every claim without asking.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Takes the claim on deciding `key`'s events for `ttl` (or renews it, when this instance
+    /// holds it already); `None` while another live instance holds it.
+    fn claim_key(&self, key: &str, ttl: std::time::Duration) -> Result<Option<Claim>, StoreError> {
+        let _ = ttl;
+        Ok(Some(Claim { key: key.to_owned(), token: 0 }))
+    }
+    /// Gives a claim up (when its key has nothing left to decide here); a claim taken over
+    /// meanwhile is left to its new holder.
+    fn release_key(&self, claim: &Claim) -> Result<(), StoreError> {
+        let _ = claim;
+        Ok(())
     }
 
     // ----- [feed-catchup] the Symphony watermark (catch-up after a datafeed loss) -----

@@ -116,6 +116,45 @@ impl SqliteStore {
     }
 }
 
+/// The one bot instance a SQLite store may have: held (an exclusive lock on `<store>.lock`,
+/// which the system lets go when the process ends, however it ends) while the bot runs.
+/// Admin commands (`events`, `check-config`) open the store without it.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+impl InstanceLock {
+    /// Takes the lock, or says that another instance runs on this store.
+    pub fn acquire(store: &Path) -> Result<Self, StoreError> {
+        let mut name = store.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Lock { path: shown.clone(), source })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StoreError::InUse { path: store.display().to_string() })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                Err(StoreError::Lock { path: shown, source })
+            }
+        }
+    }
+}
+
 /// Inserts an inbound event unless its `(source, key)` is known.
 pub(super) fn insert_inbound(
     conn: &Connection,

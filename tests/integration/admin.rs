@@ -439,3 +439,40 @@ async fn check_config_never_shows_a_secret_of_the_wrong_type() {
         assert!(!all.contains(secret), "{secret} was printed:\n{all}");
     }
 }
+
+/// SQLite takes one bot instance: a second one on the same store refuses to start and says
+/// what to do, while admin commands still open the store; once the first stops, it starts.
+#[tokio::test]
+async fn a_second_instance_on_one_sqlite_store_refuses_to_start() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = support::start_bot(&pod, dir.path()).await;
+
+    let config = support::bot_config(&pod, dir.path(), "keys/bot-pkcs8.pem");
+    let templates = || wa_groups_bot::templates::Templates::embedded().expect("templates");
+    let second = wa_groups_bot::app::Bot::start(
+        config.clone(),
+        templates(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let Err(refused) = second else { panic!("a second instance started on the same store") };
+    let said = refused.to_string();
+    assert!(
+        said.contains("another wa-groups-bot instance") && said.contains("store.url"),
+        "{said}"
+    );
+    // The admin's tools are not instances: they open the store meanwhile.
+    let store = wa_groups_bot::store::Store::open(&dir.path().join("bot.db")).expect("opens");
+    assert_eq!(store.count_failed_inbound().expect("reads"), 0);
+
+    first.stop().await;
+    let again = wa_groups_bot::app::Bot::start(
+        config,
+        templates(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("starts once the first instance stopped");
+    again.stop().await;
+}

@@ -1,9 +1,45 @@
 //! Creating what a group needs — its room, its WhatsApp group — so that a lost answer is
 //! recognised by the group's marker, never by a name.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use super::{Done, EffectExecutor, Failure, permanent};
-use crate::domain::{GroupKey, StreamId};
+use crate::domain::{GroupKey, StreamId, UserId};
 use crate::effects::Outcome;
+
+/// How long a room's creation waits for the names read beside it (they are read again later if
+/// this was not enough).
+const NAMES_WAIT: Duration = Duration::from_secs(2);
+/// How long a display name read for a new group is taken as current.
+const NAME_FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// Display names read a moment ago: a new group's advisors' names are read side by side with
+/// its room's creation, so that its WhatsApp group (whose description names them) does not wait
+/// for them afterwards.
+#[derive(Debug, Default)]
+pub struct NameCache(Mutex<HashMap<UserId, (String, Instant)>>);
+
+impl NameCache {
+    fn put(&self, names: impl IntoIterator<Item = (UserId, String)>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, at)| at.elapsed() < NAME_FRESH_FOR);
+        let now = Instant::now();
+        map.extend(names.into_iter().map(|(user, name)| (user, (name, now))));
+    }
+
+    /// Every one of `users`' names, if all are fresh.
+    fn all(&self, users: &[UserId]) -> Option<Vec<String>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .iter()
+            .map(|u| {
+                map.get(u).filter(|(_, at)| at.elapsed() < NAME_FRESH_FOR).map(|(n, _)| n.clone())
+            })
+            .collect()
+    }
+}
 
 /// The room description and keyword prefix that mark what the bot creates for a group.
 pub const ROOM_DESCRIPTION: &str = "WhatsApp group managed by wa-groups-bot";
@@ -24,8 +60,11 @@ impl EffectExecutor {
             tracing::warn!(room = %stream, "the room a lost attempt created is adopted by its marker");
             return Ok(Done::outcome(Outcome::RoomCreated { group: key, stream }));
         }
-        let room = self.symphony.create_room(&record.name, &description).await?;
-        Ok(Done::outcome(Outcome::RoomCreated { group: key, stream: room.stream }))
+        // The advisors' names, which the WhatsApp group's description needs next, are read
+        // meanwhile (a failure here only means they are read again then).
+        let names = tokio::time::timeout(NAMES_WAIT, self.read_names(key));
+        let (room, _) = tokio::join!(self.symphony.create_room(&record.name, &description), names);
+        Ok(Done::outcome(Outcome::RoomCreated { group: key, stream: room?.stream }))
     }
 
     /// A room of the bot's named `name` whose description is exactly `description` (which
@@ -109,23 +148,38 @@ impl EffectExecutor {
     ) -> Result<String, Failure> {
         let advisors: Vec<_> =
             self.store.read(|r| r.advisors(key))?.into_iter().map(|(user, _)| user).collect();
-        // One lookup for every advisor (not one call after the other): a create's WhatsApp
-        // group waits for these names.
-        let found = self.symphony.users_by_ids(&advisors).await?;
-        let names: Vec<String> = advisors
-            .iter()
-            .map(|user| {
-                found
-                    .iter()
-                    .find(|u| u.id == *user)
-                    .and_then(|u| u.display_name.clone())
-                    .unwrap_or_else(|| user.to_string())
-            })
-            .collect();
+        let names = match self.names.all(&advisors) {
+            Some(names) => names,
+            None => {
+                self.read_names(key).await?;
+                self.names
+                    .all(&advisors)
+                    .unwrap_or_else(|| advisors.iter().map(ToString::to_string).collect())
+            }
+        };
         let text = self
             .templates
             .render("whatsapp/description", &serde_json::json!({"members": names}))?;
         Ok(wa_description(&text, marker))
+    }
+}
+
+impl EffectExecutor {
+    /// Reads a group's advisors' display names (one call for them all) into the cache; one
+    /// without a display name is shown by their user id.
+    async fn read_names(&self, key: GroupKey) -> Result<(), Failure> {
+        let advisors: Vec<_> =
+            self.store.read(|r| r.advisors(key))?.into_iter().map(|(user, _)| user).collect();
+        let found = self.symphony.users_by_ids(&advisors).await?;
+        self.names.put(advisors.iter().map(|user| {
+            let name = found
+                .iter()
+                .find(|u| u.id == *user)
+                .and_then(|u| u.display_name.clone())
+                .unwrap_or_else(|| user.to_string());
+            (*user, name)
+        }));
+        Ok(())
     }
 }
 

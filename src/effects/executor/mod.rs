@@ -30,7 +30,7 @@ use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
 const JOIN_REQUEST_GONE: i64 = 131_213;
 
 /// How many effects (of different order keys) run at once.
-const PARALLEL_EFFECTS: usize = 8;
+const PARALLEL_EFFECTS: usize = 32;
 
 /// The guard of an [`Effect::ApproveJoin`], read right before the approval is performed: only a
 /// contact still invited (or requesting) and not barred is let in, so an owner's `/wa remove`
@@ -121,6 +121,9 @@ pub struct EffectExecutor {
     pub metrics: Metrics,
     /// Woken when an outcome is queued.
     pub dispatcher: Arc<Notify>,
+    /// Advisors' display names read while their room was being made, for the WhatsApp group's
+    /// description that follows (a cache: the names are read again when missing or old).
+    pub names: create::NameCache,
 }
 
 impl EffectExecutor {
@@ -201,7 +204,14 @@ impl EffectExecutor {
                 return self.store.transaction(|tx| tx.finish_effect(row.id, Some(&reason)));
             }
         };
-        match self.perform(&effect).await {
+        let started = std::time::Instant::now();
+        let performed = self.perform(&effect).await;
+        tracing::debug!(
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ok = performed.is_ok(),
+            "effect performed"
+        );
+        match performed {
             Ok(done) => {
                 let outcome = done.outcome.as_ref().map(serde_json::to_value).transpose()?;
                 self.store.transaction(|tx| {
