@@ -22,8 +22,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    GroupRepo, InboundRow, OutboxRow, Pruned, QueuedEffect, Source, StateStore, StoreError, Tx,
-    Watermark, now_ms,
+    Claim, GroupRepo, InboundRow, OutboxRow, Pruned, QueuedEffect, Source, StateStore, StoreError,
+    Tx, Watermark, now_ms,
 };
 use crate::domain::{
     ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
@@ -31,7 +31,10 @@ use crate::domain::{
 };
 
 /// Numbered migrations; the index + 1 is the schema version it leads to.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/pg/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/pg/0001_init.sql"),
+    include_str!("migrations/pg/0002_key_claims.sql"),
+];
 
 /// The advisory lock key that serialises migrations across instances ("wagb-mig" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7761_6762_2d6d_6967;
@@ -119,6 +122,9 @@ pub struct PostgresStore {
     pool: Pool,
     /// Where it is, for messages (no password).
     at: String,
+    /// This handle's identity in claims and leases: random, so each instance (each start) is
+    /// its own owner.
+    owner: String,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -218,6 +224,11 @@ impl std::error::Error for PgError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.0)
     }
+}
+
+/// A duration in ms as a SQL parameter.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
 }
 
 /// What a PostgreSQL error means for the caller.
@@ -373,7 +384,8 @@ impl PostgresStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
-        let store = Self { runtime: Some(runtime), handle, pool, at };
+        let owner = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let store = Self { runtime: Some(runtime), handle, pool, at, owner };
         let pool = store.pool.clone();
         let shown = store.at.clone();
         store
@@ -393,6 +405,11 @@ impl PostgresStore {
                 other => other,
             })?;
         Ok(store)
+    }
+
+    /// This handle's owner id in claims.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Where the store is (no password).
@@ -806,6 +823,41 @@ impl StateStore for PostgresStore {
         self.run_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ", body)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn claim_key(&self, key: &str, ttl: Duration) -> Result<Option<Claim>, StoreError> {
+        // Taken when free or expired (a new token), renewed when ours (the same token). Another
+        // instance's transaction holding the claim row (a decision in progress, fenced by
+        // `hold_claim`) makes this wait for its commit, then see the extended expiry.
+        let rows = self.query(
+            "INSERT INTO key_claims (key, owner, token, expires_at)
+             VALUES ($1, $2, nextval('key_claim_tokens'),
+                     clock_timestamp() + $3::FLOAT8 * INTERVAL '1 millisecond')
+             ON CONFLICT (key) DO UPDATE SET
+                 token = CASE WHEN key_claims.owner = excluded.owner
+                              THEN key_claims.token ELSE excluded.token END,
+                 owner = excluded.owner,
+                 expires_at = excluded.expires_at
+             WHERE key_claims.owner = excluded.owner OR key_claims.expires_at < clock_timestamp()
+             RETURNING token",
+            params![key.to_owned(), self.owner.clone(), millis(ttl)],
+        )?;
+        match rows.first() {
+            Some(row) => Ok(Some(Claim { key: key.to_owned(), token: row.try_get(0)? })),
+            None => Ok(None),
+        }
+    }
+
+    fn release_key(&self, claim: &Claim) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM key_claims WHERE key = $1 AND owner = $2 AND token = $3",
+            params![claim.key.clone(), self.owner.clone(), claim.token],
+        )?;
+        Ok(())
+    }
+
     fn symphony_watermark(&self) -> Result<Option<Watermark>, StoreError> {
         let rows = self
             .query("SELECT latest_ms, first_ms FROM symphony_watermark WHERE id = 1", params![])?;
@@ -913,6 +965,16 @@ impl Tx for PgTx<'_> {
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload)?)? == 1)
+    }
+
+    fn hold_claim(&self, claim: &Claim, ttl: Duration) -> Result<bool, StoreError> {
+        // The row stays locked until this transaction ends: a takeover waits for the commit.
+        let held = self.execute(
+            "UPDATE key_claims SET expires_at = clock_timestamp() + $4::FLOAT8 * INTERVAL '1 millisecond'
+             WHERE key = $1 AND owner = $2 AND token = $3",
+            params![claim.key.clone(), self.store.owner.clone(), claim.token, millis(ttl)],
+        )?;
+        Ok(held == 1)
     }
 
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {

@@ -355,3 +355,98 @@ fn the_outbox_keeps_one_head_per_key_while_two_instances_queue_and_finish() {
     queueing.join().expect("queueing");
     assert_eq!(performed, (0..N).collect::<Vec<_>>(), "in order, each once");
 }
+
+#[test]
+fn one_instance_at_a_time_holds_a_key_and_a_stalled_holder_is_fenced() {
+    let Some(db) = db("one_instance_at_a_time_holds_a_key_and_a_stalled_holder_is_fenced") else {
+        return;
+    };
+    let (a, b) = (Arc::new(open(&db)), Arc::new(open(&db)));
+    assert!(a.shared() && a.owner() != b.owner());
+    let long = Duration::from_secs(60);
+    let first = a.claim_key("group:1", long).expect("claim").expect("free: a takes it");
+    assert_eq!(b.claim_key("group:1", long).expect("claim"), None, "a holds it");
+    assert_eq!(a.claim_key("group:1", long).expect("renew"), Some(first.clone()), "renewed");
+    assert!(b.claim_key("group:2", long).expect("claim").is_some(), "other keys are free");
+
+    // A lets it go: B takes it, with a new token.
+    a.release_key(&first).expect("release");
+    let by_b = b.claim_key("group:1", Duration::from_millis(200)).expect("claim").expect("b");
+    assert!(by_b.token > first.token);
+
+    // B stalls past its claim's expiry; A takes the key over; B's late decision is refused.
+    let taken = {
+        let started = Instant::now();
+        loop {
+            if let Some(claim) = a.claim_key("group:1", long).expect("claim") {
+                break claim;
+            }
+            assert!(started.elapsed() < PATIENCE, "the expired claim was never taken over");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(taken.token > by_b.token, "a takeover has a new token");
+    let b_store = Store::from_backend(b.clone());
+    b.enqueue_inbound(Source::Symphony, "late", &json!(1)).expect("enqueue");
+    let id = b.pending_inbound(0, 1).expect("pending")[0].id;
+    let late: Result<bool, StoreError> = b_store.transaction(|tx| {
+        if !tx.hold_claim(&by_b, long)? {
+            return Err(StoreError::BadRow("fenced".into())); // the dispatcher rolls back so
+        }
+        tx.mark_processed(id)
+    });
+    assert!(late.is_err(), "the stalled holder is fenced");
+    assert_eq!(b.pending_inbound(0, 1).expect("pending").len(), 1, "its write was refused");
+    // Its release leaves A's claim alone.
+    b.release_key(&by_b).expect("release");
+    assert_eq!(b.claim_key("group:1", long).expect("claim"), None, "a still holds it");
+    let a_store = Store::from_backend(a.clone());
+    assert!(a_store.transaction(|tx| tx.hold_claim(&taken, long)).expect("hold"));
+}
+
+#[test]
+fn a_takeover_waits_for_the_holders_decision_to_commit() {
+    let Some(db) = db("a_takeover_waits_for_the_holders_decision_to_commit") else { return };
+    let (a, b) = (Arc::new(open(&db)), Arc::new(open(&db)));
+    let short = Duration::from_millis(300);
+    let claim = a.claim_key("group:9", short).expect("claim").expect("free");
+    // A's decision holds the claim (extending it) and is still running when the old expiry
+    // passes; B's takeover must wait for A's commit, then see the extended claim.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (commit_tx, commit_rx) = std::sync::mpsc::channel::<()>();
+    let decision = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            Store::from_backend(a)
+                .transaction(|tx| {
+                    let held = tx.hold_claim(&claim, Duration::from_secs(60))?;
+                    let _ = held_tx.send(held);
+                    let _ = commit_rx.recv_timeout(PATIENCE);
+                    Ok::<_, StoreError>(held)
+                })
+                .expect("decision")
+        })
+    };
+    assert!(held_rx.recv_timeout(PATIENCE).expect("held"), "a holds its claim");
+    // Past the claim's original expiry: without the row lock B would take the key now.
+    let started = Instant::now();
+    let takeover = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(short.saturating_sub(started.elapsed()) + Duration::from_millis(50));
+            b.claim_key("group:9", Duration::from_secs(60)).expect("claim")
+        })
+    };
+    wait_until("b's takeover to wait for a's decision", || {
+        a.count(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            vec![],
+        )
+        .expect("activity")
+            == 1
+    });
+    commit_tx.send(()).expect("commit");
+    assert!(decision.join().expect("decision"));
+    assert_eq!(takeover.join().expect("takeover"), None, "a's extended claim stands");
+}
