@@ -407,6 +407,19 @@ impl Store {
         Ok(Self(Arc::new(SqliteStore::open(path)?)))
     }
 
+    /// Opens the store the configuration names: PostgreSQL when `store.url` is set (several
+    /// instances), else the SQLite file at `store.path`. Brings the schema up to date.
+    pub fn open_config(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        match &config.url {
+            Some(url) => Ok(Self(Arc::new(PostgresStore::open(&PostgresOptions {
+                url: url.clone(),
+                pool_size: usize::try_from(config.pool_size).unwrap_or(8),
+                statement_timeout: config.statement_timeout,
+            })?))),
+            None => Self::open(&config.path),
+        }
+    }
+
     /// A private in-memory SQLite store (tests, dry runs).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Ok(Self(Arc::new(SqliteStore::open_in_memory()?)))

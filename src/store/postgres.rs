@@ -335,9 +335,9 @@ async fn migrate(c: &mut deadpool_postgres::ClientWrapper, at: &str) -> Result<i
 }
 
 impl PostgresStore {
-    /// Connects (a pool of `pool_size`), checks TLS and credentials with a first connection and
-    /// brings the schema up to date.
-    pub fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+    /// Connects (a pool of `pool_size`) and checks the URL, TLS and credentials with a first
+    /// connection; the schema is left as it is (see [`PostgresStore::open`]).
+    pub fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
         let raw = options.url.expose_secret();
         let at = redacted_url(raw);
         if !is_postgres_url(raw) {
@@ -386,25 +386,55 @@ impl PostgresStore {
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
         let owner = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let store = Self { runtime: Some(runtime), handle, pool, at, owner };
+        // A first connection: the URL, TLS and credentials are checked here.
+        let pool = store.pool.clone();
+        store
+            .run(async move {
+                let _first = pool.get().await.map_err(pool_error)?;
+                Ok(())
+            })
+            .map_err(|e| store.connect_error(e))?;
+        Ok(store)
+    }
+
+    /// Connects (see [`PostgresStore::connect`]) and brings the schema up to date, once across
+    /// instances (under an advisory lock: a second instance starting meanwhile waits, then finds
+    /// nothing to do).
+    pub fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let store = Self::connect(options)?;
         let pool = store.pool.clone();
         let shown = store.at.clone();
         store
             .run(async move {
-                let mut c = pool.get().await.map_err(|e| match pool_error(e) {
-                    StoreError::Unavailable(reason) => {
-                        StoreError::Connect { at: shown.clone(), reason }
-                    }
-                    other => other,
-                })?;
+                let mut c = pool.get().await.map_err(pool_error)?;
                 migrate(&mut c, &shown).await
             })
-            .map_err(|e| match e {
-                StoreError::Unavailable(reason) => {
-                    StoreError::Connect { at: store.at.clone(), reason }
-                }
-                other => other,
-            })?;
+            .map_err(|e| store.connect_error(e))?;
         Ok(store)
+    }
+
+    fn connect_error(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Unavailable(reason) => StoreError::Connect { at: self.at.clone(), reason },
+            other => other,
+        }
+    }
+
+    /// The schema version the database is at (0 before the first start), without migrating
+    /// (`check-config --connect`).
+    pub fn schema_version_unmigrated(&self) -> Result<i64, StoreError> {
+        let exists =
+            self.query("SELECT to_regclass('schema_migrations') IS NOT NULL", params![])?;
+        match exists.first().map(|r| r.try_get::<_, bool>(0)).transpose()? {
+            Some(true) => self.schema_version(),
+            _ => Ok(0),
+        }
+    }
+
+    /// The server's version (`SHOW server_version`).
+    pub fn server_version(&self) -> Result<String, StoreError> {
+        let rows = self.query("SELECT current_setting('server_version')", params![])?;
+        Ok(rows.first().map(|r| r.try_get::<_, String>(0)).transpose()?.unwrap_or_default())
     }
 
     /// This handle's owner id in claims.
