@@ -56,6 +56,10 @@ enum Cmd {
         /// Datafeed long-poll hold, in seconds.
         #[arg(long, default_value_t = 20)]
         datafeed_hold: u64,
+        /// Milliseconds after which a datafeed batch nobody acknowledged is handed out again, to
+        /// any reader of the feed (a real agent: about 30 s).
+        #[arg(long, default_value_t = 30_000)]
+        datafeed_redeliver_ms: u64,
         /// Milliseconds added before every API call is served (datafeed reads excepted), to
         /// play a distant pod.
         #[arg(long, default_value_t = 0)]
@@ -65,9 +69,10 @@ enum Cmd {
     WhatsappSim {
         #[arg(long, default_value = "127.0.0.1:8181")]
         listen: SocketAddr,
-        /// Where to deliver signed webhooks.
-        #[arg(long)]
-        webhook_url: Option<String>,
+        /// Where to deliver signed webhooks; repeat it for several bot instances: deliveries
+        /// are spread round-robin, a URL that refuses connections skipped (a load balancer).
+        #[arg(long = "webhook-url", value_name = "URL")]
+        webhook_urls: Vec<String>,
         #[arg(long, env = "WAGB_SIM_APP_SECRET")]
         app_secret: String,
         #[arg(long, env = "WAGB_SIM_ACCESS_TOKEN")]
@@ -230,19 +235,17 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
         Cmd::Demo { keep, logs: _ } => app::run_demo(keep, cancel).await?,
-        Cmd::MockPod { listen, users, datafeed_hold, latency_ms } => {
-            app::run_mock_pod(
-                listen,
-                &users,
-                std::time::Duration::from_secs(datafeed_hold),
-                std::time::Duration::from_millis(latency_ms),
-                cancel,
-            )
-            .await?;
+        Cmd::MockPod { listen, users, datafeed_hold, datafeed_redeliver_ms, latency_ms } => {
+            let timings = app::MockPodTimings {
+                hold: std::time::Duration::from_secs(datafeed_hold),
+                redelivery: std::time::Duration::from_millis(datafeed_redeliver_ms),
+                latency: std::time::Duration::from_millis(latency_ms),
+            };
+            app::run_mock_pod(listen, &users, timings, cancel).await?;
         }
         Cmd::WhatsappSim {
             listen,
-            webhook_url,
+            webhook_urls,
             app_secret,
             access_token,
             phone_number_id,
@@ -253,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
                 &app_secret,
                 &phone_number_id,
             );
-            cfg.webhook_url = webhook_url;
+            cfg.webhook_urls = webhook_urls;
             cfg.latency = std::time::Duration::from_millis(latency_ms);
             app::run_whatsapp_sim(listen, cfg, cancel).await?;
         }

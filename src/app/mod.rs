@@ -6,9 +6,9 @@ mod sandbox;
 
 use housekeeping::Housekeeping;
 pub use sandbox::{
-    SANDBOX_ACCESS_TOKEN, SANDBOX_ADVISORS, SANDBOX_APP_SECRET, SANDBOX_BOT, SANDBOX_CONTACTS,
-    SANDBOX_PHONE_NUMBER_ID, Sandbox, SandboxOptions, SandboxPorts, keygen, prepare_sandbox,
-    run_demo, run_mock_pod, run_sandbox, run_whatsapp_sim, start_sandbox,
+    MockPodTimings, SANDBOX_ACCESS_TOKEN, SANDBOX_ADVISORS, SANDBOX_APP_SECRET, SANDBOX_BOT,
+    SANDBOX_CONTACTS, SANDBOX_PHONE_NUMBER_ID, Sandbox, SandboxOptions, SandboxPorts, keygen,
+    prepare_sandbox, run_demo, run_mock_pod, run_sandbox, run_whatsapp_sim, start_sandbox,
 };
 
 use std::net::SocketAddr;

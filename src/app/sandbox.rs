@@ -14,18 +14,29 @@ use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser};
 use crate::sandbox::wa_sim::{WhatsAppSim, WhatsAppSimConfig};
 use crate::templates::Templates;
 
+/// The mock pod's timings that `mock-pod` takes on its command line.
+#[derive(Debug, Clone, Copy)]
+pub struct MockPodTimings {
+    /// How long an idle datafeed read is held (`--datafeed-hold`).
+    pub hold: Duration,
+    /// When an unacknowledged batch is handed out again (`--datafeed-redeliver-ms`).
+    pub redelivery: Duration,
+    /// Added before every API call (`--latency-ms`).
+    pub latency: Duration,
+}
+
 /// Runs the mock pod alone until cancelled.
 pub async fn run_mock_pod(
     listen: SocketAddr,
     users: &Path,
-    hold: Duration,
-    latency: Duration,
+    timings: MockPodTimings,
     cancel: CancellationToken,
 ) -> Result<(), AppError> {
     let users = load_users(users)?;
     let mut cfg = MockPodConfig::new(users);
-    cfg.datafeed_hold = hold;
-    cfg.latency = latency;
+    cfg.datafeed_hold = timings.hold;
+    cfg.redelivery_delay = timings.redelivery;
+    cfg.latency = timings.latency;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let pod = MockPod::start_on(listener, cfg, cancel.clone())
         .await

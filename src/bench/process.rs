@@ -76,6 +76,20 @@ impl BotProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kills it at once (SIGKILL: nothing cleaned up, as when a node is lost) and waits until
+    /// it is gone.
+    pub async fn kill(mut self) -> Result<(), BenchError> {
+        self.child
+            .kill()
+            .await
+            .map_err(|e| BenchError::Io(format!("cannot kill {} ({}): {e}", self.label, self.pid)))
+    }
+
     /// Asks it to stop (SIGTERM, as a service manager would), then kills it if it has not
     /// within 5 s.
     pub async fn stop(mut self) {

@@ -97,6 +97,18 @@ pub struct Prepared {
     extras: InfoExtras,
 }
 
+impl Prepared {
+    /// The command it is (`invalid` when it does not parse), for the metrics once decided;
+    /// `None` for chat.
+    pub fn command_name(&self) -> Option<&'static str> {
+        match &self.parsed {
+            Ok(Some(command)) => Some(command.name()),
+            Err(_) => Some("invalid"),
+            Ok(None) => None,
+        }
+    }
+}
+
 /// Routes room messages.
 pub struct CommandRouter {
     pub templates: Arc<Templates>,
@@ -172,11 +184,6 @@ impl CommandRouter {
         let reply = |message_ml: String| {
             Ok(vec![Effect::PostMessage { stream: message.stream.clone(), message_ml }])
         };
-        match &prepared.parsed {
-            Ok(Some(command)) => self.metrics.command(command.name()),
-            Err(_) => self.metrics.command("invalid"),
-            Ok(None) => {}
-        }
         let manage = match prepared.parsed {
             Ok(None) => return Ok(self.relay.from_room(tx, message)?),
             Ok(Some(Command::Help)) => return reply(self.templates.help(commands::COMMANDS)?),

@@ -115,10 +115,20 @@ pub struct Route {
 }
 
 /// What was read live for an event, before its transaction.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Prepared {
     Nothing,
     Message(Box<MessagePrepared>),
+}
+
+impl Prepared {
+    /// The command a message is, if it is one (counted once its decision commits).
+    pub fn command_name(&self) -> Option<&'static str> {
+        match self {
+            Prepared::Message(message) => message.command_name(),
+            Prepared::Nothing => None,
+        }
+    }
 }
 
 /// Decides events.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,20 @@ use crate::effects::to_outbox;
 use crate::metrics::Metrics;
 use crate::store::{Claim, InboundRow, Store};
 
-pub use decide::{DecideError, Decider, Event, Route};
+pub use decide::{DecideError, Decider, Event, Prepared, Route};
+
+/// Decisions committed together at most (group commit).
+const MAX_BATCH: usize = 64;
+
+/// An event read live and ready to be decided, waiting for the committer.
+struct Job {
+    row: InboundRow,
+    event: Event,
+    prepared: Prepared,
+    claim: Claim,
+    /// Whether effects were queued, or why it was not decided.
+    reply: oneshot::Sender<Result<bool, DecideError>>,
+}
 
 /// How the dispatcher retries and how much it does at once.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +105,10 @@ pub struct Dispatcher<L> {
     pub policy: DispatchPolicy,
     queues: Mutex<Queues>,
     permits: Semaphore,
+    /// Events ready to be decided, to the committer (group commit).
+    jobs: mpsc::Sender<Job>,
+    /// The committer's end, until [`Dispatcher::run`] starts it.
+    committer: Mutex<Option<mpsc::Receiver<Job>>>,
 }
 
 impl<L: LiveReads + 'static> Dispatcher<L> {
@@ -103,7 +120,18 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         policy: DispatchPolicy,
     ) -> Self {
         let permits = Semaphore::new(policy.parallel.max(1));
-        Self { store, decider, effects, metrics, policy, queues: Mutex::default(), permits }
+        let (jobs, committer) = mpsc::channel(MAX_BATCH * 4);
+        Self {
+            store,
+            decider,
+            effects,
+            metrics,
+            policy,
+            queues: Mutex::default(),
+            permits,
+            jobs,
+            committer: Mutex::new(Some(committer)),
+        }
     }
 
     fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
@@ -113,6 +141,11 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     /// Runs until cancelled, woken by `wake` when events are persisted.
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, cancel: CancellationToken) {
         let mut workers: JoinSet<()> = JoinSet::new();
+        let committer = self.committer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _committer = committer.map(|jobs| {
+            let me = self.clone();
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(me.commit_loop(jobs)))
+        });
         let mut cursor = 0i64;
         let mut last_scan = Instant::now();
         let rescan_every = if self.store.shared() {
@@ -290,24 +323,91 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         }
     }
 
-    /// One attempt: read live, then decide and commit. `Ok(true)` when effects were queued.
+    /// One attempt: read live, then decide and commit (with whatever other decisions are
+    /// ready at the same moment). `Ok(true)` when effects were queued.
     async fn decide_once(&self, row: &InboundRow, claim: &Claim) -> Result<bool, DecideError> {
         let event = Event::decode(row)?;
         let prepared = self.decider.prepare(&self.store, &event).await?;
-        let queued = self.store.transaction(|tx| -> Result<bool, DecideError> {
-            // First, so that a takeover of the key waits for this decision to commit.
-            if !tx.hold_claim(claim, self.policy.claim_ttl)? {
-                return Err(DecideError::Fenced);
-            }
-            if !tx.mark_processed(row.id)? {
-                return Ok(false); // decided already
-            }
-            let effects = self.decider.decide(tx, &row.dedupe_key, &event, prepared)?;
-            tx.queue_effects(&to_outbox(&effects)?)?;
-            Ok(!effects.is_empty())
-        })?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job { row: row.clone(), event, prepared, claim: claim.clone(), reply };
+        let stopping = || DecideError::Transient("the dispatcher is stopping".into());
+        self.jobs.send(job).await.map_err(|_| stopping())?;
+        let queued = answer.await.map_err(|_| stopping())??;
         crate::crashpoint::reached("an event decided");
         Ok(queued)
+    }
+
+    /// The committer: decides the events that are ready in one transaction (group commit:
+    /// one commit for many decisions under load, at once for one alone).
+    async fn commit_loop(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Decides `batch` in one transaction; if any of them fails, none of that transaction is
+    /// kept and each is decided in a transaction of its own (so that one failing event never
+    /// holds up or undoes another).
+    fn commit(&self, batch: Vec<Job>) {
+        if batch.len() > 1 {
+            let together = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.store.transaction(|tx| -> Result<Vec<bool>, DecideError> {
+                    batch.iter().map(|job| self.decide_in(tx, job, job.prepared.clone())).collect()
+                })
+            }));
+            if let Ok(Ok(queued)) = together {
+                for (job, queued) in batch.into_iter().zip(queued) {
+                    self.decided(job, Ok(queued));
+                }
+                return;
+            }
+        }
+        for job in batch {
+            let prepared = job.prepared.clone();
+            let alone = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.store.transaction(|tx| self.decide_in(tx, &job, prepared))
+            }))
+            .unwrap_or_else(|_| Err(DecideError::Permanent("deciding it panicked".into())));
+            self.decided(job, alone);
+        }
+    }
+
+    /// Tells a job's worker how its decision went; a command committed is counted.
+    fn decided(&self, job: Job, result: Result<bool, DecideError>) {
+        // `Ok(false)`: marked processed before (nothing decided now) — a command always answers.
+        if matches!(result, Ok(true))
+            && let Some(command) = job.prepared.command_name()
+        {
+            self.metrics.command(command);
+        }
+        let _ = job.reply.send(result);
+    }
+
+    /// One decision inside a transaction: the claim held, the event marked processed, its
+    /// state written and its effects queued.
+    fn decide_in(
+        &self,
+        tx: &dyn crate::store::Tx,
+        job: &Job,
+        prepared: Prepared,
+    ) -> Result<bool, DecideError> {
+        // First, so that a takeover of the key waits for this decision to commit.
+        if !tx.hold_claim(&job.claim, self.policy.claim_ttl)? {
+            return Err(DecideError::Fenced);
+        }
+        if !tx.mark_processed(job.row.id)? {
+            return Ok(false); // decided already
+        }
+        let effects = self.decider.decide(tx, &job.row.dedupe_key, &job.event, prepared)?;
+        tx.queue_effects(&to_outbox(&effects)?)?;
+        Ok(!effects.is_empty())
     }
 
     /// Sets an event aside: kept for an administrator, counted, and said in its room.

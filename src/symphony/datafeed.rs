@@ -1,7 +1,15 @@
 //! The Datafeed v2 loop: find or create the feed, long-poll it with `ackId`, hand each batch to
 //! a handler and acknowledge it (with the next read) only once the handler succeeded. A 400
-//! means the feed is gone: delete it, create a new one, start again from `ackId ""`. A 401 is a
-//! re-login (inside the client) on the same feed. Throttling, server and network errors back
+//! means the feed is gone: read the one another instance of the bot set up meanwhile if there is
+//! one, else delete it and create a new one; start again from `ackId ""`. A 401 is a
+//! re-login (inside the client) on the same feed.
+//!
+//! Several instances share one feed (the pod hands each batch to one reader): they all read the
+//! oldest listed datafeed, and one that created a feed at the same time as another (each after
+//! finding none) settles on the oldest and deletes its own unread one, so that they do not end
+//! up on different feeds, each getting every event (finos/symphony-bdk-java#782). Should they
+//! still (a list call failing at that moment), the store's `(source, key)` uniqueness makes each
+//! event count once. Throttling, server and network errors back
 //! off exponentially (capped), honouring `Retry-After`. Each time the loop has a feed (at start
 //! and after a re-creation) an optional hook catches up on what was posted while no feed was
 //! read, before the first read.
@@ -26,6 +34,15 @@ pub type BatchHandler =
 /// first read: the events missed while no feed was read (see [`super::catchup`]), handed to the
 /// [`BatchHandler`] like a batch. Failures are the hook's to report: it returns what it found.
 pub type CatchUpHook = Box<dyn FnMut() -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
+
+/// The feed every instance agrees to read among those listed: the oldest datafeed (by
+/// `createdAt`, then id; feeds without `createdAt` last).
+fn shared_feed<'a>(feeds: &'a [Datafeed], avoid: Option<&str>) -> Option<&'a Datafeed> {
+    feeds.iter().filter(|f| is_datafeed_id(&f.id) && Some(f.id.as_str()) != avoid).min_by(|a, b| {
+        let key = |f: &'a Datafeed| (f.created_at.unwrap_or(i64::MAX), f.id.as_str());
+        key(a).cmp(&key(b))
+    })
+}
 
 /// Whether a feed id is a datafeed (`…_f` or `…_f_…`), not a datahose feed.
 fn is_datafeed_id(id: &str) -> bool {
@@ -136,12 +153,47 @@ impl DatafeedLoop {
     }
 
     async fn find_or_create(&self) -> Result<String, SymphonyError> {
-        match self.list().await?.into_iter().find(|f| is_datafeed_id(&f.id)) {
+        match shared_feed(&self.list().await?, None) {
             Some(feed) => {
                 tracing::info!(feed = %feed.id, "reusing datafeed");
-                Ok(feed.id)
+                Ok(feed.id.clone())
             }
-            None => self.create().await,
+            None => self.create_shared(None).await,
+        }
+    }
+
+    /// After a 400 on `gone`: the feed another instance set up meanwhile (one that got the 400
+    /// first), if one is listed; else `gone` is deleted (as the BDKs do: should it still serve
+    /// other instances, they then move too) and a new feed created.
+    async fn replace(&self, gone: &str) -> Result<String, SymphonyError> {
+        if let Some(feed) = shared_feed(&self.list().await?, Some(gone)) {
+            tracing::info!(feed = %feed.id, "reading the datafeed another instance set up");
+            return Ok(feed.id.clone());
+        }
+        self.delete(gone).await;
+        self.create_shared(Some(gone)).await
+    }
+
+    /// Creates a feed, then settles on the one all instances read: another instance may have
+    /// created one at the same time, each after finding none. The oldest wins; a newer one of
+    /// ours is deleted before anything is read from it (what it alone received, posted between
+    /// the two creations, the catch-up brings back).
+    async fn create_shared(&self, avoid: Option<&str>) -> Result<String, SymphonyError> {
+        let mine = self.create().await?;
+        let listed = match self.list().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(error = %e, feed = %mine, "cannot list datafeeds after creating one; reading ours");
+                return Ok(mine);
+            }
+        };
+        match shared_feed(&listed, avoid) {
+            Some(oldest) if oldest.id != mine => {
+                tracing::info!(feed = %oldest.id, ours = %mine, "another instance created a datafeed first; reading it and deleting ours");
+                self.delete(&mine).await;
+                Ok(oldest.id.clone())
+            }
+            _ => Ok(mine),
         }
     }
 
@@ -214,9 +266,9 @@ impl DatafeedLoop {
                     }
                 }
                 Err(e) if e.status() == Some(400) && e.retry_after().is_none() => {
-                    tracing::warn!(error = %e, "datafeed gone; creating a new one");
-                    self.delete(&feed).await;
-                    feed = match self.with_retries(&cancel, || self.create()).await? {
+                    tracing::warn!(error = %e, "datafeed gone; finding or creating another");
+                    let gone = feed.clone();
+                    feed = match self.with_retries(&cancel, || self.replace(&gone)).await? {
                         Some(f) => f,
                         None => return Ok(()),
                     };
@@ -311,6 +363,27 @@ async fn hand_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_instance_picks_the_oldest_datafeed_of_a_list_in_any_order() {
+        let feed = |id: &str, created_at: Option<i64>| Datafeed { id: id.into(), created_at };
+        let listed = vec![
+            feed("ccc_f", Some(20)),
+            feed("ddd_p_1", Some(1)),
+            feed("bbb_f", Some(10)),
+            feed("aaa_f", Some(10)),
+            feed("000_f", None),
+        ];
+        let mut reversed = listed.clone();
+        reversed.reverse();
+        for list in [&listed, &reversed] {
+            assert_eq!(shared_feed(list, None).map(|f| f.id.as_str()), Some("aaa_f"));
+            assert_eq!(shared_feed(list, Some("aaa_f")).map(|f| f.id.as_str()), Some("bbb_f"));
+        }
+        assert!(shared_feed(&[feed("ddd_p_1", Some(1))], None).is_none(), "no datahose feed");
+        let undated = [feed("b_f", None), feed("a_f", None)];
+        assert_eq!(shared_feed(&undated, None).map(|f| f.id.as_str()), Some("a_f"));
+    }
 
     #[test]
     fn datafeed_ids_are_told_from_datahose_ids() {

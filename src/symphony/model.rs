@@ -140,8 +140,12 @@ pub struct SentMessage {
 
 /// `V5Datafeed`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Datafeed {
     pub id: String,
+    /// Deprecated in the spec but still sent: orders feeds the same way for every instance.
+    #[serde(default)]
+    pub created_at: Option<i64>,
 }
 
 /// `V5EventList`: events stay raw JSON here so that one odd event never loses a batch.

@@ -22,5 +22,6 @@ mod pywa_interop;
 mod relay;
 mod sandbox_cli;
 mod secrets;
+mod several_instances;
 mod symphony_client;
 mod whatsapp;

@@ -682,3 +682,267 @@ async fn every_pod_refusal_is_code_and_message() {
     let body: Value = r.json().await.expect("json");
     assert!(body["error"].is_string(), "{body}");
 }
+
+// ----- several readers on one feed (several bot instances, DESIGN.md §7) -----
+
+/// A mock pod holding idle reads 300 ms and handing unacknowledged batches out again after
+/// `redelivery`.
+async fn pod_redelivering_after(redelivery: Duration) -> wa_groups_bot::sandbox::mock_pod::MockPod {
+    use wa_groups_bot::sandbox::mock_pod::{MockPod, MockPodConfig};
+    let mut cfg = MockPodConfig::new(crate::support::pod_users());
+    cfg.datafeed_hold = Duration::from_millis(300);
+    cfg.redelivery_delay = redelivery;
+    MockPod::start(cfg).await.expect("pod")
+}
+
+/// The ids of a batch's events.
+fn event_ids(batch: &Value) -> Vec<String> {
+    batch["events"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|x| x["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn ack_of(batch: &Value) -> String {
+    batch["ackId"].as_str().expect("every answer has an ackId").to_owned()
+}
+
+impl Session {
+    async fn list_feeds(&self) -> Vec<String> {
+        let listed: Value = self
+            .req(reqwest::Method::GET, "/agent/v5/datafeeds")
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|f| f["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    /// Reads until a batch with events comes (acknowledging the empty ones), or `timeout`.
+    async fn read_until_events(&self, feed: &str, ack: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut ack = ack.to_owned();
+        loop {
+            let (status, batch) = self.read(feed, &ack).await;
+            assert_eq!(status, StatusCode::OK, "{batch}");
+            if !event_ids(&batch).is_empty() {
+                return batch;
+            }
+            assert!(Instant::now() < deadline, "no events within {timeout:?}");
+            ack = ack_of(&batch);
+        }
+    }
+
+    /// Every event id read during `period` (each batch acknowledged by the next read).
+    async fn read_for(&self, feed: &str, ack: &str, period: Duration) -> Vec<String> {
+        let until = Instant::now() + period;
+        let mut ack = ack.to_owned();
+        let mut seen = Vec::new();
+        while Instant::now() < until {
+            let (status, batch) = self.read(feed, &ack).await;
+            assert_eq!(status, StatusCode::OK, "{batch}");
+            seen.extend(event_ids(&batch));
+            ack = ack_of(&batch);
+        }
+        seen
+    }
+}
+
+async fn post_as_alice(pod_url: &str, sid: &str, text: &str) -> String {
+    let (status, posted) = control(
+        pod_url,
+        &format!("/_sandbox/streams/{sid}/messages"),
+        json!({"as": ALICE, "messageML": format!("<messageML>{text}</messageML>")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    posted["messageId"].as_str().expect("messageId").to_owned()
+}
+
+async fn im_with_bot(pod_url: &str) -> String {
+    let (status, im) = control(pod_url, "/_sandbox/ims", json!({"members": [ALICE, BOT]})).await;
+    assert_eq!(status, StatusCode::OK, "{im}");
+    im["streamId"].as_str().expect("sid").to_owned()
+}
+
+#[tokio::test]
+async fn two_readers_of_one_feed_get_disjoint_batches_and_together_every_event() {
+    // No redelivery within the test: an event read twice would be the pod's mistake.
+    let pod = pod_redelivering_after(Duration::from_secs(60)).await;
+    let url = pod.url();
+    let a = Session::login(&url).await;
+    let b = Session::login(&url).await;
+    let feed = a.create_feed().await;
+    assert_eq!(b.list_feeds().await, vec![feed.clone()], "the second instance finds the feed");
+
+    // A batch in flight (read by A, not yet acknowledged) is not handed to B.
+    let sid = im_with_bot(&url).await;
+    let (_, first) = a.read(&feed, "").await;
+    assert_eq!(event_ids(&first).len(), 1, "{first}");
+    post_as_alice(&url, &sid, "one").await;
+    let (_, second) = b.read(&feed, "").await;
+    assert_eq!(event_ids(&second).len(), 1, "B gets only what A does not hold: {second}");
+    assert_ne!(event_ids(&first), event_ids(&second));
+
+    // Both long-poll at once (each acknowledging its batches) while Alice writes 40 messages.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(char, Value)>>> = Default::default();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for (name, session, ack) in [('a', a, ack_of(&first)), ('b', b, ack_of(&second))] {
+        let (seen, done, feed) = (seen.clone(), done.clone(), feed.clone());
+        readers.push(tokio::spawn(async move {
+            let mut ack = ack;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, batch) = session.read(&feed, &ack).await;
+                assert_eq!(status, StatusCode::OK, "{batch}");
+                let events = batch["events"].as_array().cloned().unwrap_or_default();
+                seen.lock().expect("lock").extend(events.into_iter().map(|e| (name, e)));
+                ack = ack_of(&batch);
+            }
+        }));
+    }
+    let message_ids = |seen: &[(char, Value)]| -> std::collections::BTreeSet<String> {
+        seen.iter()
+            .filter_map(|(_, e)| e["payload"]["messageSent"]["message"]["messageId"].as_str())
+            .map(str::to_owned)
+            .collect()
+    };
+    // In bursts of four, each once the previous one is read: both readers are then waiting.
+    let mut posted = std::collections::BTreeSet::new();
+    for burst in 0..10 {
+        for i in 0..4 {
+            posted.insert(post_as_alice(&url, &sid, &format!("m{burst}.{i}")).await);
+        }
+        crate::support::wait_for(
+            "the burst read by one reader or the other",
+            Duration::from_secs(15),
+            || {
+                let complete = posted.is_subset(&message_ids(&seen.lock().expect("lock")));
+                async move { complete.then_some(()) }
+            },
+        )
+        .await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        r.await.expect("reader");
+    }
+    let seen = seen.lock().expect("lock").clone();
+    let ids: Vec<&str> = seen.iter().filter_map(|(_, e)| e["id"].as_str()).collect();
+    let distinct: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), distinct.len(), "an event went to both readers (or twice)");
+    assert_eq!(message_ids(&seen), posted, "exactly the messages posted");
+    for reader in ['a', 'b'] {
+        let n = seen.iter().filter(|(r, _)| *r == reader).count();
+        assert!(n > 0, "reader {reader} got none of the 40: the feed was not shared");
+    }
+    assert_eq!(pod.stats().redeliveries, 0);
+}
+
+#[tokio::test]
+async fn a_batch_whose_reader_dies_goes_to_the_other_reader_after_the_delay() {
+    let delay = Duration::from_millis(700);
+    let pod = pod_redelivering_after(delay).await;
+    let url = pod.url();
+    let a = Session::login(&url).await;
+    let b = Session::login(&url).await;
+    let feed = a.create_feed().await;
+    let sid = im_with_bot(&url).await;
+    post_as_alice(&url, &sid, "hello").await;
+
+    // A reads the batch and dies without acknowledging it.
+    let read_at = Instant::now();
+    let (_, taken) = a.read(&feed, "").await;
+    let taken_ids = event_ids(&taken);
+    assert_eq!(taken_ids.len(), 2, "{taken}");
+    drop(a);
+
+    // B: nothing while the batch is in flight, then the same events once the delay is over.
+    let (_, early) = b.read(&feed, "").await;
+    assert_eq!(event_ids(&early), Vec::<String>::new(), "handed out while still in flight");
+    let again = b.read_until_events(&feed, &ack_of(&early), Duration::from_secs(10)).await;
+    assert!(read_at.elapsed() >= delay, "came back after {:?}", read_at.elapsed());
+    assert_eq!(event_ids(&again), taken_ids, "the dead reader's batch, whole");
+    assert_eq!(pod.stats().redeliveries, 2);
+
+    // B acknowledges it: it never comes again, to anyone.
+    let c = Session::login(&url).await;
+    let ack = ack_of(&again);
+    let (later_b, later_c) =
+        tokio::join!(b.read_for(&feed, &ack, delay * 3), c.read_for(&feed, "", delay * 3));
+    assert!(later_b.is_empty() && later_c.is_empty(), "{later_b:?} {later_c:?}");
+}
+
+#[tokio::test]
+async fn an_acknowledged_batch_never_comes_again_to_any_reader() {
+    let delay = Duration::from_millis(400);
+    let pod = pod_redelivering_after(delay).await;
+    let url = pod.url();
+    let a = Session::login(&url).await;
+    let b = Session::login(&url).await;
+    let feed = a.create_feed().await;
+    let sid = im_with_bot(&url).await;
+    post_as_alice(&url, &sid, "hello").await;
+    let (_, batch) = a.read(&feed, "").await;
+    let acked = event_ids(&batch);
+    assert_eq!(acked.len(), 2, "{batch}");
+
+    // A's next read acknowledges it; both readers then poll for three redelivery delays, while
+    // a new message comes in.
+    let ack = ack_of(&batch);
+    let (seen_a, seen_b, new_id) = tokio::join!(
+        a.read_for(&feed, &ack, delay * 3),
+        b.read_for(&feed, "", delay * 3),
+        post_as_alice(&url, &sid, "again")
+    );
+    let all: Vec<&String> = seen_a.iter().chain(&seen_b).collect();
+    assert!(all.iter().all(|id| !acked.contains(id)), "an acknowledged event came back: {all:?}");
+    assert_eq!(all.len(), 1, "only the new message, once: {all:?} ({new_id})");
+    assert_eq!(pod.stats().redeliveries, 0);
+}
+
+#[tokio::test]
+async fn the_mock_pod_command_takes_the_redelivery_delay() {
+    use tokio::io::AsyncBufReadExt as _;
+    let users = fixture("mock-pod/users.yaml");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-groups-bot"))
+        .args(["mock-pod", "--listen", "127.0.0.1:0", "--datafeed-hold", "1"])
+        .args(["--datafeed-redeliver-ms", "300", "--users"])
+        .arg(&users)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mock-pod");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix("mock pod listening on ") {
+                return Some(url.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("mock-pod prints its URL");
+    let s = Session::login(&url).await;
+    let feed = s.create_feed().await;
+    let sid = im_with_bot(&url).await;
+    post_as_alice(&url, &sid, "hello").await;
+    let read_at = Instant::now();
+    let (_, batch) = s.read(&feed, "").await;
+    assert_eq!(event_ids(&batch).len(), 2, "{batch}");
+    // Never acknowledged (the first ackId again each time): back after 300 ms, not 30 s.
+    let again = s.read_until_events(&feed, "", Duration::from_secs(10)).await;
+    assert!(read_at.elapsed() >= Duration::from_millis(300), "{:?}", read_at.elapsed());
+    assert_eq!(event_ids(&again), event_ids(&batch));
+}

@@ -468,3 +468,147 @@ async fn a_datafeed_answer_without_ack_id_is_read_not_an_error() {
     assert_eq!(replies(&pod, &im), 1);
     bot.stop().await;
 }
+
+/// One bot instance's datafeed loop, with its own login: the ids of the messages it is handed.
+struct Instance {
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cancel: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), SymphonyError>>,
+}
+
+impl Instance {
+    async fn start(pod: &wa_groups_bot::sandbox::mock_pod::MockPod) -> Instance {
+        use wa_groups_bot::events::SymphonyEventKind;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = support::bot_config(pod, dir.path(), "keys/bot-pkcs8.pem");
+        let client = SymphonyClient::new(&cfg.symphony).expect("client");
+        client.authenticate().await.expect("login");
+        let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = got.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let feed = wa_groups_bot::symphony::datafeed::DatafeedLoop::new(
+            client.clone(),
+            client.retry_config(),
+        )
+        .on_ready(ready_tx);
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            feed.run(
+                Box::new(move |batch| {
+                    sink.lock().expect("lock").extend(batch.into_iter().filter_map(
+                        |e| match e.kind {
+                            SymphonyEventKind::MessageSent(m) => Some(m.message_id),
+                            _ => None,
+                        },
+                    ));
+                    Box::pin(async { Ok(()) })
+                }),
+                stop,
+            )
+            .await
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("the feed within 10 s")
+            .expect("the loop set up a feed");
+        Instance { got, cancel, task }
+    }
+
+    fn got(&self) -> Vec<String> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.expect("loop task").expect("the loop ends cleanly");
+    }
+}
+
+/// Alice posts `n` messages in `im`, one at a time (each once an instance has it, so that both
+/// readers are waiting); each must reach exactly one of `instances`, and each instance some of
+/// them (they share one feed; on two feeds, each would get every message).
+async fn each_message_to_one_instance(
+    pod: &wa_groups_bot::sandbox::mock_pod::MockPod,
+    im: &str,
+    n: usize,
+    instances: &[&Instance],
+) {
+    let before: Vec<usize> = instances.iter().map(|i| i.got().len()).collect();
+    let new_ids = || -> Vec<Vec<String>> {
+        instances.iter().zip(&before).map(|(i, b)| i.got()[*b..].to_vec()).collect()
+    };
+    for k in 0..n {
+        let id =
+            pod.post_message(im, ALICE, &format!("<messageML>m{k}</messageML>")).expect("post");
+        wait_for("the message handed to an instance", Duration::from_secs(15), || {
+            let got = new_ids().concat().contains(&id);
+            async move { got.then_some(()) }
+        })
+        .await;
+    }
+    let per_instance = new_ids();
+    let all: Vec<String> = per_instance.concat();
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), distinct.len(), "a message reached two instances (or one twice)");
+    assert_eq!(all.len(), n, "{per_instance:?}");
+    for (k, got) in per_instance.iter().enumerate() {
+        assert!(!got.is_empty(), "instance {k} got none of the {n}: the feed is not shared");
+    }
+}
+
+#[tokio::test]
+async fn two_instances_read_one_feed_and_each_message_reaches_one_of_them() {
+    let pod = start_pod().await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let a = Instance::start(&pod).await;
+    let b = Instance::start(&pod).await;
+    assert_eq!(pod.stats().feeds_created, 1, "the second instance reuses the first one's feed");
+    each_message_to_one_instance(&pod, &im, 30, &[&a, &b]).await;
+    assert_eq!(pod.datafeeds().len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn after_their_feed_is_lost_two_instances_settle_on_one_new_feed() {
+    let pod = start_pod().await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let a = Instance::start(&pod).await;
+    let b = Instance::start(&pod).await;
+    each_message_to_one_instance(&pod, &im, 10, &[&a, &b]).await;
+
+    // The feed is lost; a message (lost with it) wakes both readers at once: both get the 400
+    // together, and both look for a new feed at the same moment.
+    pod.expire_datafeeds();
+    pod.post_message(&im, ALICE, "<messageML>into the void</messageML>").expect("post");
+    wait_for("a new feed", Duration::from_secs(10), || {
+        let created = pod.stats().feeds_created;
+        async move { (created >= 2).then_some(()) }
+    })
+    .await;
+    each_message_to_one_instance(&pod, &im, 30, &[&a, &b]).await;
+    assert_eq!(pod.datafeeds().len(), 1, "one feed left: {:?}", pod.datafeeds());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_instance_that_finds_its_feed_lost_reads_the_one_another_instance_made() {
+    let pod = start_pod().await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let a = Instance::start(&pod).await;
+    let b = Instance::start(&pod).await;
+    // No wake-up: each reader meets the 400 at the end of its own long poll, mostly one after
+    // the other; the later one then finds the feed the earlier one created.
+    pod.expire_datafeeds();
+    wait_for("a new feed", Duration::from_secs(10), || {
+        let created = pod.stats().feeds_created;
+        async move { (created >= 2).then_some(()) }
+    })
+    .await;
+    each_message_to_one_instance(&pod, &im, 30, &[&a, &b]).await;
+    assert_eq!(pod.datafeeds().len(), 1, "one feed left: {:?}", pod.datafeeds());
+    a.stop().await;
+    b.stop().await;
+}

@@ -774,3 +774,115 @@ async fn graph_answers_what_it_does_not_serve_with_graph_errors() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.json::<Value>().await.expect("json")["error"].is_string());
 }
+
+/// The texts of the 1:1 messages a receiver stored, in arrival order.
+fn texts_received(rx: &Receiver) -> Vec<String> {
+    rx.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            WhatsAppEvent::Message { text, .. } => text,
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn webhooks_spread_over_several_urls_and_skip_one_that_refuses_connections() {
+    // A failed delivery would wait a minute before its retry: a refused connection must not
+    // count as one (the next URL is tried at once), or the waits below time out.
+    let mut cfg = wa_groups_bot::sandbox::wa_sim::WhatsAppSimConfig::new(
+        crate::support::WA_TOKEN,
+        WA_SECRET,
+        crate::support::WA_PHONE_ID,
+    );
+    cfg.webhook_retry_initial = Duration::from_secs(60);
+    let sim = wa_groups_bot::sandbox::wa_sim::WhatsAppSim::start(cfg).await.expect("sim");
+    let rxs = [start_receiver().await, start_receiver().await, start_receiver().await];
+    sim.set_webhook_urls(&rxs.iter().map(|r| r.url.as_str()).collect::<Vec<_>>());
+    let delivered = |rxs: &[Receiver]| rxs.iter().map(texts_received).collect::<Vec<_>>();
+    let all_in = |rxs: &[Receiver], n: usize| {
+        let total: usize = delivered(rxs).iter().map(Vec::len).sum();
+        async move { (total >= n).then_some(()) }
+    };
+
+    // Three receivers up: round-robin, each gets every third delivery, in order.
+    let first: Vec<String> = (0..30).map(|i| format!("first {i}")).collect();
+    for text in &first {
+        sim.send_as_phone(JANE, None, text, None).expect("send");
+    }
+    wait_for("30 deliveries", Duration::from_secs(10), || all_in(&rxs, 30)).await;
+    let got = delivered(&rxs);
+    for (k, texts) in got.iter().enumerate() {
+        let expected: Vec<String> = first.iter().skip(k).step_by(3).cloned().collect();
+        assert_eq!(texts, &expected, "receiver {k}");
+    }
+
+    // The second receiver's instance is gone: its listener refuses connections.
+    rxs[1].cancel.cancel();
+    let gone = rxs[1].url.trim_start_matches("http://").split('/').next().expect("addr").to_owned();
+    wait_for("the listener to close", Duration::from_secs(10), || {
+        let gone = gone.clone();
+        async move { tokio::net::TcpStream::connect(gone).await.is_err().then_some(()) }
+    })
+    .await;
+    let second: Vec<String> = (0..30).map(|i| format!("second {i}")).collect();
+    for text in &second {
+        sim.send_as_phone(JANE, None, text, None).expect("send");
+    }
+    wait_for("30 more deliveries", Duration::from_secs(10), || all_in(&rxs, 60)).await;
+    let got = delivered(&rxs);
+    assert_eq!(got[1].len(), 10, "nothing more reached the closed receiver");
+    let shares: Vec<usize> = [0, 2].iter().map(|k| got[*k].len() - 10).collect();
+    assert_eq!(shares, vec![15, 15], "its share goes to the others, evenly");
+    let mut everything: Vec<String> = got.concat();
+    everything.sort();
+    let mut sent: Vec<String> = first.iter().chain(&second).cloned().collect();
+    sent.sort();
+    assert_eq!(everything, sent, "every webhook delivered once, none lost");
+    let stats = sim.stats();
+    assert!(stats.webhooks_refused >= 1, "{stats:?}");
+    assert_eq!(stats.webhooks_delivered, 60, "{stats:?}");
+}
+
+#[tokio::test]
+async fn the_simulator_command_takes_several_webhook_urls() {
+    use tokio::io::AsyncBufReadExt as _;
+    let rxs = [start_receiver().await, start_receiver().await];
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-groups-bot"))
+        .args(["whatsapp-sim", "--listen", "127.0.0.1:0"])
+        .args(["--webhook-url", &rxs[0].url, "--webhook-url", &rxs[1].url])
+        .args(["--access-token", crate::support::WA_TOKEN])
+        .env("WAGB_SIM_APP_SECRET", WA_SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start whatsapp-sim");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("WhatsApp simulator listening on ") {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("whatsapp-sim prints its URL");
+    for text in ["one", "two", "three", "four"] {
+        let sent = control(
+            &url,
+            &format!("/_sandbox/wa/phones/{JANE}/messages"),
+            json!({"to": "business", "text": text}),
+        )
+        .await;
+        assert!(sent["id"].is_string(), "{sent}");
+    }
+    wait_for("both receivers served in turn", Duration::from_secs(10), || {
+        let got: Vec<Vec<String>> = rxs.iter().map(texts_received).collect();
+        async move { (got == [vec!["one", "three"], vec!["two", "four"]]).then_some(()) }
+    })
+    .await;
+}

@@ -31,6 +31,9 @@ const JOIN_REQUEST_GONE: i64 = 131_213;
 
 /// How many effects (of different order keys) run at once.
 const PARALLEL_EFFECTS: usize = 32;
+/// How long the record of a performed effect is tried before the effect is left due (and
+/// performed again).
+const RECORD_DONE_FOR: Duration = Duration::from_secs(60);
 
 /// The guard of an [`Effect::ApproveJoin`], read right before the approval is performed: only a
 /// contact still invited (or requesting) and not barred is let in, so an owner's `/wa remove`
@@ -214,22 +217,27 @@ impl EffectExecutor {
         match performed {
             Ok(done) => {
                 let outcome = done.outcome.as_ref().map(serde_json::to_value).transpose()?;
-                self.store.transaction(|tx| {
-                    for record in &done.sent {
-                        tx.record_wa_message(record)?;
-                    }
-                    if let Some((wa, symphony)) = &done.posted {
-                        tx.set_wa_message_symphony(wa, symphony)?;
-                    }
-                    if let Some(outcome) = &outcome {
-                        tx.enqueue_inbound(
-                            Source::Outcome,
-                            &format!("outbox:{}", row.id),
-                            outcome,
-                        )?;
-                    }
-                    tx.finish_effect(row.id, None)
-                })?;
+                // Performed: the done mark must not be lost to a store that is briefly away (a
+                // database restarting, a locked file), or the call would be made again.
+                self.record_done(|| {
+                    self.store.transaction(|tx| {
+                        for record in &done.sent {
+                            tx.record_wa_message(record)?;
+                        }
+                        if let Some((wa, symphony)) = &done.posted {
+                            tx.set_wa_message_symphony(wa, symphony)?;
+                        }
+                        if let Some(outcome) = &outcome {
+                            tx.enqueue_inbound(
+                                Source::Outcome,
+                                &format!("outbox:{}", row.id),
+                                outcome,
+                            )?;
+                        }
+                        tx.finish_effect(row.id, None)
+                    })
+                })
+                .await?;
                 crate::crashpoint::reached("an effect done");
                 if outcome.is_some() {
                     self.dispatcher.notify_one();
@@ -255,6 +263,26 @@ impl EffectExecutor {
                 })?;
                 self.dispatcher.notify_one();
                 Ok(())
+            }
+        }
+    }
+
+    /// Records what a performed effect did, trying again for a minute while the store fails.
+    async fn record_done(
+        &self,
+        record: impl Fn() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + RECORD_DONE_FOR;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match record() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "a performed effect could not be recorded yet; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
             }
         }
     }

@@ -63,7 +63,9 @@ pub struct MockPodConfig {
     pub users: Vec<MockUser>,
     /// How long an idle datafeed read is held before answering an empty batch (real pod: ~20 s).
     pub datafeed_hold: Duration,
-    /// After this, an unacknowledged batch is handed out again (real pod: ~30 s).
+    /// After this, an unacknowledged batch is handed out again, to whichever reader of the feed
+    /// reads next (real pod: ~30 s; `mock-pod --datafeed-redeliver-ms`). Until then its events
+    /// are in flight: no other reader gets them.
     pub redelivery_delay: Duration,
     /// A feed not read for this long is gone (real pod: 30 min).
     pub feed_expiry: Duration,
@@ -385,6 +387,14 @@ impl MockPod {
         let mut st = self.shared.lock();
         st.sessions.clear();
         st.km_tokens.clear();
+    }
+
+    /// The ids of the live datafeeds (of every user), oldest first.
+    pub fn datafeeds(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        let mut feeds: Vec<&state::Feed> = st.feeds.values().filter(|f| !f.expired).collect();
+        feeds.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        feeds.into_iter().map(|f| f.id.clone()).collect()
     }
 
     /// Every existing datafeed is gone at its next read (→ 400).

@@ -612,7 +612,8 @@ impl PodState {
         self.expire_idle_feeds();
         let mut feeds: Vec<&Feed> =
             self.feeds.values().filter(|f| f.user == user && !f.expired).collect();
-        feeds.sort_by_key(|f| f.created_at);
+        // Oldest first, ties by id: every reader sees the same order.
+        feeds.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Value::Array(
             feeds
                 .iter()
@@ -627,7 +628,10 @@ impl PodState {
     }
 
     /// One non-blocking read attempt: acknowledges `ack_id`'s batch, then takes visible events.
-    /// `Ok(None)`: nothing to hand out yet (the caller waits and retries).
+    /// `Ok(None)`: nothing to hand out yet (the caller waits and retries). Several readers of
+    /// one feed (a bot's instances) share it as on a real agent: what one read takes is in
+    /// flight, hidden from every reader, until a read carrying its ackId (from any reader)
+    /// deletes it or the redelivery delay makes it visible again, to any reader.
     pub(crate) fn try_read(
         &mut self,
         user: i64,

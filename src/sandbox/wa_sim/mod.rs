@@ -2,6 +2,8 @@
 //! any version prefix (Bearer-checked, Graph-shaped errors, Meta's limits), simulated phones
 //! driven through `/_sandbox/wa/` (DESIGN.md §5.1), and webhooks in Meta's envelope, signed with
 //! the app secret, delivered in order and retried with backoff until the receiver answers 200.
+//! Given several webhook URLs (several bot instances), it spreads deliveries over them
+//! round-robin and skips one that refuses connections, as a load balancer in front of them.
 
 mod control;
 mod graph;
@@ -49,8 +51,8 @@ pub struct WhatsAppSimConfig {
     pub phone_number_id: String,
     /// The business number, digits (`display_phone_number`).
     pub business_phone: String,
-    /// Where webhooks go (`None`: kept until one is set).
-    pub webhook_url: Option<String>,
+    /// Where webhooks go, round-robin when several (none: kept until one is set).
+    pub webhook_urls: Vec<String>,
     /// First retry delay of a failed webhook delivery (doubles, capped at 5 s).
     pub webhook_retry_initial: Duration,
     /// Added before every Graph call is served, to play a distant API (`--latency-ms`; the
@@ -63,7 +65,7 @@ impl std::fmt::Debug for WhatsAppSimConfig {
         f.debug_struct("WhatsAppSimConfig")
             .field("phone_number_id", &self.phone_number_id)
             .field("business_phone", &self.business_phone)
-            .field("webhook_url", &self.webhook_url)
+            .field("webhook_urls", &self.webhook_urls)
             .finish_non_exhaustive()
     }
 }
@@ -75,7 +77,7 @@ impl WhatsAppSimConfig {
             app_secret: app_secret.to_owned(),
             phone_number_id: phone_number_id.to_owned(),
             business_phone: "447911000001".into(),
-            webhook_url: None,
+            webhook_urls: Vec::new(),
             webhook_retry_initial: Duration::from_millis(200),
             latency: Duration::ZERO,
         }
@@ -89,11 +91,18 @@ pub(crate) struct Outgoing {
     pub value: Value,
 }
 
+/// Where webhooks go: the URLs, and which one the next attempt starts with.
+#[derive(Debug, Default)]
+struct WebhookTargets {
+    urls: Vec<String>,
+    next: usize,
+}
+
 #[derive(Clone)]
 pub(crate) struct Shared {
     state: Arc<Mutex<state::SimState>>,
     webhooks: mpsc::UnboundedSender<Outgoing>,
-    webhook_url: Arc<Mutex<Option<String>>>,
+    webhook_targets: Arc<Mutex<WebhookTargets>>,
 }
 
 impl Shared {
@@ -131,7 +140,10 @@ impl WhatsAppSim {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Shared {
-            webhook_url: Arc::new(Mutex::new(cfg.webhook_url.clone())),
+            webhook_targets: Arc::new(Mutex::new(WebhookTargets {
+                urls: cfg.webhook_urls.clone(),
+                next: 0,
+            })),
             state: Arc::new(Mutex::new(state::SimState::new(cfg))),
             webhooks: tx,
         };
@@ -160,7 +172,15 @@ impl WhatsAppSim {
 
     /// Where webhooks go from now on (queued ones included).
     pub fn set_webhook_url(&self, url: &str) {
-        *self.shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.to_owned());
+        self.set_webhook_urls(&[url]);
+    }
+
+    /// Webhooks go to these URLs from now on (queued ones included), spread round-robin, a URL
+    /// that refuses the connection skipped: a load balancer in front of several instances.
+    pub fn set_webhook_urls<S: AsRef<str>>(&self, urls: &[S]) {
+        let mut targets = self.shared.webhook_targets.lock().unwrap_or_else(|e| e.into_inner());
+        targets.urls = urls.iter().map(|u| u.as_ref().to_owned()).collect();
+        targets.next = 0;
     }
 
     /// From now on, every message the business sends (and the simulator delivers) is sent to
@@ -358,33 +378,7 @@ async fn deliver_one(
     let signature = sign(&secret, body.as_bytes());
     let mut wait = initial;
     loop {
-        let url = shared.webhook_url.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let delivered = match url {
-            Some(url) => {
-                shared.lock().stats.webhook_attempts += 1;
-                let sent = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-hub-signature-256", &signature)
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let ok = matches!(&sent, Ok(r) if r.status().as_u16() == 200);
-                let mut st = shared.lock();
-                if ok && st.delivery_faults.fail_first > 0 {
-                    // Delivered, but the simulator acts as if the answer never came: it retries.
-                    st.delivery_faults.fail_first -= 1;
-                    false
-                } else {
-                    if ok {
-                        st.stats.webhooks_delivered += 1;
-                    }
-                    ok
-                }
-            }
-            None => false,
-        };
-        if delivered {
+        if attempt(shared, http, &body, &signature).await {
             return true;
         }
         tokio::select! {
@@ -393,6 +387,53 @@ async fn deliver_one(
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+}
+
+/// One delivery attempt, as through a round-robin load balancer: the next URL in turn, and the
+/// following ones at once while a URL refuses the connection. `true` once a receiver answered
+/// 200 (and no `failFirst` fault pretends otherwise); the turn then moves past that URL.
+async fn attempt(shared: &Shared, http: &reqwest::Client, body: &str, signature: &str) -> bool {
+    let (urls, start) = {
+        let targets = shared.webhook_targets.lock().unwrap_or_else(|e| e.into_inner());
+        (targets.urls.clone(), targets.next)
+    };
+    for k in 0..urls.len() {
+        let i = (start + k) % urls.len();
+        shared.lock().stats.webhook_attempts += 1;
+        let sent = http
+            .post(&urls[i])
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body.to_owned())
+            .send()
+            .await;
+        {
+            let mut targets = shared.webhook_targets.lock().unwrap_or_else(|e| e.into_inner());
+            if targets.urls == urls {
+                targets.next = (i + 1) % urls.len();
+            }
+        }
+        let ok = match sent {
+            Err(e) if e.is_connect() => {
+                shared.lock().stats.webhooks_refused += 1;
+                tracing::debug!(url = %urls[i], "webhook receiver refused the connection; next one");
+                continue;
+            }
+            Ok(r) => r.status().as_u16() == 200,
+            Err(_) => false,
+        };
+        let mut st = shared.lock();
+        if ok && st.delivery_faults.fail_first > 0 {
+            // Delivered, but the simulator acts as if the answer never came: it retries.
+            st.delivery_faults.fail_first -= 1;
+            return false;
+        }
+        if ok {
+            st.stats.webhooks_delivered += 1;
+        }
+        return ok;
+    }
+    false
 }
 
 #[cfg(test)]

@@ -252,6 +252,8 @@ pub struct SimStats {
     pub webhook_attempts: u64,
     /// Webhooks the receiver answered 200 to.
     pub webhooks_delivered: u64,
+    /// Attempts whose URL refused the connection (then the next URL is tried at once).
+    pub webhooks_refused: u64,
     pub api_calls: u64,
     pub faults_served: u64,
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod browser;
+pub mod instances;
 pub mod python;
 
 use std::future::Future;
