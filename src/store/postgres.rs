@@ -480,7 +480,7 @@ impl PostgresStore {
         })
     }
 
-    fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, StoreError> {
+    pub(super) fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, StoreError> {
         let pool = self.pool.clone();
         let sql = sql.to_owned();
         self.run(async move {

@@ -450,3 +450,52 @@ fn a_takeover_waits_for_the_holders_decision_to_commit() {
     assert!(decision.join().expect("decision"));
     assert_eq!(takeover.join().expect("takeover"), None, "a's extended claim stands");
 }
+
+#[test]
+fn tls_with_sslmode_require_is_verified_against_the_ca_given() {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "the TLS test needs the openssl command under CI=true"
+        );
+        eprintln!("\n*** SKIPPED the PostgreSQL TLS test: no openssl command ***\n");
+        return;
+    }
+    let server = match throwaway::Server::start_tls() {
+        Ok(server) => server,
+        Err(throwaway::ThrowawayError::NotFound)
+            if !std::env::var("CI").is_ok_and(|v| v == "true") =>
+        {
+            eprintln!("\n*** SKIPPED the PostgreSQL TLS test: no PostgreSQL found ***\n");
+            return;
+        }
+        Err(e) => panic!("a TLS cluster: {e}"),
+    };
+    let db = server.fresh_database().expect("database");
+    let ca = server.ca_file().expect("ca").display().to_string();
+    let port = url::Url::parse(db.url()).expect("url").port().expect("port");
+    let at =
+        |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/{}?{query}", db.name);
+
+    // Verified against the CA the URL names, by name and by address: TLS in use.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = at(host, &format!("sslmode=require&sslrootcert={ca}"));
+        let store = PostgresStore::open(&PostgresOptions::new(url)).expect("TLS store");
+        let rows = store
+            .query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", vec![])
+            .expect("ssl");
+        assert!(rows[0].get::<_, bool>(0), "{host}: the connection is encrypted");
+        store.enqueue_inbound(Source::Symphony, host, &json!(1)).expect("works");
+    }
+    // Without the CA (the system's roots only) the server's certificate is refused.
+    let err = PostgresStore::open(&PostgresOptions::new(at("localhost", "sslmode=require")))
+        .expect_err("an unknown issuer");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+    assert!(text.to_lowercase().contains("certificate"), "says why: {text}");
+    eprintln!("{text}");
+    // This server takes no plain connection.
+    let err = PostgresStore::open(&PostgresOptions::new(at("127.0.0.1", "sslmode=disable")))
+        .expect_err("plain refused");
+    assert!(err.to_string().contains("no pg_hba.conf entry"), "{err}");
+}

@@ -36,6 +36,8 @@ pub struct Server {
     base: url::Url,
     cluster: Option<Cluster>,
     counter: AtomicU64,
+    /// A TLS cluster's CA certificate.
+    ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -58,6 +60,8 @@ struct Cluster {
     watchdog: Mutex<Option<Child>>,
     /// Serialises stop/start.
     control: Mutex<()>,
+    /// More server options (TLS).
+    extra: String,
 }
 
 /// A fresh database on the shared test server.
@@ -165,9 +169,10 @@ impl Cluster {
         // every commit, since the OS still has the writes.
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off \
-             -c full_page_writes=off -c shared_buffers=64MB",
+             -c full_page_writes=off -c shared_buffers=64MB {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         let out = self
             .command("pg_ctl")
@@ -237,8 +242,24 @@ impl Server {
         {
             let base = url::Url::parse(url.trim())
                 .map_err(|e| ThrowawayError::Database(format!("WAGB_TEST_POSTGRES_URL: {e}")))?;
-            return Ok(Self { base, cluster: None, counter: AtomicU64::new(0) });
+            return Ok(Self { base, cluster: None, counter: AtomicU64::new(0), ca: None });
         }
+        Self::start_cluster(false)
+    }
+
+    /// A cluster of our own that takes TLS connections only (`hostssl`), with a certificate
+    /// for `localhost` and 127.0.0.1 signed by a CA of its own ([`Server::ca_file`]); made
+    /// with the `openssl` command.
+    pub fn start_tls() -> Result<Self, ThrowawayError> {
+        Self::start_cluster(true)
+    }
+
+    /// The CA file that signed a TLS cluster's certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
+    fn start_cluster(tls: bool) -> Result<Self, ThrowawayError> {
         let bin = find_binaries().ok_or(ThrowawayError::NotFound)?;
         let as_postgres = running_as_root();
         let dir = std::env::temp_dir().join(format!(
@@ -247,6 +268,18 @@ impl Server {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir)?;
+        let (extra, ca) = if tls {
+            make_certificates(&dir)?;
+            (
+                format!(
+                    "-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                    dir.display()
+                ),
+                Some(dir.join("ca.crt")),
+            )
+        } else {
+            (String::new(), None)
+        };
         if as_postgres {
             let out = Command::new("chown").arg("-R").arg("postgres:").arg(&dir).output()?;
             if !out.status.success() {
@@ -307,6 +340,7 @@ impl Server {
             as_postgres,
             watchdog: Mutex::new(Some(watchdog)),
             control: Mutex::new(()),
+            extra,
         };
         // A free port may be taken between looking and binding: try a few.
         let mut last = None;
@@ -325,7 +359,25 @@ impl Server {
         }
         let base = url::Url::parse(&format!("postgres://postgres@127.0.0.1:{}", cluster.port))
             .map_err(|e| ThrowawayError::Database(e.to_string()))?;
-        Ok(Self { base, cluster: Some(cluster), counter: AtomicU64::new(0) })
+        if tls {
+            // TLS only over TCP: a plain connection is refused.
+            let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n";
+            std::fs::write(cluster.data().join("pg_hba.conf"), hba)?;
+            let out = cluster
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(cluster.data())
+                .arg("reload")
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                return Err(ThrowawayError::Command {
+                    what: "pg_ctl reload".into(),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+        }
+        Ok(Self { base, cluster: Some(cluster), counter: AtomicU64::new(0), ca })
     }
 
     /// The URL of database `name` on this server.
@@ -342,8 +394,11 @@ impl Server {
     pub fn fresh_database(&self) -> Result<Database, ThrowawayError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("wagb_test_{}_{}_{n}", std::process::id(), rand::random::<u16>());
-        let admin = match self.cluster {
-            Some(_) => self.url_of("postgres"),
+        let admin = match &self.cluster {
+            // Over the cluster's unix socket: plain, whatever TCP demands.
+            Some(c) => {
+                format!("host={} port={} user=postgres dbname=postgres", c.dir.display(), c.port)
+            }
             None => self.base.to_string(),
         };
         let sql = format!("CREATE DATABASE {name}");
@@ -405,4 +460,85 @@ impl Server {
             .and_then(|c| std::fs::read_to_string(c.dir.join("server.log")).ok())
             .unwrap_or_default()
     }
+}
+
+/// A CA and a server certificate it signs (for `localhost` and 127.0.0.1), in `dir`.
+fn make_certificates(dir: &Path) -> Result<(), ThrowawayError> {
+    let run = |what: &str, args: &[&str]| -> Result<(), ThrowawayError> {
+        let out =
+            Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            return Err(ThrowawayError::Command {
+                what: format!("openssl {what}"),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(
+        "CA",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=wagb test CA",
+        ],
+    )?;
+    run(
+        "server key",
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    )?;
+    run(
+        "server certificate",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    )?;
+    // PostgreSQL refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
