@@ -34,6 +34,7 @@ use crate::domain::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/pg/0001_init.sql"),
     include_str!("migrations/pg/0002_key_claims.sql"),
+    include_str!("migrations/pg/0003_outbox_leases.sql"),
 ];
 
 /// The advisory lock key that serialises migrations across instances ("wagb-mig" in ASCII).
@@ -43,6 +44,9 @@ const MIGRATION_LOCK: i64 = 0x7761_6762_2d6d_6967;
 const POOL_WAIT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an outbox head handed to this instance stays its own: other instances skip it
+/// until then (a dead instance's heads are performed by another one after this).
+const OUTBOX_LEASE: Duration = Duration::from_secs(30);
 /// How long the health probe may take, connection included.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -125,6 +129,8 @@ pub struct PostgresStore {
     /// This handle's identity in claims and leases: random, so each instance (each start) is
     /// its own owner.
     owner: String,
+    /// How long a head handed out by `due_outbox` stays this instance's.
+    outbox_lease: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -385,7 +391,8 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
         let owner = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-        let store = Self { runtime: Some(runtime), handle, pool, at, owner };
+        let store =
+            Self { runtime: Some(runtime), handle, pool, at, owner, outbox_lease: OUTBOX_LEASE };
         // A first connection: the URL, TLS and credentials are checked here.
         let pool = store.pool.clone();
         store
@@ -435,6 +442,13 @@ impl PostgresStore {
     pub fn server_version(&self) -> Result<String, StoreError> {
         let rows = self.query("SELECT current_setting('server_version')", params![])?;
         Ok(rows.first().map(|r| r.try_get::<_, String>(0)).transpose()?.unwrap_or_default())
+    }
+
+    /// Another outbox lease than the default 30 s (tests).
+    #[doc(hidden)]
+    pub fn with_outbox_lease(mut self, lease: Duration) -> Self {
+        self.outbox_lease = lease;
+        self
     }
 
     /// This handle's owner id in claims.
@@ -666,10 +680,18 @@ fn inbound_rows(rows: Vec<Row>) -> Result<Vec<InboundRow>, StoreError> {
     Ok(out)
 }
 
-/// The due heads of the outbox, earliest first; heads another instance is claiming right now
-/// are skipped.
-const CLAIM_SQL: &str = "SELECT id, order_key, effect, attempts FROM outbox
-     WHERE head AND next_at <= $1 ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED";
+/// Leases the due heads of the outbox to this instance, earliest first: heads another
+/// instance leased until later are left alone, and so are heads another instance is leasing
+/// right now (`SKIP LOCKED`); this instance's busy heads are not handed out again.
+const CLAIM_SQL: &str = "WITH due AS (
+         SELECT id FROM outbox
+         WHERE head AND next_at <= $1 AND NOT (id = ANY($3))
+           AND (lease_until IS NULL OR lease_until < clock_timestamp() OR lease_owner = $4)
+         ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+     UPDATE outbox o SET lease_owner = $4,
+                         lease_until = clock_timestamp() + $5::FLOAT8 * INTERVAL '1 millisecond'
+     FROM due WHERE o.id = due.id
+     RETURNING o.id, o.order_key, o.effect, o.attempts, o.next_at";
 
 /// Serialises the writers of one order key (queueing and finishing effects) until commit, so
 /// that each key always has exactly one head, whichever instances write it.
@@ -746,39 +768,58 @@ impl StateStore for PostgresStore {
     }
 
     fn due_outbox(&self, limit: usize, busy: &[i64]) -> Result<Vec<OutboxRow>, StoreError> {
-        // The busy heads are still heads: ask for enough to see past them.
-        let wanted = (limit + busy.len()) as i64;
-        let rows = self.query(CLAIM_SQL, params![now_ms(), wanted])?;
-        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(
+            CLAIM_SQL,
+            params![
+                now_ms(),
+                limit as i64,
+                busy.to_vec(),
+                self.owner.clone(),
+                millis(self.outbox_lease)
+            ],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: i64 = row.try_get(0)?;
-            if busy.contains(&id) {
-                continue;
-            }
-            if out.len() == limit {
-                break;
-            }
             let effect: String = row.try_get(2)?;
             let attempts: i64 = row.try_get(3)?;
-            out.push(OutboxRow {
-                id,
-                order_key: row.try_get(1)?,
-                effect: serde_json::from_str(&effect)?,
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            });
+            let next_at: i64 = row.try_get(4)?;
+            out.push((
+                next_at,
+                OutboxRow {
+                    id: row.try_get(0)?,
+                    order_key: row.try_get(1)?,
+                    effect: serde_json::from_str(&effect)?,
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                },
+            ));
         }
-        Ok(out)
+        out.sort_by_key(|(next_at, row)| (*next_at, row.id));
+        Ok(out.into_iter().map(|(_, row)| row).collect())
     }
 
     fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
-        let rows = self.query("SELECT MIN(next_at) FROM outbox WHERE head", params![])?;
+        // A leased head (this instance's busy ones too) is due again when its lease ends.
+        let rows = self.query(
+            "SELECT MIN(CASE WHEN lease_until > clock_timestamp()
+                             THEN GREATEST(next_at,
+                                           (EXTRACT(EPOCH FROM lease_until) * 1000)::BIGINT)
+                             ELSE next_at END)
+             FROM outbox WHERE head",
+            params![],
+        )?;
         Ok(rows.first().map(|r| r.try_get::<_, Option<i64>>(0)).transpose()?.flatten())
     }
 
     fn outbox_retry(&self, id: i64, after: Duration, error: &str) -> Result<(), StoreError> {
+        // Given back: whichever instance finds it due next performs it.
         let after = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
         self.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = $2, last_error = $3 WHERE id = $1",
+            "UPDATE outbox SET attempts = attempts + 1, next_at = $2, last_error = $3,
+                               lease_owner = NULL, lease_until = NULL
+             WHERE id = $1",
             params![id, now_ms().saturating_add(after), error.to_owned()],
         )?;
         Ok(())
@@ -1018,12 +1059,14 @@ impl Tx for PgTx<'_> {
         }
         match error {
             None => self.execute(
-                "UPDATE outbox SET done_at = $2, head = FALSE, last_error = NULL WHERE id = $1",
+                "UPDATE outbox SET done_at = $2, head = FALSE, last_error = NULL,
+                                   lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1",
                 params![id, now],
             )?,
             Some(error) => self.execute(
                 "UPDATE outbox SET attempts = attempts + 1, failed_at = $2, head = FALSE,
-                        last_error = $3
+                        last_error = $3, lease_owner = NULL, lease_until = NULL
                  WHERE id = $1",
                 params![id, now, error.to_owned()],
             )?,

@@ -499,3 +499,64 @@ fn tls_with_sslmode_require_is_verified_against_the_ca_given() {
         .expect_err("plain refused");
     assert!(err.to_string().contains("no pg_hba.conf entry"), "{err}");
 }
+
+#[test]
+fn an_outbox_head_goes_to_one_instance_until_its_lease_ends() {
+    let Some(db) = db("an_outbox_head_goes_to_one_instance_until_its_lease_ends") else { return };
+    let a = Arc::new(open(&db).with_outbox_lease(Duration::from_millis(400)));
+    let b = Arc::new(open(&db));
+    let a_store = Store::from_backend(a.clone());
+    a_store
+        .transaction(|tx| {
+            tx.queue_effects(&[
+                ("room-a".into(), json!({"n": 1})),
+                ("room-a".into(), json!({"n": 2})),
+                ("room-b".into(), json!({"n": 3})),
+                ("room-c".into(), json!({"n": 4})),
+            ])
+        })
+        .expect("queue");
+    let n = |rows: &[OutboxRow]| rows.iter().map(|r| r.effect["n"].as_i64()).collect::<Vec<_>>();
+
+    // Both ask at once: each head goes to exactly one of them.
+    let start = Arc::new(Barrier::new(2));
+    let asks: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|store| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                store.due_outbox(2, &[]).expect("due")
+            })
+        })
+        .collect();
+    let got: Vec<Vec<OutboxRow>> = asks.into_iter().map(|t| t.join().expect("ask")).collect();
+    let mut all: Vec<_> = got.iter().flat_map(|rows| n(rows)).collect();
+    all.sort();
+    assert_eq!(all, vec![Some(1), Some(3), Some(4)], "every head once, to one instance: {got:?}");
+    assert!(b.due_outbox(10, &[]).expect("due").iter().all(|r| got[1].contains(r)));
+
+    // B performs its heads; A's heads wait for A (B is told when they may be due again).
+    let b_store = Store::from_backend(b.clone());
+    for row in &got[1] {
+        b_store.transaction(|tx| tx.finish_effect(row.id, None)).expect("finish");
+    }
+    if !got[0].is_empty() {
+        assert!(b.due_outbox(10, &[]).expect("due").is_empty(), "a's leases stand");
+        let next = b.next_outbox_due().expect("next").expect("some");
+        assert!(next > now_ms(), "due when a's lease ends, not now");
+    }
+    // A dies (never finishes): once its leases end, B performs them.
+    let started = Instant::now();
+    let mut taken_over = Vec::new();
+    while taken_over.len() < got[0].len() {
+        assert!(started.elapsed() < PATIENCE, "a's heads never came back");
+        taken_over.extend(b.due_outbox(10, &[]).expect("due"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(n(&taken_over), n(&got[0]), "the dead instance's heads, to the live one");
+    // A retried effect is given back to whoever finds it due.
+    let retried = &taken_over[0];
+    b.outbox_retry(retried.id, Duration::ZERO, "503").expect("retry");
+    assert_eq!(n(&a.due_outbox(10, &[]).expect("due")), n(std::slice::from_ref(retried)));
+}
