@@ -517,15 +517,12 @@ impl PostgresStore {
         begin: &'static str,
         body: &mut dyn FnMut(&dyn Tx) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let pool = self.pool.clone();
-        let conn = self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            c.batch_execute(begin).await?;
-            Ok(c)
-        })?;
+        // The connection is checked out, and the transaction begun, with its first statement
+        // (one round trip for both); a body that runs no statement costs nothing.
         let tx = PgTx {
             store: self,
-            conn: Some(Arc::new(tokio::sync::Mutex::new(conn))),
+            begin,
+            conn: std::cell::RefCell::new(None),
             failed: Cell::new(false),
         };
         let outcome = body(&tx);
@@ -570,17 +567,63 @@ impl PostgresStore {
 /// that no open transaction is ever handed to someone else.
 struct PgTx<'s> {
     store: &'s PostgresStore,
-    conn: Option<Arc<tokio::sync::Mutex<Object>>>,
+    /// How the transaction begins (sent with its first statement).
+    begin: &'static str,
+    /// The connection, once the first statement ran.
+    conn: std::cell::RefCell<Option<Held>>,
     /// A statement failed: PostgreSQL aborted the transaction, so it cannot commit.
     failed: Cell<bool>,
 }
 
-impl PgTx<'_> {
-    fn conn(&self) -> Result<Arc<tokio::sync::Mutex<Object>>, StoreError> {
-        self.conn.clone().ok_or(StoreError::RolledBack)
-    }
+type Held = Arc<tokio::sync::Mutex<Object>>;
 
-    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+/// What a statement answered.
+enum Answer {
+    Affected(u64),
+    Rows(Vec<Row>),
+}
+
+async fn answer_on(
+    c: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+    params: &[Param],
+    rows: bool,
+) -> Result<Answer, StoreError> {
+    Ok(match rows {
+        true => Answer::Rows(query_on(c, sql, params).await?),
+        false => Answer::Affected(execute_on(c, sql, params).await?),
+    })
+}
+
+impl PgTx<'_> {
+    /// Runs one statement in the transaction: on its connection, or (the first one) checking a
+    /// connection out and beginning the transaction in the same round trip.
+    fn call(&self, sql: &str, params: Vec<Param>, rows: bool) -> Result<Answer, StoreError> {
+        let sql = sql.to_owned();
+        let held = self.conn.borrow().clone();
+        let result = match held {
+            Some(conn) => self.store.run(async move {
+                let c = conn.lock().await;
+                answer_on(&c, &sql, &params, rows).await
+            }),
+            None => {
+                let (pool, begin) = (self.store.pool.clone(), self.begin);
+                let first = self.store.run(async move {
+                    let c = pool.get().await.map_err(pool_error)?;
+                    // Pipelined: BEGIN is sent first, the statement right behind it.
+                    let (began, answer) =
+                        tokio::join!(c.batch_execute(begin), answer_on(&c, &sql, &params, rows));
+                    Ok((c, began, answer))
+                });
+                match first {
+                    Err(e) => Err(e),
+                    Ok((c, began, answer)) => {
+                        *self.conn.borrow_mut() = Some(Arc::new(tokio::sync::Mutex::new(c)));
+                        began.map_err(StoreError::from).and(answer)
+                    }
+                }
+            }
+        };
         if result.is_err() {
             self.failed.set(true);
         }
@@ -588,21 +631,17 @@ impl PgTx<'_> {
     }
 
     fn execute(&self, sql: &str, params: Vec<Param>) -> Result<u64, StoreError> {
-        let conn = self.conn()?;
-        let sql = sql.to_owned();
-        self.note(self.store.run(async move {
-            let c = conn.lock().await;
-            execute_on(&c, &sql, &params).await
-        }))
+        match self.call(sql, params, false)? {
+            Answer::Affected(n) => Ok(n),
+            Answer::Rows(rows) => Ok(rows.len() as u64),
+        }
     }
 
     fn query(&self, sql: &str, params: Vec<Param>) -> Result<Vec<Row>, StoreError> {
-        let conn = self.conn()?;
-        let sql = sql.to_owned();
-        self.note(self.store.run(async move {
-            let c = conn.lock().await;
-            query_on(&c, &sql, &params).await
-        }))
+        match self.call(sql, params, true)? {
+            Answer::Rows(rows) => Ok(rows),
+            Answer::Affected(_) => Ok(Vec::new()),
+        }
     }
 
     fn query_opt(&self, sql: &str, params: Vec<Param>) -> Result<Option<Row>, StoreError> {
@@ -610,17 +649,17 @@ impl PgTx<'_> {
     }
 
     /// Commits or rolls back, then hands the connection back to the pool.
-    fn finish(mut self, end: &'static str) -> Result<(), StoreError> {
-        let Some(conn) = self.conn.take() else { return Ok(()) };
+    fn finish(self, end: &'static str) -> Result<(), StoreError> {
+        let Some(conn) = self.conn.borrow_mut().take() else { return Ok(()) };
         self.store.run(async move {
             let ended = {
                 let c = conn.lock().await;
                 c.batch_execute(end).await
             };
             match (ended, Arc::try_unwrap(conn)) {
-                (Ok(()), Ok(_back_to_the_pool)) => Ok(()),
-                (Ok(()), Err(_)) => Ok(()),
+                (Ok(()), _back_to_the_pool) => Ok(()),
                 (Err(e), Ok(conn)) => {
+                    // Its state is unknown: closed, never handed out again.
                     drop(Object::take(conn.into_inner()));
                     Err(e.into())
                 }
@@ -633,7 +672,7 @@ impl PgTx<'_> {
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
         // Still holding the connection: the transaction was never ended (a panic). Close it.
-        if let Some(conn) = self.conn.take()
+        if let Some(conn) = self.conn.get_mut().take()
             && let Ok(conn) = Arc::try_unwrap(conn)
         {
             drop(Object::take(conn.into_inner()));

@@ -560,3 +560,26 @@ fn an_outbox_head_goes_to_one_instance_until_its_lease_ends() {
     b.outbox_retry(retried.id, Duration::ZERO, "503").expect("retry");
     assert_eq!(n(&a.due_outbox(10, &[]).expect("due")), n(std::slice::from_ref(retried)));
 }
+
+#[test]
+fn a_body_that_panics_leaves_no_open_transaction_in_the_pool() {
+    let Some(db) = db("a_body_that_panics_leaves_no_open_transaction_in_the_pool") else { return };
+    let mut options = db.options();
+    options.pool_size = 1; // the next call gets the same slot
+    let store = Arc::new(PostgresStore::open(&options).expect("open"));
+    let shared = Store::from_backend(store.clone());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _: Result<(), StoreError> = shared.transaction(|tx| {
+            tx.enqueue_inbound(Source::Outcome, "half", &json!(1))?;
+            panic!("a bug in a decision");
+        });
+    }));
+    assert!(panicked.is_err());
+    // The next call gets a clean connection: what it writes commits on its own.
+    assert!(store.enqueue_inbound(Source::Outcome, "next", &json!(2)).expect("enqueue"));
+    let other = open(&db);
+    assert!(other.has_inbound(Source::Outcome, "next").expect("has"), "committed");
+    assert!(!other.has_inbound(Source::Outcome, "half").expect("has"), "rolled back");
+    // A transaction with no statement costs nothing and commits nothing.
+    shared.transaction(|_| Ok::<_, StoreError>(())).expect("empty");
+}
