@@ -28,7 +28,11 @@ pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> Batch
     Box::new(move |events: Vec<SymphonyEvent>| {
         let (store, metrics, wake) = (store.clone(), metrics.clone(), wake.clone());
         Box::pin(async move {
-            persist(&store, &metrics, &events).map_err(|e| e.to_string())?;
+            // Off the async workers: a locked store makes SQLite wait (up to 5 s).
+            tokio::task::spawn_blocking(move || persist(&store, &metrics, &events))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             crate::crashpoint::reached("a datafeed batch persisted");
             wake.notify_one();
             Ok(())

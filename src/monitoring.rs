@@ -26,7 +26,14 @@ pub struct MonitoringState {
     /// The bot uses `readTimeout`: every read that succeeds returns within it, and a healthy
     /// loop reads again at once, so a longer silence means reads fail or hang.
     pub datafeed_stale_after: Duration,
+    /// A write probe is under way (it may wait behind the bot's own writes for the store's
+    /// lock): the next `/healthz` does not start another one.
+    pub probing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long `/healthz` waits for its write probe: the probe itself waits 1 s for another
+/// process's lock, but queues behind the bot's own writes, which wait up to 5 s each.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// `GET /healthz` and `GET /metrics`.
 pub fn router(state: MonitoringState) -> Router {
@@ -50,12 +57,29 @@ async fn health(State(state): State<MonitoringState>) -> Response {
         )),
         Some(_) => {}
     }
-    // The probe may wait for SQLite's lock: off the async workers.
-    let store = state.store.clone();
-    let written = tokio::task::spawn_blocking(move || store.probe_write())
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    // The probe may wait for SQLite's lock: off the async workers, and not for long.
+    use std::sync::atomic::Ordering;
+    let written = if state.probing.swap(true, Ordering::SeqCst) {
+        Err("the last write probe is still waiting: the store is locked or stalled".to_owned())
+    } else {
+        let (store, probing) = (state.store.clone(), state.probing.clone());
+        let probe = tokio::task::spawn_blocking(move || {
+            let written = store.probe_write();
+            probing.store(false, Ordering::SeqCst);
+            written
+        });
+        match tokio::time::timeout(PROBE_WAIT, probe).await {
+            Ok(Ok(written)) => written.map_err(|e| e.to_string()),
+            Ok(Err(e)) => {
+                state.probing.store(false, Ordering::SeqCst);
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!(
+                "no write within {} s: the store is locked or stalled",
+                PROBE_WAIT.as_secs()
+            )),
+        }
+    };
     let store_error = written.err();
     if let Some(e) = &store_error {
         problems.push(format!("store: not writable: {e}"));

@@ -168,6 +168,7 @@ impl Bot {
             store: store.clone(),
             metrics: metrics.clone(),
             datafeed_stale_after: config.symphony.read_timeout,
+            probing: Default::default(),
         });
         // `/healthz` and `/metrics` on their own listener (`monitoring.listen`), else here.
         let (mut router, monitoring_addr) = match config.monitoring.listen {

@@ -131,27 +131,39 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
-    let mut stored = 0;
-    for keyed in events {
-        let payload = match serde_json::to_value(InboundEvent::WhatsApp(keyed.event)) {
-            Ok(p) => p,
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        };
-        match state.store.enqueue_inbound(Source::WhatsApp, &keyed.key, &payload) {
-            Ok(true) => {
-                stored += 1;
-                state.metrics.inbound_event(EventSource::WhatsApp, true);
-            }
-            Ok(false) => {
-                state.metrics.inbound_event(EventSource::WhatsApp, false);
-                tracing::debug!(key = %keyed.key, "duplicate webhook event dropped");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist a webhook event; Meta will retry");
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    // Off the async workers: a locked store makes SQLite wait (up to 5 s).
+    let (store, metrics) = (state.store.clone(), state.metrics.clone());
+    let persisted = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+        let mut stored = 0;
+        for keyed in events {
+            let payload = serde_json::to_value(InboundEvent::WhatsApp(keyed.event))
+                .map_err(|e| e.to_string())?;
+            match store.enqueue_inbound(Source::WhatsApp, &keyed.key, &payload) {
+                Ok(true) => {
+                    stored += 1;
+                    metrics.inbound_event(EventSource::WhatsApp, true);
+                }
+                Ok(false) => {
+                    metrics.inbound_event(EventSource::WhatsApp, false);
+                    tracing::debug!(key = %keyed.key, "duplicate webhook event dropped");
+                }
+                Err(e) => return Err(e.to_string()),
             }
         }
-    }
+        Ok(stored)
+    })
+    .await;
+    let stored = match persisted {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot persist a webhook event; Meta will retry");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisting a webhook event panicked; Meta will retry");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
     if stored > 0 {
         crate::crashpoint::reached("a webhook persisted");
         state.wake.notify_one();

@@ -196,7 +196,22 @@ impl WhatsAppClient {
             })?;
             let status = resp.status().as_u16();
             let retry_after = header_retry_after(&resp);
-            let body = resp.text().await.unwrap_or_default();
+            let body = match resp.text().await {
+                Ok(body) => body,
+                // A success whose answer was cut (the connection dropped mid-body): the call may
+                // have been carried out, but what it answered is unknown. A network failure
+                // (retried), never a refusal, nor an empty success.
+                Err(e) if (200..300).contains(&status) => {
+                    return Err(WhatsAppError::Network {
+                        endpoint: endpoint.clone(),
+                        reason: format!(
+                            "the answer ({status}) was cut: {}",
+                            crate::http::with_causes(&e)
+                        ),
+                    });
+                }
+                Err(_) => String::new(),
+            };
             if !(200..300).contains(&status) {
                 return Err(graph_error(&endpoint, status, &body, retry_after));
             }

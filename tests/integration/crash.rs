@@ -4,7 +4,6 @@
 //! — and restarted. Whatever k, the end is the same: one room, one WhatsApp group, one
 //! invitation per contact, one confirmation, one notice per removal, nobody barred inside.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,10 +11,7 @@ use wa_groups_bot::sandbox::mock_pod::MockPod;
 use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 
 use crate::lifecycle::{JANE, JOHN};
-use crate::support::{
-    ALICE, BOT, BOT_USERNAME, WA_PHONE_ID, WA_SECRET, WA_TOKEN, WA_VERIFY, fixture, start_pod,
-    start_sim,
-};
+use crate::support::{ALICE, BOT, process, start_pod, start_sim};
 
 /// The bot as a process, restarted (without the crash point) whenever it has died.
 struct Runner {
@@ -26,17 +22,9 @@ struct Runner {
 
 impl Runner {
     fn spawn(config: &std::path::Path, crash_at: Option<u64>) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-groups-bot"));
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log_file(config))
-            .kill_on_drop(true);
-        if let Some(k) = crash_at {
-            cmd.env("WAGB_CRASH_AT", k.to_string());
-        }
-        cmd.spawn().expect("start the bot")
+        let k = crash_at.map(|k| k.to_string());
+        let env: Vec<(&str, &str)> = k.iter().map(|k| ("WAGB_CRASH_AT", k.as_str())).collect();
+        process::spawn(config, &[], &env)
     }
 
     /// Restarts the bot if it died.
@@ -60,20 +48,6 @@ impl Runner {
     }
 }
 
-/// The bot's log, beside its config (appended across restarts), shown when a run fails.
-fn log_file(config: &std::path::Path) -> Stdio {
-    let path = config.with_file_name("bot.log");
-    match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        Ok(f) => Stdio::from(f),
-        Err(_) => Stdio::null(),
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn bot_messages(pod: &MockPod, stream: &str, needle: &str) -> usize {
     pod.messages(stream).iter().filter(|m| m.user == BOT && m.text.contains(needle)).count()
 }
@@ -92,24 +66,8 @@ async fn scenario(k: u64) -> (bool, usize) {
     let pod = start_pod().await;
     let sim = start_sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let yaml = format!(
-        "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 5000\n\
-         bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
-         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
-         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
-         whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
-           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: {WA_VERIFY}}}}}\n\
-         store: {{path: {store}}}\ntemplates: {{dir: {templates}}}\n",
-        templates = fixture("../../templates").display(),
-        pod_port = pod.addr().port(),
-        key = fixture("keys/bot-pkcs8.pem").display(),
-        sim_url = sim.url(),
-        store = dir.path().join("bot.db").display(),
-    );
-    let config = dir.path().join("bot-config.yaml");
-    std::fs::write(&config, yaml).expect("config");
-    sim.set_webhook_url(&format!("http://127.0.0.1:{port}/whatsapp/webhook"));
+    let port = process::free_port();
+    let config = process::write_config(&pod, &sim, dir.path(), port, &dir.path().join("bot.db"));
     let mut bot =
         Runner { child: Runner::spawn(&config, Some(k)), config: config.clone(), crashed: false };
     // Up: healthy (its feed is read), then it answers /wa help in an IM.

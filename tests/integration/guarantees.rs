@@ -11,60 +11,12 @@ use serde_json::{Value, json};
 use wa_groups_bot::sandbox::mock_pod::MockPod;
 use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 
-use crate::lifecycle::{JANE, JOHN, inbox_has, room_named, wa_group_named};
+use crate::lifecycle::{JANE, JOHN, inbox_has};
 use crate::support::{
-    ALICE, BOT, WA_PHONE_ID, WA_SECRET, start_bot_with_whatsapp, start_bot_with_whatsapp_config,
-    start_pod, start_sim, wait_for, wait_for_message,
+    ALICE, BOT, WA_PHONE_ID, WA_SECRET, native_group, participants, pod_fault, room_named,
+    sim_fault, start_bot_with_whatsapp, start_bot_with_whatsapp_config, start_pod, start_sim,
+    wait_for, wait_for_message,
 };
-
-/// A native group made by Alice with `contacts`: (room, WhatsApp group id, invite link).
-async fn native_group(
-    pod: &MockPod,
-    sim: &WhatsAppSim,
-    name: &str,
-    contacts: &[&str],
-) -> (String, String, String) {
-    let im = pod.create_im(&[ALICE, BOT]).expect("im");
-    let phones: Vec<String> = contacts.iter().map(|c| format!("+{c}")).collect();
-    pod.post_message(
-        &im,
-        ALICE,
-        &format!("<messageML>/wa create \"{name}\" {}</messageML>", phones.join(" ")),
-    )
-    .expect("post");
-    let room = room_named(pod, name).await;
-    let sid = room["streamId"].as_str().expect("sid").to_owned();
-    let group = wa_group_named(sim, name).await;
-    let gid = group["id"].as_str().expect("gid").to_owned();
-    wait_for_message(pod, &sid, BOT, |t| t.contains("is ready")).await;
-    let link = sim.group(&gid).and_then(|g| g["inviteLink"].as_str().map(str::to_owned));
-    (sid, gid, link.expect("link"))
-}
-
-async fn sim_fault(sim: &WhatsAppSim, fault: Value) {
-    let answer = reqwest::Client::new()
-        .post(format!("{}/_sandbox/wa/faults", sim.url()))
-        .json(&fault)
-        .send()
-        .await
-        .expect("fault");
-    assert!(answer.status().is_success(), "{fault}");
-}
-
-async fn pod_fault(pod: &MockPod, fault: Value) {
-    let answer = reqwest::Client::new()
-        .post(format!("{}/_sandbox/faults", pod.url()))
-        .json(&fault)
-        .send()
-        .await
-        .expect("fault");
-    assert!(answer.status().is_success(), "{fault}");
-}
-
-/// The participants of a WhatsApp group as the simulator has them.
-fn participants(sim: &WhatsAppSim, gid: &str) -> Value {
-    sim.group(gid).map(|g| g["participants"].clone()).unwrap_or(Value::Null)
-}
 
 /// `/wa info`'s line for a contact, once the bot answers.
 async fn info_state(pod: &MockPod, sid: &str, phone: &str) -> String {

@@ -15,29 +15,7 @@ pub(crate) const JANE: &str = "447911123456";
 pub(crate) const JOHN: &str = "447911123457";
 const EVE: &str = "447911123499";
 
-pub(crate) async fn room_named(pod: &MockPod, name: &str) -> Value {
-    wait_for("the room", Duration::from_secs(10), || {
-        let found = pod.streams().into_iter().find(|s| s["type"] == "ROOM" && s["name"] == name);
-        async move { found }
-    })
-    .await
-}
-
-pub(crate) async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
-    wait_for("the WhatsApp group", Duration::from_secs(10), || {
-        let found = sim.groups().into_iter().find(|g| g["subject"] == subject);
-        async move { found }
-    })
-    .await
-}
-
-pub(crate) async fn inbox_has(sim: &WhatsAppSim, phone: &str, template: &str) -> Value {
-    wait_for("a template in the inbox", Duration::from_secs(10), || {
-        let found = sim.inbox(phone).into_iter().find(|m| m["template"]["name"] == template);
-        async move { found }
-    })
-    .await
-}
+pub(crate) use crate::support::{inbox_has, room_named, wa_group_named};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_group_is_created_and_only_invited_contacts_get_in() {

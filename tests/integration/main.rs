@@ -13,6 +13,7 @@ mod console;
 mod crash;
 mod create_form;
 mod demo;
+mod faults;
 mod guarantees;
 mod lifecycle;
 mod logging;

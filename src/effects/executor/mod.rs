@@ -31,9 +31,6 @@ const JOIN_REQUEST_GONE: i64 = 131_213;
 
 /// How many effects (of different order keys) run at once.
 const PARALLEL_EFFECTS: usize = 32;
-/// How long the record of a performed effect is tried before the effect is left due (and
-/// performed again).
-const RECORD_DONE_FOR: Duration = Duration::from_secs(60);
 
 /// The guard of an [`Effect::ApproveJoin`], read right before the approval is performed: only a
 /// contact still invited (or requesting) and not barred is let in, so an owner's `/wa remove`
@@ -217,29 +214,28 @@ impl EffectExecutor {
         match performed {
             Ok(done) => {
                 let outcome = done.outcome.as_ref().map(serde_json::to_value).transpose()?;
-                // Performed: the done mark must not be lost to a store that is briefly away (a
-                // database restarting, a locked file), or the call would be made again.
-                self.record_done(|| {
-                    self.store.transaction(|tx| {
-                        for record in &done.sent {
+                let Done { sent, posted, .. } = done;
+                let id = row.id;
+                let has_outcome = outcome.is_some();
+                // Performed: from now on only its record is retried, never the effect (a
+                // store that cannot write must not make a message go twice).
+                self.record(id, move |store| {
+                    store.transaction(|tx| {
+                        for record in &sent {
                             tx.record_wa_message(record)?;
                         }
-                        if let Some((wa, symphony)) = &done.posted {
+                        if let Some((wa, symphony)) = &posted {
                             tx.set_wa_message_symphony(wa, symphony)?;
                         }
                         if let Some(outcome) = &outcome {
-                            tx.enqueue_inbound(
-                                Source::Outcome,
-                                &format!("outbox:{}", row.id),
-                                outcome,
-                            )?;
+                            tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), outcome)?;
                         }
-                        tx.finish_effect(row.id, None)
+                        tx.finish_effect(id, None)
                     })
                 })
-                .await?;
+                .await;
                 crate::crashpoint::reached("an effect done");
-                if outcome.is_some() {
+                if has_outcome {
                     self.dispatcher.notify_one();
                 }
                 Ok(())
@@ -257,33 +253,50 @@ impl EffectExecutor {
                 // The dispatcher decides what to say, and where.
                 let outcome =
                     serde_json::to_value(Outcome::Failed { effect, reason: f.message.clone() })?;
-                self.store.transaction(|tx| {
-                    tx.enqueue_inbound(Source::Outcome, &format!("outbox:{}", row.id), &outcome)?;
-                    tx.finish_effect(row.id, Some(&f.message))
-                })?;
+                // Given up: recorded once the store takes it, not tried again meanwhile.
+                let (id, reason) = (row.id, f.message.clone());
+                self.record(id, move |store| {
+                    store.transaction(|tx| {
+                        tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), &outcome)?;
+                        tx.finish_effect(id, Some(&reason))
+                    })
+                })
+                .await;
                 self.dispatcher.notify_one();
                 Ok(())
             }
         }
     }
 
-    /// Records what a performed effect did, trying again for a minute while the store fails.
-    async fn record_done(
+    /// Commits what became of effect `id` (`write`, off the async workers: it may wait for
+    /// SQLite's lock), retried with a growing pause (1 s to 5 s) until the store takes it: the
+    /// effect stays claimed by this task meanwhile, so it is not performed again. A stop in
+    /// between leaves it pending: performed again after the restart (at least once).
+    async fn record(
         &self,
-        record: impl Fn() -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let deadline = std::time::Instant::now() + RECORD_DONE_FOR;
-        let mut wait = Duration::from_millis(50);
+        id: i64,
+        write: impl Fn(&Store) -> Result<(), StoreError> + Send + Sync + 'static,
+    ) {
+        let write = Arc::new(write);
+        let mut failures = 0u32;
         loop {
-            match record() {
-                Ok(()) => return Ok(()),
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "a performed effect could not be recorded yet; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+            let (store, attempt) = (self.store.clone(), write.clone());
+            let error = match tokio::task::spawn_blocking(move || attempt(&store)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "recording an effect's result panicked");
+                    return;
                 }
-                Err(e) => return Err(e),
+            };
+            failures += 1;
+            if failures == 1 {
+                tracing::error!(id, %error, "an effect's result cannot be recorded yet; retrying the record, not the effect");
             }
+            tokio::time::sleep(Duration::from_secs(u64::from(failures.min(5)))).await;
+        }
+        if failures > 0 {
+            tracing::info!(id, failures, "an effect's result recorded");
         }
     }
 

@@ -80,6 +80,13 @@ pub(crate) async fn inject_faults(
             if let Some(hang) = fault.hang {
                 tokio::time::sleep(hang).await;
             }
+            if fault.drop {
+                if fault.after {
+                    let done = next.run(request).await;
+                    return crate::sandbox::faults::cut_mid_body(done).await;
+                }
+                return crate::sandbox::faults::dropped();
+            }
             if fault.after {
                 let _done = next.run(request).await;
                 return error(
@@ -89,9 +96,7 @@ pub(crate) async fn inject_faults(
             }
             if fault.status >= 100 {
                 let mut response = error(fault.status, format!("injected fault {}", fault.status));
-                if let Some(secs) = fault.retry_after
-                    && let Ok(v) = secs.to_string().parse()
-                {
+                if let Some(v) = fault.retry_after_header() {
                     response.headers_mut().insert("Retry-After", v);
                 }
                 return response;

@@ -354,8 +354,10 @@ impl MockPod {
             status,
             code: None,
             retry_after,
+            retry_after_date: false,
             hang: None,
             after: false,
+            drop: false,
             remaining: count,
         });
         Ok(())
@@ -370,8 +372,10 @@ impl MockPod {
             status: 0,
             code: None,
             retry_after: None,
+            retry_after_date: false,
             hang: Some(hang),
             after: false,
+            drop: false,
             remaining: count,
         });
         Ok(())

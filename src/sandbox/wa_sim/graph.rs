@@ -137,6 +137,13 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
         if let Some(h) = f.hang {
             tokio::time::sleep(h).await;
         }
+        if f.drop && authorized {
+            if f.after {
+                let done = next.run(request).await;
+                return crate::sandbox::faults::cut_mid_body(done).await;
+            }
+            return crate::sandbox::faults::dropped();
+        }
         if f.after && authorized {
             let _done = next.run(request).await;
             let status = f.status.max(500);
@@ -149,9 +156,7 @@ async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Re
         if f.status >= 100 {
             let default_code = if f.status == 429 { 130429 } else { 1 };
             let mut r = graph_error(f.status, f.code.unwrap_or(default_code), "injected fault");
-            if let Some(secs) = f.retry_after
-                && let Ok(v) = secs.to_string().parse()
-            {
+            if let Some(v) = f.retry_after_header() {
                 r.headers_mut().insert("Retry-After", v);
             }
             return r;

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod instances;
+pub mod process;
 pub mod python;
 
 use std::future::Future;
@@ -34,9 +35,11 @@ where
     }
 }
 
+use serde_json::Value;
 use wa_groups_bot::app::Bot;
 use wa_groups_bot::config::{Config, ConfigSource};
 use wa_groups_bot::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser, UserKind};
+use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 use wa_groups_bot::templates::Templates;
 
 pub const BOT: i64 = 9001;
@@ -123,11 +126,11 @@ pub const WA_VERIFY: &str = "test-verify-token";
 pub const WA_PHONE_ID: &str = "106540352242922";
 
 /// A simulator with fast webhook retries.
-pub async fn start_sim() -> wa_groups_bot::sandbox::wa_sim::WhatsAppSim {
+pub async fn start_sim() -> WhatsAppSim {
     let mut cfg =
         wa_groups_bot::sandbox::wa_sim::WhatsAppSimConfig::new(WA_TOKEN, WA_SECRET, WA_PHONE_ID);
     cfg.webhook_retry_initial = Duration::from_millis(50);
-    wa_groups_bot::sandbox::wa_sim::WhatsAppSim::start(cfg).await.expect("simulator starts")
+    WhatsAppSim::start(cfg).await.expect("simulator starts")
 }
 
 /// The bot's configuration with its WhatsApp side pointing at `api_base_url`.
@@ -206,7 +209,7 @@ impl Receiver {
 /// where it is). `advisors` is the entitlement list.
 pub async fn start_bot_with_whatsapp(
     pod: &MockPod,
-    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    sim: &WhatsAppSim,
     dir: &std::path::Path,
     advisors: &str,
 ) -> Bot {
@@ -223,7 +226,7 @@ pub async fn start_bot_with_whatsapp(
 /// [`start_bot_with_whatsapp`] with other timings.
 pub async fn start_bot_with_whatsapp_timed(
     pod: &MockPod,
-    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    sim: &WhatsAppSim,
     dir: &std::path::Path,
     advisors: &str,
     timings: wa_groups_bot::app::BotTimings,
@@ -234,7 +237,7 @@ pub async fn start_bot_with_whatsapp_timed(
 /// [`start_bot_with_whatsapp_timed`] with more configuration (`extra` YAML appended).
 pub async fn start_bot_with_whatsapp_config(
     pod: &MockPod,
-    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    sim: &WhatsAppSim,
     dir: &std::path::Path,
     advisors: &str,
     timings: wa_groups_bot::app::BotTimings,
@@ -249,7 +252,7 @@ pub async fn start_bot_with_whatsapp_config(
 /// [`start_bot_with_whatsapp_config`] with its templates from `templates`.
 pub async fn start_bot_with_whatsapp_loaded(
     pod: &MockPod,
-    sim: &wa_groups_bot::sandbox::wa_sim::WhatsAppSim,
+    sim: &WhatsAppSim,
     dir: &std::path::Path,
     advisors: &str,
     timings: wa_groups_bot::app::BotTimings,
@@ -257,7 +260,7 @@ pub async fn start_bot_with_whatsapp_loaded(
     templates: impl FnOnce() -> Templates,
 ) -> Bot {
     let yaml = format!(
-        "scheme: http\nhost: 127.0.0.1\nport: {port}\nreadTimeout: 5000\n\
+        "scheme: http\nhost: 127.0.0.1\nport: {port}\n{read_timeout}\
          bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
          {retry}\
          datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
@@ -269,7 +272,12 @@ pub async fn start_bot_with_whatsapp_loaded(
         key = fixture("keys/bot-pkcs8.pem").display(),
         sim = sim.url(),
         store = dir.join("bot.db").display(),
-        // `extra` may bring its own retry policy.
+        // `extra` may bring its own read timeout and retry policy.
+        read_timeout = if extra.lines().any(|l| l.starts_with("readTimeout:")) {
+            ""
+        } else {
+            "readTimeout: 5000\n"
+        },
         retry = if extra.lines().any(|l| l.starts_with("retry:")) {
             ""
         } else {
@@ -293,19 +301,105 @@ pub async fn start_bot_with_whatsapp_loaded(
 
 /// A room's members as the pod lists them, ordered by user id (the pod lists them in the order
 /// they joined, which parallel membership changes do not fix).
-pub fn room_members(pod: &MockPod, sid: &str) -> Option<serde_json::Value> {
+pub fn room_members(pod: &MockPod, sid: &str) -> Option<Value> {
     let stream = pod.streams().into_iter().find(|s| s["streamId"] == sid)?;
     let mut members = stream["members"].as_array()?.clone();
     members.sort_by_key(|m| m["userId"].as_i64());
-    Some(serde_json::Value::Array(members))
+    Some(Value::Array(members))
 }
 
 /// Waits until the room's members (by user id) are `want`.
-pub async fn members_are(pod: &MockPod, sid: &str, want: serde_json::Value) {
+pub async fn members_are(pod: &MockPod, sid: &str, want: Value) {
     wait_for("the room's members", Duration::from_secs(10), || {
         let members = room_members(pod, sid);
         let want = want.clone();
         async move { (members == Some(want)).then_some(()) }
     })
     .await;
+}
+
+// ----- a native group, and the faults of both mocks -----
+
+pub async fn room_named(pod: &MockPod, name: &str) -> Value {
+    wait_for("the room", Duration::from_secs(10), || {
+        let found = pod.streams().into_iter().find(|s| s["type"] == "ROOM" && s["name"] == name);
+        async move { found }
+    })
+    .await
+}
+
+pub async fn wa_group_named(sim: &WhatsAppSim, subject: &str) -> Value {
+    wait_for("the WhatsApp group", Duration::from_secs(10), || {
+        let found = sim.groups().into_iter().find(|g| g["subject"] == subject);
+        async move { found }
+    })
+    .await
+}
+
+pub async fn inbox_has(sim: &WhatsAppSim, phone: &str, template: &str) -> Value {
+    wait_for("a template in the inbox", Duration::from_secs(10), || {
+        let found = sim.inbox(phone).into_iter().find(|m| m["template"]["name"] == template);
+        async move { found }
+    })
+    .await
+}
+
+/// A native group made by Alice with `contacts`: (room, WhatsApp group id, invite link).
+pub async fn native_group(
+    pod: &MockPod,
+    sim: &WhatsAppSim,
+    name: &str,
+    contacts: &[&str],
+) -> (String, String, String) {
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    let phones: Vec<String> = contacts.iter().map(|c| format!("+{c}")).collect();
+    pod.post_message(
+        &im,
+        ALICE,
+        &format!("<messageML>/wa create \"{name}\" {}</messageML>", phones.join(" ")),
+    )
+    .expect("post");
+    let room = room_named(pod, name).await;
+    let sid = room["streamId"].as_str().expect("sid").to_owned();
+    let group = wa_group_named(sim, name).await;
+    let gid = group["id"].as_str().expect("gid").to_owned();
+    wait_for_message(pod, &sid, BOT, |t| t.contains("is ready")).await;
+    let link = sim.group(&gid).and_then(|g| g["inviteLink"].as_str().map(str::to_owned));
+    (sid, gid, link.expect("link"))
+}
+
+pub async fn sim_fault(sim: &WhatsAppSim, fault: Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/_sandbox/wa/faults", sim.url()))
+        .json(&fault)
+        .send()
+        .await
+        .expect("fault");
+    assert!(answer.status().is_success(), "{fault}");
+}
+
+pub async fn pod_fault(pod: &MockPod, fault: Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/_sandbox/faults", pod.url()))
+        .json(&fault)
+        .send()
+        .await
+        .expect("fault");
+    assert!(answer.status().is_success(), "{fault}");
+}
+
+/// The participants of a WhatsApp group as the simulator has them.
+pub fn participants(sim: &WhatsAppSim, gid: &str) -> Value {
+    sim.group(gid).map(|g| g["participants"].clone()).unwrap_or(Value::Null)
+}
+
+/// Posts `body` to the simulator's control API at `path`; it must succeed.
+pub async fn wa_control(sim: &WhatsAppSim, path: &str, body: Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}{path}", sim.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("control call");
+    assert!(answer.status().is_success(), "{path} {body}");
 }
