@@ -47,6 +47,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an outbox head handed to this instance stays its own: other instances skip it
 /// until then (a dead instance's heads are performed by another one after this).
 const OUTBOX_LEASE: Duration = Duration::from_secs(30);
+/// Rows deleted per statement when pruning.
+const PRUNE_SLICE: u64 = 5_000;
 /// How long the health probe may take, connection included.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -313,6 +315,9 @@ async fn query_on(
 async fn migrate(c: &mut deadpool_postgres::ClientWrapper, at: &str) -> Result<i64, StoreError> {
     let known = MIGRATIONS.len() as i64;
     let tx = c.transaction().await?;
+    // Waiting for another instance's migration, or building an index on a large table, may
+    // take longer than statements usually may.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -900,22 +905,32 @@ impl StateStore for PostgresStore {
     }
 
     fn prune(&self, before_ms: i64) -> Result<Pruned, StoreError> {
-        // One statement: one transaction.
-        let rows = self.query(
-            "WITH e AS (DELETE FROM inbound_events
-                        WHERE processed_at IS NOT NULL AND processed_at < $1 RETURNING 1),
-                  o AS (DELETE FROM outbox
-                        WHERE (done_at IS NOT NULL AND done_at < $1)
-                           OR (failed_at IS NOT NULL AND failed_at < $1) RETURNING 1),
-                  m AS (DELETE FROM wa_messages WHERE created_at < $1 RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM e), (SELECT COUNT(*) FROM o), (SELECT COUNT(*) FROM m)",
-            params![before_ms],
-        )?;
-        let Some(row) = rows.first() else { return Ok(Pruned::default()) };
-        let n = |i: usize| -> Result<u64, StoreError> {
-            Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+        // In slices, each its own statement: a large backlog never runs into the statement
+        // timeout, and other instances' work goes on between slices.
+        let slices = |table: &str, finished: &str| -> Result<u64, StoreError> {
+            let sql = format!(
+                "WITH gone AS (DELETE FROM {table} WHERE ctid IN
+                     (SELECT ctid FROM {table} WHERE {finished} LIMIT {PRUNE_SLICE})
+                     RETURNING 1)
+                 SELECT COUNT(*) FROM gone"
+            );
+            let mut total = 0;
+            loop {
+                let n = self.count(&sql, params![before_ms])?;
+                total += n;
+                if n < PRUNE_SLICE {
+                    return Ok(total);
+                }
+            }
         };
-        Ok(Pruned { events: n(0)?, effects: n(1)?, messages: n(2)? })
+        Ok(Pruned {
+            events: slices("inbound_events", "processed_at IS NOT NULL AND processed_at < $1")?,
+            effects: slices(
+                "outbox",
+                "(done_at IS NOT NULL AND done_at < $1) OR (failed_at IS NOT NULL AND failed_at < $1)",
+            )?,
+            messages: slices("wa_messages", "created_at < $1")?,
+        })
     }
 
     fn transaction(

@@ -583,3 +583,19 @@ fn a_body_that_panics_leaves_no_open_transaction_in_the_pool() {
     // A transaction with no statement costs nothing and commits nothing.
     shared.transaction(|_| Ok::<_, StoreError>(())).expect("empty");
 }
+
+#[test]
+fn pruning_a_backlog_larger_than_a_slice_takes_it_all() {
+    let Some(db) = db("pruning_a_backlog_larger_than_a_slice_takes_it_all") else { return };
+    let store = open(&db);
+    store
+        .raw(
+            "INSERT INTO inbound_events (source, dedupe_key, payload, received_at, processed_at)
+             SELECT 'symphony', 'old-' || i, '1', 1, 1 FROM generate_series(1, 12001) i",
+        )
+        .expect("old events");
+    store.enqueue_inbound(Source::Symphony, "pending", &json!(1)).expect("pending");
+    let pruned = store.prune(now_ms()).expect("prune");
+    assert_eq!(pruned.events, 12_001, "all of it, in slices");
+    assert_eq!(store.count_inbound(Source::Symphony).expect("count"), 1, "pending work kept");
+}
