@@ -107,6 +107,7 @@ pub fn check_config(source: &ConfigSource) -> (CheckReport, Option<Config>) {
                     config.symphony.private_key_path.display()
                 ),
             );
+            report.push(Outcome::Ok, store_line(&config.store));
             warnings(&config, &mut report);
             Some(config)
         }
@@ -142,6 +143,19 @@ pub fn check_config(source: &ConfigSource) -> (CheckReport, Option<Config>) {
             .push(Outcome::Problem, "templates not checked: the configuration could not be read"),
     }
     (report, config)
+}
+
+/// Which store the bot will use (the URL without its password).
+fn store_line(store: &crate::config::StoreConfig) -> String {
+    match &store.url {
+        Some(url) => format!(
+            "store: PostgreSQL at {} (several instances; pool of {}, statement timeout {} ms)",
+            crate::store::redacted_url(url.expose_secret()),
+            store.pool_size,
+            store.statement_timeout.as_millis()
+        ),
+        None => format!("store: SQLite at {} (one instance)", store.path.display()),
+    }
 }
 
 /// What runs but is probably not meant.
@@ -208,6 +222,7 @@ pub async fn check_connect(config: &Config, report: &mut CheckReport) {
             }
         }
     }
+    check_store(config, report);
     let wa = &config.whatsapp;
     if !wa.is_configured() {
         report.push(
@@ -239,6 +254,55 @@ pub async fn check_connect(config: &Config, report: &mut CheckReport) {
             ),
             Err(e) => report.push(Outcome::Problem, format!("Graph API at {graph}: {e}")),
         },
+    }
+}
+
+/// `--connect` with `store.url`: connects to PostgreSQL once (URL, TLS, credentials) and reports
+/// the schema version, without migrating anything (the bot does that when it starts).
+fn check_store(config: &Config, report: &mut CheckReport) {
+    use crate::store::{PostgresOptions, PostgresStore};
+    let Some(url) = &config.store.url else { return };
+    let options = PostgresOptions {
+        url: url.clone(),
+        pool_size: 1,
+        statement_timeout: config.store.statement_timeout,
+    };
+    let store = match PostgresStore::connect(&options) {
+        Ok(store) => store,
+        Err(e) => return report.push(Outcome::Problem, format!("PostgreSQL store: {e}")),
+    };
+    let at = store.location().to_owned();
+    let server = store.server_version().unwrap_or_else(|_| "?".into());
+    let known = PostgresStore::known_schema_version();
+    match store.schema_version_unmigrated() {
+        Err(e) => report.push(Outcome::Problem, format!("PostgreSQL store at {at}: {e}")),
+        Ok(0) => report.push(
+            Outcome::Ok,
+            format!(
+                "PostgreSQL store at {at} (server {server}): connected; no schema yet (the first \
+                 instance to start creates it, version {known})"
+            ),
+        ),
+        Ok(found) if found > known => report.push(
+            Outcome::Problem,
+            format!(
+                "PostgreSQL store at {at} (server {server}): schema version {found}, newer than \
+                 this bot knows ({known}): run a newer wa-groups-bot"
+            ),
+        ),
+        Ok(found) if found < known => report.push(
+            Outcome::Ok,
+            format!(
+                "PostgreSQL store at {at} (server {server}): connected, schema version {found} \
+                 (this bot migrates it to {known} when it starts)"
+            ),
+        ),
+        Ok(found) => report.push(
+            Outcome::Ok,
+            format!(
+                "PostgreSQL store at {at} (server {server}): connected, schema version {found}"
+            ),
+        ),
     }
 }
 

@@ -193,6 +193,17 @@ struct RawEntitlements {
 struct RawStore {
     #[serde(deserialize_with = "lenient::opt_path")]
     path: Option<PathBuf>,
+    /// PostgreSQL (a secret: it may carry the password).
+    #[serde(deserialize_with = "lenient::opt_secret")]
+    url: Option<SecretString>,
+    #[serde(rename = "poolSize", alias = "poolsize", deserialize_with = "lenient::opt_count")]
+    pool_size: Option<u32>,
+    #[serde(
+        rename = "statementTimeoutMillis",
+        alias = "statementtimeoutmillis",
+        deserialize_with = "lenient::opt_millis"
+    )]
+    statement_timeout_millis: Option<u64>,
     #[serde(
         rename = "retentionDays",
         alias = "retentiondays",
@@ -449,9 +460,19 @@ pub struct EntitlementsConfig {
     pub advisors: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the bot keeps its state: SQLite at `path` (one instance), or PostgreSQL at `url`
+/// (several instances, DESIGN.md §7).
+#[derive(Clone)]
 pub struct StoreConfig {
+    /// SQLite's file (`store.path`): used when `url` is not set.
     pub path: PathBuf,
+    /// PostgreSQL (`store.url`, `WAGB__STORE__URL`): a secret, since it may carry the password.
+    pub url: Option<SecretString>,
+    /// Pooled PostgreSQL connections per instance (`store.poolSize`, default 8).
+    pub pool_size: u32,
+    /// `statement_timeout` on every PostgreSQL connection (`store.statementTimeoutMillis`,
+    /// default 5000).
+    pub statement_timeout: Duration,
     /// Processed events, finished outbox rows and the relayed-message map are pruned after
     /// this many days (`store.retentionDays`, default 30).
     pub retention_days: u32,
@@ -563,6 +584,7 @@ fn is_secret_key(path: &str) -> bool {
     let path = path.to_ascii_lowercase();
     let last = path.rsplit('.').next().unwrap_or_default();
     ["accesstoken", "appsecret", "verifytoken"].contains(&last)
+        || path == "store.url"
         || path == "bot.privatekey"
         || path.starts_with("bot.privatekey.")
 }
@@ -977,6 +999,26 @@ fn validate(
     if retention_days == 0 {
         problems.push("store.retentionDays: must be at least 1".into());
     }
+    let store_url = raw.store.url.filter(|u| !u.expose_secret().trim().is_empty());
+    if let Some(url) = &store_url {
+        let lower = url.expose_secret().trim_start().to_ascii_lowercase();
+        if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+            // The value is not shown: it may carry a password.
+            problems.push(
+                "store.url: not a PostgreSQL URL (postgres://user@host:5432/db or \
+                 postgresql://…; the value is not shown: it may carry a password)"
+                    .into(),
+            );
+        }
+    }
+    let pool_size = raw.store.pool_size.unwrap_or(8);
+    if pool_size == 0 {
+        problems.push("store.poolSize: must be at least 1".into());
+    }
+    let statement_timeout_ms = raw.store.statement_timeout_millis.unwrap_or(5_000);
+    if statement_timeout_ms == 0 {
+        problems.push("store.statementTimeoutMillis: must be at least 1".into());
+    }
     let templates_dir = templates_dir(raw.templates.dir, base);
     let log_format = match raw.logging.format.as_deref().map(str::parse::<LogFormat>) {
         None => LogFormat::default(),
@@ -1031,11 +1073,36 @@ fn validate(
         },
         features: FeaturesConfig { native_groups: raw.features.native_groups.unwrap_or(true) },
         entitlements: EntitlementsConfig { advisors },
-        store: StoreConfig { path: store_path, retention_days },
+        store: StoreConfig {
+            path: store_path,
+            url: store_url,
+            pool_size,
+            statement_timeout: Duration::from_millis(statement_timeout_ms),
+            retention_days,
+        },
         templates: TemplatesConfig { dir: templates_dir },
         logging: LoggingConfig { format: log_format },
         monitoring: MonitoringConfig { listen: monitoring_listen },
     })
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_ref().map(|_| "[redacted]"))
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("retention_days", &self.retention_days)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// Whether several instances share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.url.is_some()
+    }
 }
 
 impl WhatsAppConfig {
@@ -1308,6 +1375,83 @@ mod tests {
             err.to_string().contains("logging.format: \"xml\" is not a log format (text or json)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_and_postgresql_with_a_url_whose_password_never_prints() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let yaml = "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n";
+        let cfg = load(dir.path(), yaml, &[]).expect("valid");
+        assert!(!cfg.store.is_shared() && cfg.store.url.is_none(), "SQLite by default");
+        assert_eq!(cfg.store.path, dir.path().join("./data/wa-groups-bot.db"));
+        assert_eq!(
+            (cfg.store.pool_size, cfg.store.statement_timeout),
+            (8, Duration::from_millis(5_000)),
+            "defaults"
+        );
+        let url = "postgres://wagb:pa55-Word-9@db.internal:5432/wagb?sslmode=require";
+        let cfg = load(
+            dir.path(),
+            yaml,
+            &[
+                ("WAGB__STORE__URL", url),
+                ("WAGB__STORE__POOLSIZE", "3"),
+                ("WAGB__STORE__STATEMENTTIMEOUTMILLIS", "1500"),
+            ],
+        )
+        .expect("valid");
+        assert!(cfg.store.is_shared());
+        assert_eq!(cfg.store.url.as_ref().map(|u| u.expose_secret().to_owned()), Some(url.into()));
+        assert_eq!(
+            (cfg.store.pool_size, cfg.store.statement_timeout),
+            (3, Duration::from_millis(1_500))
+        );
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("pa55-Word-9"), "the password in Debug: {debug}");
+        // The same keys from the file.
+        let cfg = load(
+            dir.path(),
+            &format!("{yaml}store: {{url: \"{url}\", poolSize: 2, statementTimeoutMillis: 700}}\n"),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            (cfg.store.pool_size, cfg.store.statement_timeout),
+            (2, Duration::from_millis(700))
+        );
+    }
+
+    #[test]
+    fn bad_store_settings_are_all_reported_without_the_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "bot.pem", KEY_PKCS8);
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n\
+             store: {poolSize: 0, statementTimeoutMillis: soon}\n",
+            &[("WAGB__STORE__URL", "mysql://wagb:pa55-Word-9@db/wagb")],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for problem in [
+            "store.url: not a PostgreSQL URL",
+            "store.poolSize: must be at least 1",
+            "store.statementTimeoutMillis: expected a whole number of milliseconds",
+        ] {
+            assert!(text.contains(problem), "missing {problem:?} in:\n{text}");
+        }
+        assert!(!text.contains("pa55-Word-9"), "the password shown:\n{text}");
+        // A URL of the wrong type: not shown either.
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\nstore: {url: [pa55-Word-9]}\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("store.url: expected a string"), "{text}");
+        assert!(!text.contains("pa55-Word-9"), "the password shown:\n{text}");
     }
 
     #[test]

@@ -304,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Events { action, config } => {
             let config = Config::load(&config)?;
-            let store = wa_groups_bot::store::Store::open(&config.store.path)?;
+            let store = wa_groups_bot::store::Store::open_config(&config.store)?;
             match action {
                 EventsCmd::Failed => print!("{}", admin::failed_events(&store)?),
                 EventsCmd::Retry { id, all } => {

@@ -129,8 +129,12 @@ impl Bot {
         cancel: CancellationToken,
         timings: BotTimings,
     ) -> Result<Bot, AppError> {
-        let instance = Some(crate::store::InstanceLock::acquire(&config.store.path)?);
-        let store = Store::open(&config.store.path)?;
+        // SQLite takes one instance; PostgreSQL (store.url) any number.
+        let instance = match config.store.is_shared() {
+            true => None,
+            false => Some(crate::store::InstanceLock::acquire(&config.store.path)?),
+        };
+        let store = Store::open_config(&config.store)?;
         let metrics = Metrics::default();
         let symphony = SymphonyClient::new(&config.symphony)?.with_metrics(metrics.clone());
         symphony.authenticate().await?;

@@ -4,10 +4,15 @@
 //! mark commit together or not at all (DESIGN.md §4). SQLite ([`SqliteStore`]) is the embedded
 //! backend; the conformance tests in `tests.rs` are what any other backend must pass.
 
+mod postgres;
+#[cfg(test)]
+mod postgres_tests;
 mod repo;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[doc(hidden)]
+pub mod throwaway;
 
 use std::sync::Arc;
 
@@ -16,6 +21,7 @@ use crate::domain::{
     GroupState, Origin, StreamId, UserId, WaMessageRecord,
 };
 
+pub use postgres::{PgError, PostgresOptions, PostgresStore, is_postgres_url, redacted_url};
 pub use sqlite::{InstanceLock, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,50 @@ pub enum StoreError {
     Lock { path: String, source: std::io::Error },
     #[error("the store lock was poisoned by a panic")]
     Poisoned,
+    // ----- PostgreSQL (no variant shows the URL's password) -----
+    #[error("store.url {at}: {reason}")]
+    BadUrl { at: String, reason: String },
+    #[error("cannot connect to the PostgreSQL store {at}: {reason}")]
+    Connect { at: String, reason: String },
+    #[error("the PostgreSQL store's CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("TLS setup for the PostgreSQL store failed: {0}")]
+    Tls(rustls::Error),
+    #[error("PostgreSQL store migration {version} failed: {source}")]
+    PgMigration { version: usize, source: PgError },
+    /// A concurrent transaction got there first (serialization failure, deadlock, a unique
+    /// key taken meanwhile): transient, try again.
+    #[error("a concurrent store transaction conflicted (try again): {0}")]
+    Conflict(PgError),
+    /// `store.statementTimeoutMillis` ran out (or the statement was cancelled).
+    #[error("a store statement took too long: {0}")]
+    Timeout(PgError),
+    /// The database cannot be reached now (down, restarting, pool exhausted): transient.
+    #[error("the PostgreSQL store cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("PostgreSQL store query failed: {0}")]
+    Postgres(PgError),
+    /// A statement of the transaction failed and the body went on: nothing was committed.
+    #[error("the store transaction was rolled back: a statement in it had failed")]
+    RolledBack,
+    #[error("the store holds an unreadable row: {0}")]
+    BadRow(String),
+    #[error("the store could not run: {0}")]
+    Runtime(String),
+}
+
+impl StoreError {
+    /// Worth trying again: another instance's transaction got in the way, or the database is
+    /// momentarily out of reach.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict(_)
+                | StoreError::Timeout(_)
+                | StoreError::Unavailable(_)
+                | StoreError::RolledBack
+        )
+    }
 }
 
 /// Where an inbound event came from.
@@ -355,6 +405,19 @@ impl Store {
     /// Opens (creating if needed) the SQLite store file and brings its schema up to date.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         Ok(Self(Arc::new(SqliteStore::open(path)?)))
+    }
+
+    /// Opens the store the configuration names: PostgreSQL when `store.url` is set (several
+    /// instances), else the SQLite file at `store.path`. Brings the schema up to date.
+    pub fn open_config(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        match &config.url {
+            Some(url) => Ok(Self(Arc::new(PostgresStore::open(&PostgresOptions {
+                url: url.clone(),
+                pool_size: usize::try_from(config.pool_size).unwrap_or(8),
+                statement_timeout: config.statement_timeout,
+            })?))),
+            None => Self::open(&config.path),
+        }
     }
 
     /// A private in-memory SQLite store (tests, dry runs).

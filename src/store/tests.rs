@@ -6,9 +6,17 @@ use serde_json::json;
 use super::*;
 use crate::domain::{ContactState, Created, E164, GroupId, GroupKind, GroupState, Origin};
 
-/// Every backend the suite runs against, freshly opened.
+/// Every backend the suite runs against, freshly opened: SQLite in memory, and PostgreSQL (a
+/// fresh database on the throwaway server) unless none can be found outside CI.
+#[track_caller]
 fn backends() -> Vec<(&'static str, Store)> {
-    vec![("sqlite", Store::open_in_memory().expect("sqlite in memory"))]
+    let mut all = vec![("sqlite", Store::open_in_memory().expect("sqlite in memory"))];
+    let test = std::thread::current().name().unwrap_or("a store test").to_owned();
+    if let Some(db) = throwaway::database(&test) {
+        let store = PostgresStore::open(&db.options()).expect("postgres store");
+        all.push(("postgres", Store::from_backend(Arc::new(store))));
+    }
+    all
 }
 
 fn origin(key: &str, event: &str) -> Origin {

@@ -476,3 +476,63 @@ async fn a_second_instance_on_one_sqlite_store_refuses_to_start() {
     .expect("starts once the first instance stopped");
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_opens_the_postgresql_store_and_reports_its_schema_version() {
+    use wa_groups_bot::store::{PostgresStore, throwaway};
+    let Some(db) = throwaway::database("check_config_connect_opens_the_postgresql_store") else {
+        return;
+    };
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = connect_config(dir.path(), &pod.url(), &sim.url(), "keys/bot-pkcs8.pem");
+    // A password in the URL (the test cluster trusts loopback and ignores it): never printed.
+    let mut url = url::Url::parse(db.url()).expect("url");
+    if url.password().is_none() {
+        url.set_password(Some("pg-pa55-7d1")).expect("password");
+    }
+    let secret = url.password().expect("password").to_owned();
+    let env = [("WAGB__STORE__URL", url.as_str())];
+    let args = ["check-config", "--config", &config.to_string_lossy(), "--connect"];
+
+    let out = run_bin(&args, &env).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let known = PostgresStore::known_schema_version();
+    assert!(stdout.contains("PostgreSQL store at postgres://"), "{stdout}");
+    assert!(stdout.contains("store: PostgreSQL at postgres://postgres:***@127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "connected; no schema yet (the first instance to start creates it, version {known})"
+        )),
+        "{stdout}"
+    );
+
+    // Once an instance has started (migrated), the version is reported.
+    let store = PostgresStore::open(&db.options()).expect("open");
+    drop(store);
+    let out = run_bin(&args, &env).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(&format!("connected, schema version {known}")), "{stdout}");
+    assert!(!format!("{stdout}{stderr}").contains(&secret), "the password was printed:\n{stdout}");
+
+    // A database that cannot be reached is a problem, named without the password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let down = format!("postgres://wagb:{secret}@127.0.0.1:{port}/wagb?sslmode=disable");
+    let out = run_bin(&args, &[("WAGB__STORE__URL", down.as_str())]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "PostgreSQL store: cannot connect to the PostgreSQL store postgres://wagb:***@127.0.0.1"
+        ),
+        "{stdout}"
+    );
+    assert!(!format!("{stdout}{stderr}").contains(&secret), "the password was printed:\n{stdout}");
+}
