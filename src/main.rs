@@ -127,7 +127,8 @@ enum Cmd {
         /// Every scenario once at a small size (CI): correctness, not speed.
         #[arg(long)]
         smoke: bool,
-        /// Scenarios to run (p1 commands, p2 create, p3 memory/start, p4 relay); default all.
+        /// Scenarios to run (p1 commands, p2 create, p3 memory/start, p4 relay, p5 instances on
+        /// PostgreSQL); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// The bot binary to measure (default: this executable).
@@ -334,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|s| {
                         wa_groups_bot::bench::Scenario::parse(s)
-                            .with_context(|| format!("unknown scenario {s:?} (p1, p2, p3, p4)"))
+                            .with_context(|| format!("unknown scenario {s:?} (p1, p2, p3, p4, p5)"))
                     })
                     .collect::<anyhow::Result<_>>()?;
             }

@@ -12,6 +12,8 @@
 //! - P3 memory and start: RSS idle and with 10,000 groups seeded in the store; start to the
 //!   first datafeed read.
 //! - P4 relay: WhatsApp → room and room → WhatsApp at a steady rate across many groups.
+//! - P5 several instances: the `/wa help` burst and the relay with 1, 2 and 3 instances on one
+//!   (throwaway) PostgreSQL.
 
 mod process;
 mod scenarios;
@@ -38,6 +40,7 @@ pub enum Scenario {
     P2,
     P3,
     P4,
+    P5,
 }
 
 impl Scenario {
@@ -47,6 +50,7 @@ impl Scenario {
             "p2" | "create" => Some(Self::P2),
             "p3" | "memory" | "start" => Some(Self::P3),
             "p4" | "relay" => Some(Self::P4),
+            "p5" | "instances" => Some(Self::P5),
             _ => None,
         }
     }
@@ -76,6 +80,13 @@ pub struct BenchOptions {
     pub p4_groups: usize,
     pub p4_messages: usize,
     pub p4_rate: u32,
+    /// P5: up to how many instances, the `/wa help` burst, and the relay's groups, messages
+    /// each way and sending rate.
+    pub p5_instances: usize,
+    pub p5_commands: usize,
+    pub p5_groups: usize,
+    pub p5_messages: usize,
+    pub p5_rate: u32,
 }
 
 impl BenchOptions {
@@ -83,7 +94,7 @@ impl BenchOptions {
     pub fn new(bot: PathBuf, smoke: bool) -> Self {
         Self {
             smoke,
-            scenarios: vec![Scenario::P1, Scenario::P2, Scenario::P3, Scenario::P4],
+            scenarios: vec![Scenario::P1, Scenario::P2, Scenario::P3, Scenario::P4, Scenario::P5],
             bot,
             baselines: Vec::new(),
             python: None,
@@ -93,6 +104,11 @@ impl BenchOptions {
             p4_groups: if smoke { 5 } else { 50 },
             p4_messages: if smoke { 60 } else { 4_000 },
             p4_rate: 200,
+            p5_instances: 3,
+            p5_commands: if smoke { 40 } else { 2_000 },
+            p5_groups: if smoke { 4 } else { 20 },
+            p5_messages: if smoke { 40 } else { 2_000 },
+            p5_rate: if smoke { 200 } else { 1_000 },
         }
     }
 }
@@ -269,6 +285,7 @@ pub async fn run(opts: &BenchOptions) -> Result<(Report, String), BenchError> {
             Scenario::P2 => scenarios::p2(opts, &work, &keys, &templates, &mut report).await,
             Scenario::P3 => scenarios::p3(opts, &work, &keys, &templates, &mut report).await,
             Scenario::P4 => scenarios::p4(opts, &work, &keys, &templates, &mut report).await,
+            Scenario::P5 => scenarios::p5(opts, &work, &keys, &templates, &mut report).await,
         };
         if let Err(e) = result {
             report.check(format!("{scenario:?} ran"), false, e.to_string());

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
+mod instances;
+pub use instances::p5;
+
 use super::process::BotProcess;
 use super::{BenchError, BenchOptions, Report, Row, percentile_ms};
 use crate::sandbox::mock_pod::{MockPod, MockPodConfig, MockUser, PodObservation, UserKind};
@@ -202,6 +205,20 @@ impl World {
         templates: &Path,
         store: &Path,
     ) -> Result<PathBuf, BenchError> {
+        let store = format!("{{path: \"{}\"}}", store.display());
+        self.bot_config_at(keys, templates, &store, self.webhook_port, "bot-config.yaml")
+    }
+
+    /// Writes a bot's configuration named `file`: `store` is the YAML of its `store` section
+    /// (`{path: …}` or `{url: …}`), `port` its webhook listener's.
+    pub(crate) fn bot_config_at(
+        &self,
+        keys: &Keys,
+        templates: &Path,
+        store: &str,
+        port: u16,
+        file: &str,
+    ) -> Result<PathBuf, BenchError> {
         let yaml = format!(
             "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 10000\n\
              bot: {{username: {BOT_USERNAME}, privateKey: {{path: \"{key}\"}}}}\n\
@@ -209,16 +226,14 @@ impl World {
              datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
              whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
                accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: bench}}}}\n\
-             store: {{path: \"{store}\"}}\ntemplates: {{dir: \"{templates}\"}}\n",
+             store: {store}\ntemplates: {{dir: \"{templates}\"}}\n",
             pod_port = self.pod.addr().port(),
             key = keys.private.display(),
             sim_url = self.sim.url(),
-            port = self.webhook_port,
-            store = store.display(),
             templates = templates.display(),
             attempts = self.retry_attempts,
         );
-        let path = self.dir.join("bot-config.yaml");
+        let path = self.dir.join(file);
         std::fs::write(&path, yaml).map_err(|e| BenchError::Io(e.to_string()))?;
         Ok(path)
     }
@@ -344,28 +359,33 @@ fn thousands(n: usize) -> String {
 // ----------------------------------------------------------------------------------------------
 // P1: a burst of /wa help
 
+/// The CPU time the bots used so far, together.
+pub(crate) fn cpu_of(bots: &[&BotProcess]) -> Result<Duration, BenchError> {
+    bots.iter().try_fold(Duration::ZERO, |sum, bot| Ok(sum + bot.cpu()?))
+}
+
 /// What one burst measured.
-struct Burst {
-    answered: usize,
+pub(crate) struct Burst {
+    pub(crate) answered: usize,
     /// IMs where the answers were not exactly one per command.
-    wrong_ims: usize,
-    elapsed: Duration,
-    cpu: Duration,
-    latencies: Vec<Duration>,
-    peak_kib: u64,
+    pub(crate) wrong_ims: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) cpu: Duration,
+    pub(crate) latencies: Vec<Duration>,
+    pub(crate) peak_kib: u64,
 }
 
 /// Posts `n` `/wa help` round-robin in the IMs as fast as the pod takes them, then waits for the
 /// answers of `bot_user`; each IM's k-th answer is its k-th command's.
-async fn burst(
+pub(crate) async fn burst(
     world: &mut World,
-    bot: &BotProcess,
+    bots: &[&BotProcess],
     bot_user: i64,
     ims: &[(String, i64)],
     n: usize,
 ) -> Result<Burst, BenchError> {
     world.drain();
-    let cpu0 = bot.cpu()?;
+    let cpu0 = cpu_of(bots)?;
     let mut posted: HashMap<String, Vec<Instant>> = HashMap::new();
     let start = Instant::now();
     for i in 0..n {
@@ -388,14 +408,14 @@ async fn burst(
                 answered += 1;
                 last = last.max(at);
                 if answered == n {
-                    cpu_end = Some(bot.cpu()?);
+                    cpu_end = Some(cpu_of(bots)?);
                 }
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }
     }
-    let cpu = cpu_end.map_or_else(|| bot.cpu(), Ok)?.saturating_sub(cpu0);
+    let cpu = cpu_end.map_or_else(|| cpu_of(bots), Ok)?.saturating_sub(cpu0);
     let mut latencies = Vec::with_capacity(n);
     let mut wrong_ims = 0;
     for (im, sent) in &posted {
@@ -405,7 +425,10 @@ async fn burst(
         }
         latencies.extend(sent.iter().zip(got).map(|(s, a)| a.saturating_duration_since(*s)));
     }
-    let (_, peak_kib) = bot.rss_kib()?;
+    let mut peak_kib = 0;
+    for bot in bots {
+        peak_kib = peak_kib.max(bot.rss_kib()?.1);
+    }
     Ok(Burst {
         answered,
         wrong_ims,
@@ -520,7 +543,7 @@ pub async fn p1(
                     (world.start_bdk(python, keys).await?.0, "Python BDK echo".to_owned())
                 }
             };
-            let result = burst(&mut world, &bot, bot_user, &ims, n).await;
+            let result = burst(&mut world, &[&bot], bot_user, &ims, n).await;
             bot.stop().await;
             world.shutdown().await;
             let b = result?;
@@ -840,7 +863,7 @@ pub async fn p3(
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (idle_kib, _) = bot.rss_kib()?;
         world.drain();
-        let result = burst(&mut world, &bot, BOT, &[(im, ALICE)], 1).await;
+        let result = burst(&mut world, &[&bot], BOT, &[(im, ALICE)], 1).await;
         bot.stop().await;
         world.shutdown().await;
         let b = result?;

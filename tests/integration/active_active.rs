@@ -15,23 +15,21 @@ use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 use wa_groups_bot::store::throwaway;
 
 use crate::support::instances::{InstanceOptions, InstanceStore, Instances};
-use crate::support::{ALICE, BOT, start_pod, start_sim, wait_for};
+use crate::support::{ALICE, BOT, start_pod, start_sim};
 
 const GROUPS: usize = 20;
 const PER_GROUP: usize = 10;
 /// Groups (the first ones) with a second contact, removed mid-burst.
 const WITH_REMOVAL: usize = 4;
-/// `/wa help` asked every this many rounds of the burst, in the IM.
-const HELP_EVERY: usize = 1;
 /// Effects one instance performs at once: what a SIGKILL can catch in flight, at most.
 const IN_FLIGHT_AT_MOST: usize = 32;
 
 fn contact(g: usize) -> String {
-    format!("4479114000{g:02}")
+    format!("4479111300{g:02}")
 }
 
 fn second(g: usize) -> String {
-    format!("4479114100{g:02}")
+    format!("4479111310{g:02}")
 }
 
 fn name(g: usize) -> String {
@@ -105,15 +103,24 @@ struct Counts {
     webhooks_refused: u64,
 }
 
-async fn wait_long<T, F>(what: &str, mut check: F) -> T
+/// Waits up to 3 minutes for `check`; on a timeout, shows every instance's log first.
+async fn wait_long<T, F>(bots: &Instances, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Option<T>,
 {
-    wait_for(what, Duration::from_secs(180), || {
-        let found = check();
-        async move { found }
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        if tokio::time::Instant::now() > deadline {
+            for i in 0..bots.count() {
+                eprintln!("----- instance {i}'s log -----\n{}", bots.log(i));
+            }
+            panic!("timed out after 180 s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The scenario on `count` instances; `None` when no PostgreSQL can be had outside CI.
@@ -124,6 +131,7 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
     let sim = start_sim().await;
     let mut opts = InstanceOptions::new(count).store(InstanceStore::Url(db.url().to_owned()));
     opts.retry_forever = true;
+    opts.rust_log = std::env::var("WAGB_TEST_INSTANCES_LOG").unwrap_or_else(|_| "warn".into());
     let mut bots = Instances::start(&pod, &sim, opts).await;
     let mut counts = Counts::default();
 
@@ -141,8 +149,17 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
     let mut rooms = Vec::new();
     let mut groups = Vec::new();
     let mut links = Vec::new();
+    let answered = wait_long(&bots, "the creates answered", || {
+        let said = bot_said(&pod, &im);
+        (said.len() >= GROUPS).then_some(said)
+    })
+    .await;
+    assert!(
+        answered.iter().all(|t| t.contains("Creating")),
+        "every create under way: {answered:?}"
+    );
     for g in 0..GROUPS {
-        let group = wait_long("the WhatsApp group", || {
+        let group = wait_long(&bots, "the WhatsApp group", || {
             sim.groups().into_iter().find(|x| x["subject"] == name(g))
         })
         .await;
@@ -153,14 +170,14 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
             phones.push(second(g));
         }
         for p in &phones {
-            wait_long("the invitation", || {
+            wait_long(&bots, "the invitation", || {
                 sim.inbox(p).into_iter().any(|m| m["template"]["name"] == "group_invite_link").then_some(())
             })
             .await;
             assert_eq!(sim.tap(p, &link)["result"], "requested", "{p} asks to join");
         }
         phones.sort();
-        wait_long("the contacts in the group", || {
+        wait_long(&bots, "the contacts in the group", || {
             let mut got: Vec<String> = sim
                 .group(&gid)
                 .and_then(|x| serde_json::from_value(x["participants"].clone()).ok())
@@ -169,7 +186,7 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
             (got == phones).then_some(())
         })
         .await;
-        let sid = wait_long("the room", || {
+        let sid = wait_long(&bots, "the room", || {
             pod.streams()
                 .into_iter()
                 .find(|s| s["type"] == "ROOM" && s["name"] == name(g))
@@ -210,16 +227,15 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
                 counts.removals += 1;
             }
         }
-        if i % HELP_EVERY == 0 {
-            pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("help");
-            counts.commands += 1;
-        }
+        // A `/wa help` in the IM each round.
+        pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("help");
+        counts.commands += 1;
     }
-    let helps = PER_GROUP.div_ceil(HELP_EVERY);
+    let helps = PER_GROUP;
 
     // Everything arrives: each message once, in order per group (bar a repeat after the kill).
     for g in 0..GROUPS {
-        let said = wait_long("every advisor message in the WhatsApp group", || {
+        let said = wait_long(&bots, "every advisor message in the WhatsApp group", || {
             let said = group_said(&sim, &groups[g]);
             (markers(&said, 'r', g).iter().collect::<std::collections::BTreeSet<_>>().len()
                 == PER_GROUP)
@@ -228,7 +244,7 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
         .await;
         counts.repeats_after_kill +=
             in_order_once(&markers(&said, 'r', g), PER_GROUP, &format!("group {g}"));
-        let posted = wait_long("every contact message in the room", || {
+        let posted = wait_long(&bots, "every contact message in the room", || {
             let posted = bot_said(&pod, &rooms[g]);
             (markers(&posted, 'w', g).iter().collect::<std::collections::BTreeSet<_>>().len()
                 == PER_GROUP)
@@ -238,14 +254,14 @@ async fn scenario(count: usize, test: &str) -> Option<(FinalState, Counts)> {
         counts.repeats_after_kill +=
             in_order_once(&markers(&posted, 'w', g), PER_GROUP, &format!("room {g}"));
     }
-    wait_long("every /wa help answered", || {
+    wait_long(&bots, "every /wa help answered", || {
         let n = bot_said(&pod, &im).iter().filter(|t| t.starts_with("WhatsApp groups: commands")).count();
         (n >= helps).then_some(())
     })
     .await;
     // The removed contacts try again: never let back in.
-    for g in 0..WITH_REMOVAL {
-        let tapped = sim.tap(&second(g), &links[g]);
+    for (g, link) in links.iter().enumerate().take(WITH_REMOVAL) {
+        let tapped = sim.tap(&second(g), link);
         assert_ne!(tapped["result"], "joined", "a removed contact never gets in: {tapped}");
     }
     // Settled: every instance's outbox empty, nothing set aside.
@@ -312,10 +328,30 @@ async fn three_instances_lose_nothing_and_end_as_one_does() {
     else {
         return;
     };
-    assert_eq!(counts.help_answers, PER_GROUP.div_ceil(HELP_EVERY));
+    assert_eq!(counts.help_answers, PER_GROUP);
     let Some((one, _)) = scenario(1, "three_instances_lose_nothing_and_end_as_one_does").await
     else {
         return;
     };
     assert_eq!(three, one, "three instances end in the state one instance ends in");
+}
+
+/// One instance on PostgreSQL answers a command (the simplest path through the shared store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_on_postgresql_answers_a_command() {
+    let Some(db) = throwaway::database("one_instance_on_postgresql_answers_a_command") else {
+        return;
+    };
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let mut opts = InstanceOptions::new(3).store(InstanceStore::Url(db.url().to_owned()));
+    opts.rust_log = std::env::var("WAGB_TEST_INSTANCES_LOG").unwrap_or_else(|_| "warn".into());
+    let bots = Instances::start(&pod, &sim, opts).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    pod.post_message(&im, ALICE, "<messageML>/wa help</messageML>").expect("help");
+    wait_long(&bots, "the answer", || {
+        bot_said(&pod, &im).iter().any(|t| t.starts_with("WhatsApp groups: commands")).then_some(())
+    })
+    .await;
+    bots.stop_all().await;
 }
