@@ -34,6 +34,8 @@
 //! - [`monitoring`]: `GET /healthz` and `GET /metrics` on the bot's HTTP listener.
 //! - [`admin`]: the admin's tools: `check-config` (with `--connect`) and `render`.
 //! - [`bench`]: `wa-groups-bot bench`, the performance scenarios and their budgets.
+//! - [`soak`]: `wa-groups-bot soak`, the chaos soak: a seeded population, faults and SIGKILLs,
+//!   the end state checked against a model.
 //! - [`app`]: wiring, task supervision, graceful shutdown; nothing imports it.
 
 pub mod admin;
@@ -55,6 +57,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod relay;
 pub mod sandbox;
+pub mod soak;
 pub mod store;
 pub mod symphony;
 pub mod telemetry;

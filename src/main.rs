@@ -154,6 +154,34 @@ enum Cmd {
         #[arg(long)]
         messages: Option<usize>,
     },
+    /// The chaos soak: a seeded population (groups created, contacts joining, chatting both
+    /// ways, leaving; renames, adds, removals, promotions) against the bot as a separate process,
+    /// with random faults on the mock pod and the WhatsApp simulator and random SIGKILLs of the
+    /// bot; then the end state is checked against a model. Prints the counts and every
+    /// violation; exits 1 on any.
+    Soak {
+        /// How long the population plays, in minutes (settling comes after).
+        #[arg(long, conflicts_with = "seconds")]
+        minutes: Option<u64>,
+        /// How long the population plays, in seconds (for short runs).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Native groups played at once.
+        #[arg(long, default_value_t = 10)]
+        groups: usize,
+        /// The script's seed (same seed, same script); random when not given, and printed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The bot binary (default: this executable).
+        #[arg(long)]
+        bot: Option<PathBuf>,
+        /// No SIGKILLs of the bot.
+        #[arg(long)]
+        no_kills: bool,
+        /// No faults on the mocks.
+        #[arg(long)]
+        no_faults: bool,
+    },
     /// Print a shell completion script, e.g. `wa-groups-bot completions bash > /etc/bash_completion.d/wa-groups-bot`.
     Completions {
         #[arg(value_enum)]
@@ -217,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     // do not log.
     match &cli.command {
         Cmd::Run { .. } | Cmd::Completions { .. } | Cmd::Man => {}
-        Cmd::Demo { logs: false, .. } | Cmd::Bench { .. } => {
+        Cmd::Demo { logs: false, .. } | Cmd::Bench { .. } | Cmd::Soak { .. } => {
             init_logging_from_env(Verbosity::Fixed("warn"))
         }
         _ => init_logging_from_env(Verbosity::Default("info")),
@@ -333,6 +361,29 @@ async fn main() -> anyhow::Result<()> {
             }
             let (report, machine) = wa_groups_bot::bench::run(&opts).await?;
             print_bytes(report.render(&machine).as_bytes())?;
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Soak { minutes, seconds, groups, seed, bot, no_kills, no_faults } => {
+            let bot = match bot {
+                Some(b) => b,
+                None => std::env::current_exe().context("the bot binary")?,
+            };
+            let duration = match (minutes, seconds) {
+                (_, Some(s)) => std::time::Duration::from_secs(s),
+                (Some(m), None) => std::time::Duration::from_secs(m * 60),
+                (None, None) => std::time::Duration::from_secs(600),
+            };
+            let seed = seed.unwrap_or_else(rand::random);
+            let mut opts = wa_groups_bot::soak::SoakOptions::new(bot, duration, groups, seed);
+            opts.kills = !no_kills;
+            opts.faults = !no_faults;
+            let report = tokio::select! {
+                r = wa_groups_bot::soak::run(&opts) => r?,
+                () = cancel.cancelled() => anyhow::bail!("interrupted"),
+            };
+            print_bytes(report.render().as_bytes())?;
             if !report.passed() {
                 std::process::exit(1);
             }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use process::BotProcess;
+pub(crate) use scenarios::{Keys, WORLD_BOT, WorkDir, World, templates_for, world_advisors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -258,10 +259,10 @@ fn machine() -> String {
 /// Runs the scenarios and returns the report (printed by the caller).
 pub async fn run(opts: &BenchOptions) -> Result<(Report, String), BenchError> {
     let machine = machine();
-    let work = scenarios::WorkDir::new()?;
+    let work = WorkDir::new()?;
     let mut report = Report::default();
-    let keys = scenarios::Keys::new(work.path())?;
-    let templates = scenarios::templates_for(&opts.bot, work.path())?;
+    let keys = Keys::new(work.path())?;
+    let templates = templates_for(&opts.bot, work.path())?;
     for scenario in &opts.scenarios {
         let result = match scenario {
             Scenario::P1 => scenarios::p1(opts, &work, &keys, &templates, &mut report).await,

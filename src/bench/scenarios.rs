@@ -32,8 +32,8 @@ fn setup(e: impl std::fmt::Display) -> BenchError {
     BenchError::Setup(e.to_string())
 }
 
-/// A temporary folder for the run, removed at the end.
-pub struct WorkDir(PathBuf);
+/// A temporary folder for the run, removed at the end (unless kept).
+pub struct WorkDir(PathBuf, bool);
 
 impl WorkDir {
     pub fn new() -> Result<Self, BenchError> {
@@ -44,7 +44,12 @@ impl WorkDir {
         ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::Io(format!("{}: {e}", dir.display())))?;
-        Ok(Self(dir))
+        Ok(Self(dir, false))
+    }
+
+    /// Keeps the folder after the run (the soak keeps it when it found a violation).
+    pub fn keep(&mut self) {
+        self.1 = true;
     }
 
     pub fn path(&self) -> &Path {
@@ -52,7 +57,7 @@ impl WorkDir {
     }
 
     /// A fresh sub-folder for one run.
-    fn sub(&self, name: &str) -> Result<PathBuf, BenchError> {
+    pub(crate) fn sub(&self, name: &str) -> Result<PathBuf, BenchError> {
         let dir = self.0.join(name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| BenchError::Io(format!("{}: {e}", dir.display())))?;
@@ -63,7 +68,7 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         // WAGB_BENCH_KEEP=1 keeps the bots' logs and stores for a look.
-        if std::env::var_os("WAGB_BENCH_KEEP").is_some() {
+        if self.1 || std::env::var_os("WAGB_BENCH_KEEP").is_some() {
             eprintln!("bench: kept {}", self.0.display());
             return;
         }
@@ -108,14 +113,24 @@ fn user(id: i64, username: &str, name: &str, kind: UserKind, key: Option<&str>) 
     }
 }
 
-/// A mock pod and a simulator, observed.
-struct World {
-    dir: PathBuf,
-    pod: Arc<MockPod>,
-    sim: Arc<WhatsAppSim>,
+/// A mock pod and a simulator, observed (the benchmark's and the soak's world).
+pub(crate) struct World {
+    pub(crate) dir: PathBuf,
+    pub(crate) pod: Arc<MockPod>,
+    pub(crate) sim: Arc<WhatsAppSim>,
     posts: UnboundedReceiver<PodObservation>,
     sent: UnboundedReceiver<SentObservation>,
-    webhook_port: u16,
+    pub(crate) webhook_port: u16,
+    /// `retry.maxAttempts` of the bot's configuration.
+    pub(crate) retry_attempts: u32,
+}
+
+/// The people of a world: the bot, Alice and the advisors (ids and display names).
+pub(crate) const WORLD_BOT: i64 = BOT;
+pub(crate) fn world_advisors() -> Vec<(i64, String)> {
+    let mut all = vec![(ALICE, "Alice Ng".to_owned())];
+    all.extend(ADVISORS.iter().enumerate().map(|(i, id)| (*id, format!("Advisor {i}"))));
+    all
 }
 
 impl World {
@@ -124,6 +139,20 @@ impl World {
         name: &str,
         keys: &Keys,
         latency: Duration,
+    ) -> Result<Self, BenchError> {
+        Self::with(work, name, keys, |pod, sim| {
+            pod.latency = latency;
+            sim.latency = latency;
+        })
+        .await
+    }
+
+    /// A world whose mock pod and simulator are set up by `tweak` first.
+    pub(crate) async fn with(
+        work: &WorkDir,
+        name: &str,
+        keys: &Keys,
+        tweak: impl FnOnce(&mut MockPodConfig, &mut WhatsAppSimConfig),
     ) -> Result<Self, BenchError> {
         let dir = work.sub(name)?;
         let key = Some(keys.public_pem.as_str());
@@ -146,21 +175,28 @@ impl World {
         }
         let mut pod_cfg = MockPodConfig::new(users);
         pod_cfg.datafeed_hold = Duration::from_secs(2);
-        pod_cfg.latency = latency;
-        let pod = MockPod::start(pod_cfg).await.map_err(setup)?;
         let mut sim_cfg = WhatsAppSimConfig::new(WA_TOKEN, WA_SECRET, WA_PHONE_ID);
         sim_cfg.webhook_retry_initial = Duration::from_millis(50);
-        sim_cfg.latency = latency;
+        tweak(&mut pod_cfg, &mut sim_cfg);
+        let pod = MockPod::start(pod_cfg).await.map_err(setup)?;
         let sim = WhatsAppSim::start(sim_cfg).await.map_err(setup)?;
         let webhook_port = free_port()?;
         sim.set_webhook_url(&format!("http://127.0.0.1:{webhook_port}/whatsapp/webhook"));
         let posts = pod.observe();
         let sent = sim.observe();
-        Ok(Self { dir, pod: Arc::new(pod), sim: Arc::new(sim), posts, sent, webhook_port })
+        Ok(Self {
+            dir,
+            pod: Arc::new(pod),
+            sim: Arc::new(sim),
+            posts,
+            sent,
+            webhook_port,
+            retry_attempts: 6,
+        })
     }
 
     /// Writes the bot's configuration (store in `store`).
-    fn bot_config(
+    pub(crate) fn bot_config(
         &self,
         keys: &Keys,
         templates: &Path,
@@ -169,7 +205,7 @@ impl World {
         let yaml = format!(
             "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 10000\n\
              bot: {{username: {BOT_USERNAME}, privateKey: {{path: \"{key}\"}}}}\n\
-             retry: {{maxAttempts: 6, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+             retry: {{maxAttempts: {attempts}, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
              datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
              whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
                accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: bench}}}}\n\
@@ -180,6 +216,7 @@ impl World {
             port = self.webhook_port,
             store = store.display(),
             templates = templates.display(),
+            attempts = self.retry_attempts,
         );
         let path = self.dir.join("bot-config.yaml");
         std::fs::write(&path, yaml).map_err(|e| BenchError::Io(e.to_string()))?;
@@ -260,12 +297,12 @@ impl World {
     }
 
     /// Drops the observations so far.
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         while self.posts.try_recv().is_ok() {}
         while self.sent.try_recv().is_ok() {}
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         drop(self.posts);
         drop(self.sent);
         if let Ok(pod) = Arc::try_unwrap(self.pod) {

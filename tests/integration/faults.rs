@@ -862,14 +862,10 @@ async fn a_locked_store_stops_the_intake_says_so_and_resumes_without_loss_or_rep
 /// once to the APIs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nobody_else() {
-    use crate::support::process;
+    use crate::support::instances::{InstanceOptions, Instances};
     let pod = start_pod().await;
     let sim = start_sim().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = process::free_port();
-    let config = process::write_config(&pod, &sim, dir.path(), port, &dir.path().join("bot.db"));
-    let mut child = process::spawn(&config, &[], &[]);
-    process::healthy(port, &config).await;
+    let mut bot = Instances::start(&pod, &sim, InstanceOptions::new(1)).await;
 
     let phones: Vec<String> = (0..50).map(|i| format!("4479111240{i:02}")).collect();
     let im = pod.create_im(&[ALICE, BOT]).expect("im");
@@ -932,11 +928,9 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
         async move { (n >= 10).then_some(()) }
     })
     .await;
-    child.start_kill().expect("SIGKILL");
-    let _ = child.wait().await;
+    bot.kill(0).await;
     let at_kill = inside(&sim);
-    let mut child = process::spawn(&config, &[], &[]);
-    process::healthy(port, &config).await;
+    bot.restart(0).await;
 
     wait_for("everyone invited let in", Duration::from_secs(60), || {
         let all = groups.iter().all(|(_, gid, _, contacts)| {
@@ -967,10 +961,7 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
         async move { all.then_some(()) }
     })
     .await;
-    wait_for("a quiet outbox", Duration::from_secs(30), || async move {
-        process::outbox_empty(port).await.then_some(())
-    })
-    .await;
+    bot.wait_outbox_empty(0).await;
     let mut repeats = 0;
     for (sid, gid, _, contacts) in &groups {
         let g = sim.group(gid).expect("group");
@@ -1016,7 +1007,7 @@ async fn sigkill_during_a_50_contact_join_burst_lets_in_everyone_invited_and_nob
     assert!(rejected.len() <= 2 * strangers.len(), "only strangers are rejected: {rejected:?}");
     eprintln!("join burst: {at_kill} of 50 in at the kill; {repeats} post(s) in flight repeated");
     assert!(repeats <= 16, "only what was in flight at the kill repeats: {repeats}");
-    let _ = child.kill().await;
+    bot.stop_all().await;
 }
 
 /// The store's disk full (SQLITE_FULL): the bot runs in a mount namespace of its own

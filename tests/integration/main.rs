@@ -24,5 +24,6 @@ mod relay;
 mod sandbox_cli;
 mod secrets;
 mod several_instances;
+mod soak;
 mod symphony_client;
 mod whatsapp;

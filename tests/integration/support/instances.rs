@@ -12,7 +12,7 @@ use wa_groups_bot::bench::BotProcess;
 use wa_groups_bot::sandbox::mock_pod::MockPod;
 use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 
-use super::{BOT_USERNAME, WA_PHONE_ID, WA_SECRET, WA_TOKEN, WA_VERIFY, fixture};
+use super::process::{config_yaml, free_port};
 
 /// Where the instances keep their state.
 #[derive(Debug, Clone)]
@@ -241,26 +241,4 @@ impl Instances {
 
 fn webhook_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}/whatsapp/webhook")
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// One instance's configuration: the pod and simulator, fast retries, its own webhook port.
-fn config_yaml(pod: &MockPod, sim: &WhatsAppSim, port: u16, store: &str, extra: &str) -> String {
-    format!(
-        "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 5000\n\
-         bot: {{username: {BOT_USERNAME}, privateKey: {{path: \"{key}\"}}}}\n\
-         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
-         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
-         whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
-           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: {WA_VERIFY}}}}}\n\
-         store: {store}\ntemplates: {{dir: \"{templates}\"}}\n{extra}",
-        pod_port = pod.addr().port(),
-        key = fixture("keys/bot-pkcs8.pem").display(),
-        sim_url = sim.url(),
-        templates = fixture("../../templates").display(),
-    )
 }

@@ -16,8 +16,33 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// A bot process's configuration: the pod and simulator, fast retries, its own webhook port,
+/// `store` the YAML of the `store` section (`{path: …}` or `{url: …}`), `extra` appended as is.
+pub fn config_yaml(
+    pod: &MockPod,
+    sim: &WhatsAppSim,
+    port: u16,
+    store: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 5000\n\
+         bot: {{username: {BOT_USERNAME}, privateKey: {{path: \"{key}\"}}}}\n\
+         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
+         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
+         whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
+           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: {WA_VERIFY}}}}}\n\
+         store: {store}\ntemplates: {{dir: \"{templates}\"}}\n{extra}",
+        pod_port = pod.addr().port(),
+        key = fixture("keys/bot-pkcs8.pem").display(),
+        sim_url = sim.url(),
+        templates = fixture("../../templates").display(),
+    )
+}
+
 /// Writes `dir/bot-config.yaml` for a bot process against `pod` and `sim`, listening on
-/// `port`, its store at `store`; tells the simulator where its webhook is. Returns the path.
+/// `port`, its SQLite store at `store`; tells the simulator where its webhook is. Returns the
+/// path.
 pub fn write_config(
     pod: &MockPod,
     sim: &WhatsAppSim,
@@ -25,22 +50,9 @@ pub fn write_config(
     port: u16,
     store: &Path,
 ) -> PathBuf {
-    let yaml = format!(
-        "scheme: http\nhost: 127.0.0.1\nport: {pod_port}\nreadTimeout: 5000\n\
-         bot: {{username: {BOT_USERNAME}, privateKey: {{path: {key}}}}}\n\
-         retry: {{maxAttempts: 4, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}\n\
-         datafeed: {{retry: {{maxAttempts: -1, initialIntervalMillis: 50, multiplier: 2, maxIntervalMillis: 400}}}}\n\
-         whatsapp: {{apiBaseUrl: \"{sim_url}\", apiVersion: v23.0, phoneNumberId: \"{WA_PHONE_ID}\",\n  \
-           accessToken: {WA_TOKEN}, appSecret: {WA_SECRET}, webhook: {{listen: \"127.0.0.1:{port}\", verifyToken: {WA_VERIFY}}}}}\n\
-         store: {{path: {store}}}\ntemplates: {{dir: {templates}}}\n",
-        templates = fixture("../../templates").display(),
-        pod_port = pod.addr().port(),
-        key = fixture("keys/bot-pkcs8.pem").display(),
-        sim_url = sim.url(),
-        store = store.display(),
-    );
+    let store = format!("{{path: \"{}\"}}", store.display());
     let config = dir.join("bot-config.yaml");
-    std::fs::write(&config, yaml).expect("config");
+    std::fs::write(&config, config_yaml(pod, sim, port, &store, "")).expect("config");
     sim.set_webhook_url(&format!("http://127.0.0.1:{port}/whatsapp/webhook"));
     config
 }
