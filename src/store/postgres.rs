@@ -94,18 +94,15 @@ pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a URL)".to_owned();
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    // Everything up to the last `@` is the user and password, whatever characters the
+    // password has (even unencoded ones, `/` or `@`).
+    match rest.rsplit_once('@') {
+        Some((userinfo, host_and_path)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_path}"),
+            None => format!("{scheme}://{userinfo}@{host_and_path}"),
         },
-        None => authority.to_owned(),
-    };
-    format!("{scheme}://{authority}{path}")
+        None => format!("{scheme}://{rest}"),
+    }
 }
 
 /// Whether `url` names a PostgreSQL server (`postgres://` or `postgresql://`).

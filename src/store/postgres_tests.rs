@@ -230,6 +230,11 @@ fn the_password_never_shows_in_debug_or_errors() {
         format!("mysql://wagb:{secret}@127.0.0.1/wagb"),
         format!("postgres://wagb:{secret}@127.0.0.1:{port}/wagb?sslrootcert=/nonexistent/ca.pem"),
     ];
+    // Unencoded characters a URL does not allow there: still not shown.
+    assert_eq!(
+        redacted_url(&format!("postgres://wagb:{secret}/x@y@127.0.0.1:{port}/wagb?password=z")),
+        format!("postgres://wagb:***@127.0.0.1:{port}/wagb")
+    );
     for url in cases {
         let options = PostgresOptions::new(url.clone());
         assert_eq!(options.url.expose_secret(), url);
