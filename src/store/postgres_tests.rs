@@ -265,21 +265,9 @@ fn the_password_never_shows_in_debug_or_errors() {
 #[test]
 fn the_store_comes_back_after_the_database_restarts_and_the_probe_fails_fast_while_down() {
     // A cluster of its own: restarting the shared one would disturb the other tests.
-    let server = match throwaway::Server::start() {
-        Ok(server) if server.is_ours() => server,
-        Ok(_) => {
-            eprintln!(
-                "*** SKIPPED the restart test: WAGB_TEST_POSTGRES_URL is not ours to restart ***"
-            );
-            return;
-        }
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL restart test cannot run under CI=true: {e}");
-            }
-            eprintln!("\n*** SKIPPED the PostgreSQL restart test: {e} ***\n");
-            return;
-        }
+    let Some(server) = throwaway::own_server("the_store_comes_back_after_the_database_restarts")
+    else {
+        return;
     };
     let db = server.fresh_database().expect("database");
     let store = open(&db);
