@@ -288,11 +288,10 @@ impl Server {
     fn start_cluster(tls: bool) -> Result<Self, ThrowawayError> {
         let bin = find_binaries().ok_or(ThrowawayError::NotFound)?;
         let as_postgres = running_as_root();
-        let dir = std::env::temp_dir().join(format!(
-            "wagb-pg-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        // Run as `postgres`, the cluster needs a dir that user can reach: /tmp, whatever TMPDIR
+        // says (it may be under root's home).
+        let temp = if as_postgres { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let dir = temp.join(format!("wagb-pg-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let (extra, ca) = if tls {
             make_certificates(&dir)?;
