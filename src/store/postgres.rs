@@ -47,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an outbox head handed to this instance stays its own: other instances skip it
 /// until then (a dead instance's heads are performed by another one after this).
 const OUTBOX_LEASE: Duration = Duration::from_secs(30);
+/// How long one call may wait for its answer, whatever happens (the pool's wait and the
+/// statement timeout are far shorter; this catches a connection that hangs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Rows deleted per statement when pruning.
 const PRUNE_SLICE: u64 = 5_000;
 /// How long the health probe may take, connection included.
@@ -371,6 +374,24 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that vanishes without closing its connections (a failover, a network cut)
+        // is noticed within about a minute, not the system's two hours.
+        let given = |key: &str| url.contains(&format!("{key}="));
+        if !given("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if !given("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if !given("keepalives_retries") {
+            config.keepalives_retries(3);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        // libpq's connect_timeout covers the whole connection (TCP, TLS, authentication);
+        // tokio-postgres's only the TCP part: the pool bounds the rest.
+        let establish = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
         let tls = tls(root.as_deref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -387,8 +408,8 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(establish))
+            .recycle_timeout(Some(establish))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
@@ -413,8 +434,9 @@ impl PostgresStore {
         let store = Self::connect(options)?;
         let pool = store.pool.clone();
         let shown = store.at.clone();
+        // Without the call timeout: another instance may be migrating a large table.
         store
-            .run(async move {
+            .run_within(None, async move {
                 let mut c = pool.get().await.map_err(pool_error)?;
                 migrate(&mut c, &shown).await
             })
@@ -475,14 +497,33 @@ impl PostgresStore {
         MIGRATIONS.len() as i64
     }
 
-    /// Runs `work` on the store's runtime and waits for its answer on this thread.
+    /// Runs `work` on the store's runtime and waits for its answer on this thread, at most
+    /// [`CALL_TIMEOUT`]: a connection that hangs (a database gone without a word) never holds
+    /// a caller for ever.
     fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.run_within(Some(CALL_TIMEOUT), work)
+    }
+
+    fn run_within<T: Send + 'static>(
+        &self,
+        limit: Option<Duration>,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let _ = tx.send(work.await);
+            let answer = match limit {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "no answer from the database within {} s",
+                        limit.as_secs()
+                    )))
+                }),
+                None => work.await,
+            };
+            let _ = tx.send(answer);
         });
         rx.recv().map_err(|_| StoreError::Runtime("the store's runtime stopped".into()))?
     }

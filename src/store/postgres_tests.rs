@@ -592,3 +592,25 @@ fn pruning_a_backlog_larger_than_a_slice_takes_it_all() {
     assert_eq!(pruned.events, 12_001, "all of it, in slices");
     assert_eq!(store.count_inbound(Source::Symphony).expect("count"), 1, "pending work kept");
 }
+
+#[test]
+fn a_server_that_never_answers_fails_the_open_within_the_connect_timeout() {
+    // Accepts connections and says nothing (a database gone silent behind a load balancer).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            if let Ok((socket, _)) = listener.accept() {
+                kept.push(socket);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let started = Instant::now();
+    let url = format!("postgres://wagb@127.0.0.1:{port}/wagb?sslmode=disable&connect_timeout=1");
+    let err = PostgresStore::open(&PostgresOptions::new(url)).expect_err("no answer");
+    assert!(matches!(err, StoreError::Connect { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
+    drop(held);
+}
