@@ -22,17 +22,38 @@ pub enum IntakeError {
     Encode(#[from] serde_json::Error),
 }
 
+/// How long a datafeed batch is persisted again while the store fails, before it is left
+/// unacknowledged (and the agent hands it out again).
+const PERSIST_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+const PERSIST_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Persists each batch (new events are counted, redeliveries recognised), advances the
 /// watermark, then wakes the dispatcher. An error leaves the batch unacknowledged.
 pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> BatchHandler {
     Box::new(move |events: Vec<SymphonyEvent>| {
         let (store, metrics, wake) = (store.clone(), metrics.clone(), wake.clone());
         Box::pin(async move {
-            // Off the async workers: a locked store makes SQLite wait (up to 5 s).
-            tokio::task::spawn_blocking(move || persist(&store, &metrics, &events))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            // The batch is kept and persisted again while the store fails for a moment (a
+            // database restarting): left unacknowledged, it would come back only after the
+            // agent's visibility timeout, after later batches other instances took meanwhile.
+            let events = Arc::new(events);
+            let deadline = std::time::Instant::now() + PERSIST_RETRY_FOR;
+            loop {
+                let (store, metrics, batch) = (store.clone(), metrics.clone(), events.clone());
+                // Off the async workers: a locked store makes SQLite wait (up to 5 s).
+                let persisted =
+                    tokio::task::spawn_blocking(move || persist(&store, &metrics, &batch))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                match persisted {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "a datafeed batch could not be persisted yet; trying again");
+                        tokio::time::sleep(PERSIST_RETRY_EVERY).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
             crate::crashpoint::reached("a datafeed batch persisted");
             wake.notify_one();
             Ok(())

@@ -32,8 +32,9 @@ fuzz_target!(|input: &[u8]| {
         let shown = e.to_string();
         for (name, value) in &env {
             let lower = name.to_ascii_lowercase();
-            let secret =
-                ["accesstoken", "appsecret", "verifytoken"].iter().any(|s| lower.ends_with(s));
+            let secret = ["accesstoken", "appsecret", "verifytoken", "store__url"]
+                .iter()
+                .any(|s| lower.ends_with(s));
             // A non-secret value may itself contain the secret's text (and is rightly shown).
             let inside_another = env.iter().any(|(other, v)| other != name && v.contains(value.trim()));
             if secret && value.trim().len() >= 6 && !inside_another {

@@ -56,6 +56,10 @@ pub struct DispatchPolicy {
     /// How long a claim on a key lasts without a decision renewing it: what a dead instance's
     /// keys wait before another instance takes them.
     pub claim_ttl: Duration,
+    /// With other instances: how long a Symphony event waits before it is decided, so that an
+    /// earlier one of its room that another instance read at the same moment is decided first
+    /// (longer than `shared_rescan_every`: the holder of the room's key finds it by then).
+    pub shared_hold_back: Duration,
 }
 
 impl Default for DispatchPolicy {
@@ -67,8 +71,9 @@ impl Default for DispatchPolicy {
             not_yet_for: Duration::from_secs(60),
             parallel: 16,
             rescan_every: Duration::from_secs(10),
-            shared_rescan_every: Duration::from_millis(500),
+            shared_rescan_every: Duration::from_millis(100),
             claim_ttl: Duration::from_secs(15),
+            shared_hold_back: Duration::from_millis(250),
         }
     }
 }
@@ -87,10 +92,25 @@ impl DispatchPolicy {
     }
 }
 
+/// An event waiting in its key's queue.
+#[derive(Clone)]
+struct Queued {
+    row: InboundRow,
+    route: Route,
+    /// A Symphony event's pod timestamp: with several instances, a key's Symphony events are
+    /// decided in this order (each instance persists what its own datafeed reads, so a room's
+    /// messages can be stored in another order than they were posted).
+    posted_at: Option<i64>,
+    /// When this instance took it from the store.
+    seen: Instant,
+    /// Being decided (it stays first).
+    started: bool,
+}
+
 /// The per-key queues: events waiting behind the one being decided.
 #[derive(Default)]
 struct Queues {
-    by_key: HashMap<String, VecDeque<(InboundRow, Route)>>,
+    by_key: HashMap<String, VecDeque<Queued>>,
     /// Ids taken from the store and not finished yet.
     taken: HashSet<i64>,
 }
@@ -109,6 +129,8 @@ pub struct Dispatcher<L> {
     jobs: mpsc::Sender<Job>,
     /// The committer's end, until [`Dispatcher::run`] starts it.
     committer: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// Whether other instances share the store.
+    shared: bool,
 }
 
 impl<L: LiveReads + 'static> Dispatcher<L> {
@@ -121,6 +143,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     ) -> Self {
         let permits = Semaphore::new(policy.parallel.max(1));
         let (jobs, committer) = mpsc::channel(MAX_BATCH * 4);
+        let shared = store.shared();
         Self {
             store,
             decider,
@@ -131,6 +154,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             permits,
             jobs,
             committer: Mutex::new(Some(committer)),
+            shared,
         }
     }
 
@@ -195,11 +219,20 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         }
     }
 
-    /// Queues a row behind its key, starting the key's worker if it has none.
+    /// Queues a row behind its key, starting the key's worker if it has none. With other
+    /// instances on the store, a Symphony event goes before the key's not-started Symphony
+    /// events posted after it.
     fn take(self: &Arc<Self>, row: InboundRow, workers: &mut JoinSet<()>) {
-        let route = match Event::decode(&row) {
-            Ok(event) => self.decider.route(&self.store, &event),
+        let decoded = Event::decode(&row);
+        let route = match &decoded {
+            Ok(event) => self.decider.route(&self.store, event),
             Err(_) => Route { key: format!("event:{}", row.id), stream: None, what: "an event" },
+        };
+        let posted_at = match &decoded {
+            Ok(Event::Inbound(crate::events::InboundEvent::Symphony(e))) if self.shared => {
+                Some(e.timestamp)
+            }
+            _ => None,
         };
         let mut q = self.queues();
         if !q.taken.insert(row.id) {
@@ -207,7 +240,15 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         }
         let key = route.key.clone();
         let start = !q.by_key.contains_key(&key);
-        q.by_key.entry(key.clone()).or_default().push_back((row, route));
+        let queue = q.by_key.entry(key.clone()).or_default();
+        let item = Queued { row, route, posted_at, seen: Instant::now(), started: false };
+        let at = posted_at.and_then(|t| {
+            queue.iter().position(|e| !e.started && e.posted_at.is_some_and(|other| other > t))
+        });
+        match at {
+            Some(at) => queue.insert(at, item),
+            None => queue.push_back(item),
+        }
         drop(q);
         if start {
             let me = self.clone();
@@ -232,15 +273,33 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         loop {
             let next = {
                 let mut q = self.queues();
-                match q.by_key.get(&key).and_then(|events| events.front().cloned()) {
-                    Some(next) => next,
+                let Some(events) = q.by_key.get_mut(&key) else { break };
+                match events.front_mut() {
+                    Some(next) => {
+                        // A Symphony event waits a moment, so that an earlier one another
+                        // instance is storing right now goes first.
+                        let wait = next
+                            .posted_at
+                            .map(|_| {
+                                self.policy.shared_hold_back.saturating_sub(next.seen.elapsed())
+                            })
+                            .filter(|w| !w.is_zero());
+                        if wait.is_none() {
+                            next.started = true;
+                        }
+                        (next.row.clone(), next.route.clone(), wait)
+                    }
                     None => {
                         q.by_key.remove(&key);
                         break;
                     }
                 }
             };
-            let (row, route) = next;
+            let (row, route, wait) = next;
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             if !self.handle(&row, &route, &claim).await {
                 tracing::warn!(%key, "the key's claim was lost (this instance stalled); left to its new holder");
                 return self.drop_key(&key);
@@ -261,8 +320,8 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     fn drop_key(&self, key: &str) {
         let mut q = self.queues();
         if let Some(events) = q.by_key.remove(key) {
-            for (row, _) in events {
-                q.taken.remove(&row.id);
+            for event in events {
+                q.taken.remove(&event.row.id);
             }
         }
     }

@@ -2,7 +2,9 @@
 //! outbox of side effects, and the group state that decisions read and write. Every decision
 //! runs in one [`Tx`]: the state it changes, the effects it queues and its event's processed
 //! mark commit together or not at all (DESIGN.md §4). SQLite ([`SqliteStore`]) is the embedded
-//! backend; the conformance tests in `tests.rs` are what any other backend must pass.
+//! backend (one instance); PostgreSQL ([`PostgresStore`], `store.url`) is shared by several
+//! instances (DESIGN.md §7). The conformance tests in `tests.rs` run against both, and are what
+//! any other backend must pass; [`throwaway`] gives tests and benches a PostgreSQL.
 
 mod postgres;
 #[cfg(test)]

@@ -47,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an outbox head handed to this instance stays its own: other instances skip it
 /// until then (a dead instance's heads are performed by another one after this).
 const OUTBOX_LEASE: Duration = Duration::from_secs(30);
+/// How long one call may wait for its answer, whatever happens (the pool's wait and the
+/// statement timeout are far shorter; this catches a connection that hangs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Rows deleted per statement when pruning.
 const PRUNE_SLICE: u64 = 5_000;
 /// How long the health probe may take, connection included.
@@ -94,18 +97,15 @@ pub fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not a URL)".to_owned();
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    // Everything up to the last `@` is the user and password, whatever characters the
+    // password has (even unencoded ones, `/` or `@`).
+    match rest.rsplit_once('@') {
+        Some((userinfo, host_and_path)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_path}"),
+            None => format!("{scheme}://{userinfo}@{host_and_path}"),
         },
-        None => authority.to_owned(),
-    };
-    format!("{scheme}://{authority}{path}")
+        None => format!("{scheme}://{rest}"),
+    }
 }
 
 /// Whether `url` names a PostgreSQL server (`postgres://` or `postgresql://`).
@@ -374,6 +374,24 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that vanishes without closing its connections (a failover, a network cut)
+        // is noticed within about a minute, not the system's two hours.
+        let given = |key: &str| url.contains(&format!("{key}="));
+        if !given("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if !given("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if !given("keepalives_retries") {
+            config.keepalives_retries(3);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        // libpq's connect_timeout covers the whole connection (TCP, TLS, authentication);
+        // tokio-postgres's only the TCP part: the pool bounds the rest.
+        let establish = config.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
         let tls = tls(root.as_deref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -390,8 +408,8 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(establish))
+            .recycle_timeout(Some(establish))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
@@ -416,8 +434,9 @@ impl PostgresStore {
         let store = Self::connect(options)?;
         let pool = store.pool.clone();
         let shown = store.at.clone();
+        // Without the call timeout: another instance may be migrating a large table.
         store
-            .run(async move {
+            .run_within(None, async move {
                 let mut c = pool.get().await.map_err(pool_error)?;
                 migrate(&mut c, &shown).await
             })
@@ -478,14 +497,33 @@ impl PostgresStore {
         MIGRATIONS.len() as i64
     }
 
-    /// Runs `work` on the store's runtime and waits for its answer on this thread.
+    /// Runs `work` on the store's runtime and waits for its answer on this thread, at most
+    /// [`CALL_TIMEOUT`]: a connection that hangs (a database gone without a word) never holds
+    /// a caller for ever.
     fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.run_within(Some(CALL_TIMEOUT), work)
+    }
+
+    fn run_within<T: Send + 'static>(
+        &self,
+        limit: Option<Duration>,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let _ = tx.send(work.await);
+            let answer = match limit {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(format!(
+                        "no answer from the database within {} s",
+                        limit.as_secs()
+                    )))
+                }),
+                None => work.await,
+            };
+            let _ = tx.send(answer);
         });
         rx.recv().map_err(|_| StoreError::Runtime("the store's runtime stopped".into()))?
     }
@@ -588,43 +626,79 @@ enum Answer {
     Rows(Vec<Row>),
 }
 
-async fn answer_on(
-    c: &deadpool_postgres::ClientWrapper,
-    sql: &str,
-    params: &[Param],
-    rows: bool,
-) -> Result<Answer, StoreError> {
-    Ok(match rows {
-        true => Answer::Rows(query_on(c, sql, params).await?),
-        false => Answer::Affected(execute_on(c, sql, params).await?),
-    })
-}
-
 impl PgTx<'_> {
-    /// Runs one statement in the transaction: on its connection, or (the first one) checking a
-    /// connection out and beginning the transaction in the same round trip.
+    /// Runs one statement in the transaction.
     fn call(&self, sql: &str, params: Vec<Param>, rows: bool) -> Result<Answer, StoreError> {
-        let sql = sql.to_owned();
+        let mut answers = self.pipeline(vec![(sql.to_owned(), params, rows)])?;
+        answers.pop().ok_or_else(|| StoreError::BadRow("no answer".into()))
+    }
+
+    /// Runs statements in the transaction, in order, in one round trip (pipelined): on its
+    /// connection, or (the first ones) checking a connection out and beginning the transaction
+    /// in the same round trip. The first failure is returned (PostgreSQL then refuses the rest
+    /// of the transaction).
+    fn pipeline(
+        &self,
+        statements: Vec<(String, Vec<Param>, bool)>,
+    ) -> Result<Vec<Answer>, StoreError> {
+        async fn all(
+            c: &deadpool_postgres::ClientWrapper,
+            begin: Option<&'static str>,
+            statements: &[(String, Vec<Param>, bool)],
+        ) -> Result<Vec<Answer>, StoreError> {
+            // Prepared first (once per connection; usually cached already): the requests below
+            // are then sent in order, each as it is first polled, and run in that order.
+            let mut prepared = Vec::with_capacity(statements.len());
+            for (sql, _, _) in statements {
+                prepared.push(c.prepare_cached(sql).await?);
+            }
+            // In chunks that `join_all` polls in order (it does up to 30 futures itself).
+            let mut begin = begin;
+            let mut out = Vec::with_capacity(statements.len());
+            for (chunk, prepared) in statements.chunks(30).zip(prepared.chunks(30)) {
+                let began = async {
+                    match begin.take() {
+                        Some(begin) => c.batch_execute(begin).await.map_err(StoreError::from),
+                        None => Ok(()),
+                    }
+                };
+                let answers = futures::future::join_all(chunk.iter().zip(prepared).map(
+                    |((_, params, rows), statement)| async move {
+                        let refs: Vec<&(dyn ToSql + Sync)> =
+                            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                        Ok::<_, StoreError>(match rows {
+                            true => Answer::Rows(c.query(statement, &refs).await?),
+                            false => Answer::Affected(c.execute(statement, &refs).await?),
+                        })
+                    },
+                ));
+                let (began, answers) = tokio::join!(began, answers);
+                began?;
+                for answer in answers {
+                    out.push(answer?);
+                }
+            }
+            Ok(out)
+        }
         let held = self.conn.borrow().clone();
         let result = match held {
             Some(conn) => self.store.run(async move {
                 let c = conn.lock().await;
-                answer_on(&c, &sql, &params, rows).await
+                all(&c, None, &statements).await
             }),
             None => {
                 let (pool, begin) = (self.store.pool.clone(), self.begin);
                 let first = self.store.run(async move {
                     let c = pool.get().await.map_err(pool_error)?;
-                    // Pipelined: BEGIN is sent first, the statement right behind it.
-                    let (began, answer) =
-                        tokio::join!(c.batch_execute(begin), answer_on(&c, &sql, &params, rows));
-                    Ok((c, began, answer))
+                    // BEGIN is sent first, the statements right behind it.
+                    let answers = all(&c, Some(begin), &statements).await;
+                    Ok((c, answers))
                 });
                 match first {
                     Err(e) => Err(e),
-                    Ok((c, began, answer)) => {
+                    Ok((c, answers)) => {
                         *self.conn.borrow_mut() = Some(Arc::new(tokio::sync::Mutex::new(c)));
-                        began.map_err(StoreError::from).and(answer)
+                        answers
                     }
                 }
             }
@@ -1040,18 +1114,6 @@ impl PgTx<'_> {
         let sql = format!("SELECT {GROUP_COLUMNS} FROM groups WHERE {clause} = $1");
         self.query_opt(&sql, vec![value])?.as_ref().map(group_row).transpose()
     }
-
-    fn lock_order_keys<'k>(
-        &self,
-        keys: impl IntoIterator<Item = &'k str>,
-    ) -> Result<(), StoreError> {
-        // Sorted: two transactions locking several keys take them in the same order.
-        let keys: std::collections::BTreeSet<&str> = keys.into_iter().collect();
-        for key in keys {
-            self.query(LOCK_ORDER_KEY, params![key.to_owned()])?;
-        }
-        Ok(())
-    }
 }
 
 impl Tx for PgTx<'_> {
@@ -1059,16 +1121,26 @@ impl Tx for PgTx<'_> {
         if effects.is_empty() {
             return Ok(());
         }
-        self.lock_order_keys(effects.iter().map(|(key, _)| key.as_str()))?;
+        // The keys' locks first (sorted: two transactions take them in the same order), then
+        // the effects, all in one round trip.
+        let keys: std::collections::BTreeSet<&str> =
+            effects.iter().map(|(key, _)| key.as_str()).collect();
+        let mut statements: Vec<(String, Vec<Param>, bool)> = keys
+            .into_iter()
+            .map(|key| (LOCK_ORDER_KEY.to_owned(), params![key.to_owned()], true))
+            .collect();
         let now = now_ms();
         for (key, effect) in effects {
-            self.execute(
+            statements.push((
                 "INSERT INTO outbox (order_key, effect, next_at, created_at, head)
                  VALUES ($1, $2, $3, $3, NOT EXISTS (SELECT 1 FROM outbox WHERE order_key = $1
-                                                     AND done_at IS NULL AND failed_at IS NULL))",
+                                                     AND done_at IS NULL AND failed_at IS NULL))"
+                    .to_owned(),
                 params![key.clone(), serde_json::to_string(effect)?, now],
-            )?;
+                false,
+            ));
         }
+        self.pipeline(statements)?;
         Ok(())
     }
 
@@ -1103,35 +1175,44 @@ impl Tx for PgTx<'_> {
     }
 
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
+        // One round trip: the key's lock, the effect finished, the key's next effect its head.
         let now = now_ms();
-        let key: Option<String> = self
-            .query_opt("SELECT order_key FROM outbox WHERE id = $1", params![id])?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        if let Some(key) = &key {
-            self.lock_order_keys([key.as_str()])?;
-        }
-        match error {
-            None => self.execute(
+        let finish = match error {
+            None => (
                 "UPDATE outbox SET done_at = $2, head = FALSE, last_error = NULL,
                                    lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1",
+                 WHERE id = $1"
+                    .to_owned(),
                 params![id, now],
-            )?,
-            Some(error) => self.execute(
+                false,
+            ),
+            Some(error) => (
                 "UPDATE outbox SET attempts = attempts + 1, failed_at = $2, head = FALSE,
                         last_error = $3, lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1",
+                 WHERE id = $1"
+                    .to_owned(),
                 params![id, now, error.to_owned()],
-            )?,
+                false,
+            ),
         };
-        if let Some(key) = key {
-            self.execute(
+        self.pipeline(vec![
+            (
+                "SELECT pg_advisory_xact_lock(hashtextextended(order_key, 7)) FROM outbox
+                 WHERE id = $1"
+                    .to_owned(),
+                params![id],
+                true,
+            ),
+            finish,
+            (
                 "UPDATE outbox SET head = TRUE WHERE id = (SELECT MIN(id) FROM outbox
-                 WHERE order_key = $1 AND done_at IS NULL AND failed_at IS NULL)",
-                params![key],
-            )?;
-        }
+                 WHERE order_key = (SELECT order_key FROM outbox WHERE id = $1)
+                   AND done_at IS NULL AND failed_at IS NULL)"
+                    .to_owned(),
+                params![id],
+                false,
+            ),
+        ])?;
         Ok(())
     }
 }

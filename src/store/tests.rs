@@ -382,3 +382,17 @@ fn the_symphony_watermark_only_moves_forward_and_keeps_its_start() {
         );
     }
 }
+
+#[test]
+fn a_key_claimed_by_this_instance_is_held_renewed_and_given_up() {
+    for (name, store) in backends() {
+        let ttl = std::time::Duration::from_secs(30);
+        let claim = store.claim_key("group:1", ttl).expect("claim").expect("free");
+        assert_eq!(claim.key, "group:1", "{name}");
+        let renewed = store.claim_key("group:1", ttl).expect("renew").expect("ours");
+        assert_eq!(renewed, claim, "{name}: renewing keeps the token");
+        assert!(store.transaction(|tx| tx.hold_claim(&claim, ttl)).expect("hold"), "{name}");
+        store.release_key(&claim).expect("release");
+        assert!(store.claim_key("group:1", ttl).expect("again").is_some(), "{name}: free again");
+    }
+}

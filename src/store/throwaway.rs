@@ -110,6 +110,32 @@ pub fn database(test: &str) -> Option<Database> {
     }
 }
 
+/// A cluster of the test's own (one it may stop, restart or start again without disturbing the
+/// other tests, which share [`server`]), or `None` as [`database`] says: a loud skip line
+/// outside CI, a failure under `CI=true`. `WAGB_TEST_POSTGRES_URL` names a server that is not
+/// ours to restart: the test is skipped (loudly).
+pub fn own_server(test: &str) -> Option<Server> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if std::env::var("WAGB_TEST_POSTGRES_URL").is_ok_and(|u| !u.trim().is_empty()) {
+        eprintln!(
+            "\n*** SKIPPED {test}: it needs a PostgreSQL cluster of its own to restart, and \
+             WAGB_TEST_POSTGRES_URL names another ***\n"
+        );
+        return None;
+    }
+    match Server::start_cluster(false) {
+        Ok(server) => Some(server),
+        Err(e) if in_ci => panic!("PostgreSQL test {test} cannot run under CI=true: {e}"),
+        Err(e) => {
+            eprintln!(
+                "\n*** SKIPPED the PostgreSQL part of {test}: {e} ***\n\
+                 *** (install PostgreSQL; under CI=true this fails) ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// The directory holding `initdb` and `pg_ctl`: PATH first, then Debian's versioned dirs
 /// (newest first).
 pub fn find_binaries() -> Option<PathBuf> {
@@ -262,11 +288,10 @@ impl Server {
     fn start_cluster(tls: bool) -> Result<Self, ThrowawayError> {
         let bin = find_binaries().ok_or(ThrowawayError::NotFound)?;
         let as_postgres = running_as_root();
-        let dir = std::env::temp_dir().join(format!(
-            "wagb-pg-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        // Run as `postgres`, the cluster needs a dir that user can reach: /tmp, whatever TMPDIR
+        // says (it may be under root's home).
+        let temp = if as_postgres { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let dir = temp.join(format!("wagb-pg-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let (extra, ca) = if tls {
             make_certificates(&dir)?;
@@ -426,7 +451,9 @@ impl Server {
         Ok(Database { name, url })
     }
 
-    /// Stops the cluster (immediate: like a crash) and starts it again on the same port.
+    /// Stops the cluster (immediate: like a crash) and starts it again on the same port. On the
+    /// shared [`server`] this disturbs every test running meanwhile: a test that restarts the
+    /// database takes a cluster of its own ([`own_server`]).
     pub fn restart(&self) -> Result<(), ThrowawayError> {
         let cluster = self.cluster.as_ref().ok_or(ThrowawayError::NotOurs)?;
         let _serial = cluster.control.lock().map_err(|_| ThrowawayError::NotOurs)?;

@@ -41,6 +41,25 @@ async fn wait<T>(what: &str, log: &std::path::Path, mut check: impl FnMut() -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_is_logged_even_at_trace() {
+    no_secret_logged(None).await;
+}
+
+/// The same on PostgreSQL, with a password in `WAGB__STORE__URL` (the test cluster trusts
+/// loopback and never asks for it: what is checked is that the bot never logs the URL's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_is_logged_even_at_trace_on_postgresql() {
+    let Some(db) = wa_groups_bot::store::throwaway::database("no_secret_is_logged_on_postgresql")
+    else {
+        return;
+    };
+    let mut url = url::Url::parse(db.url()).expect("url");
+    url.set_password(Some(STORE_PASSWORD)).expect("password");
+    no_secret_logged(Some(url.to_string())).await;
+}
+
+const STORE_PASSWORD: &str = "pgpw-5e1f0c7a93";
+
+async fn no_secret_logged(store_url: Option<String>) {
     let pod = start_pod().await;
     let mut sim_cfg = WhatsAppSimConfig::new(ACCESS_TOKEN, APP_SECRET, WA_PHONE_ID);
     sim_cfg.webhook_retry_initial = Duration::from_millis(50);
@@ -79,6 +98,7 @@ async fn no_secret_is_logged_even_at_trace() {
         .env("WAGB__WHATSAPP__ACCESSTOKEN", ACCESS_TOKEN)
         .env("WAGB__WHATSAPP__APPSECRET", APP_SECRET)
         .env("WAGB__WHATSAPP__WEBHOOK__VERIFYTOKEN", VERIFY_TOKEN)
+        .envs(store_url.iter().map(|url| ("WAGB__STORE__URL", url.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
@@ -178,6 +198,7 @@ async fn no_secret_is_logged_even_at_trace() {
         ("the access token", ACCESS_TOKEN),
         ("the app secret", APP_SECRET),
         ("the verify token", VERIFY_TOKEN),
+        ("the store's password", STORE_PASSWORD),
     ] {
         secrets.push((what.to_owned(), value.to_owned()));
     }
