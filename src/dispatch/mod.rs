@@ -440,6 +440,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
 
     /// Tells a job's worker how its decision went; a command committed is counted.
     fn decided(&self, job: Job, result: Result<bool, DecideError>) {
+        tracing::debug!(event = job.row.id, key = %job.claim.key, token = job.claim.token, ok = result.is_ok(), "decided");
         // `Ok(false)`: marked processed before (nothing decided now) — a command always answers.
         if matches!(result, Ok(true))
             && let Some(command) = job.prepared.command_name()
