@@ -176,6 +176,7 @@ impl CommandRouter {
         message: &ReceivedMessage,
         prepared: Prepared,
     ) -> Result<Vec<Effect>, CommandError> {
+        tracing::debug!(event = event_id, stream = %message.stream, command = ?prepared.command_name(), "a room message decided");
         let who = Requester {
             user: message.sender,
             email: message.sender_email.clone(),
