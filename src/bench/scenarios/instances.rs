@@ -139,7 +139,12 @@ pub async fn p5(
             report.rows.push(Row {
                 scenario: format!("P5 relay {way}, PostgreSQL"),
                 bot: who.clone(),
-                size: format!("{} msgs, {} groups, {}/s sent", thousands(m), opts.p5_groups, opts.p5_rate),
+                size: format!(
+                    "{} msgs, {} groups, {}/s sent",
+                    thousands(m),
+                    opts.p5_groups,
+                    opts.p5_rate
+                ),
                 throughput: Some(rate),
                 cpu_us: Some(cpu.as_secs_f64() * 1e6 / m as f64),
                 p50_ms: percentile_ms(&phase.latencies, 50.0),

@@ -95,8 +95,11 @@ impl Instances {
             };
             let config = dir.path().join(format!("bot-{i}.yaml"));
             let attempts = if opts.retry_forever { -1 } else { 4 };
-            std::fs::write(&config, config_yaml(pod, sim, port, &store, attempts, &opts.extra_yaml))
-                .expect("write config");
+            std::fs::write(
+                &config,
+                config_yaml(pod, sim, port, &store, attempts, &opts.extra_yaml),
+            )
+            .expect("write config");
             slots.push(Slot {
                 label: format!("instance {i}"),
                 port,
