@@ -440,6 +440,14 @@ impl GroupRepo for SqlTx<'_> {
         Ok(found.is_some())
     }
 
+    fn barred_at(&self, key: GroupKey, phone: &E164) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT barred_at FROM bars WHERE group_id = ?1 AND phone = ?2")?
+            .query_row(params![key.0, phone.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
     fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
         let column = if room { "room_attempted" } else { "wa_attempted" };
         let before: i64 = self.0.query_row(
