@@ -440,6 +440,21 @@ impl GroupRepo for SqlTx<'_> {
         Ok(found.is_some())
     }
 
+    fn membership_pending(&self, stream: &StreamId) -> Result<bool, StoreError> {
+        // Order keys `member:<stream>:<user>` (see `effects::OrderKey`), found by range.
+        let from = format!("member:{stream}:");
+        let to = format!("member:{stream};");
+        let found = self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM outbox WHERE order_key >= ?1 AND order_key < ?2
+                 AND done_at IS NULL AND failed_at IS NULL LIMIT 1",
+            )?
+            .query_row(params![from, to], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     fn barred_at(&self, key: GroupKey, phone: &E164) -> Result<Option<i64>, StoreError> {
         Ok(self
             .0

@@ -25,7 +25,9 @@ pub type BatchHandler =
 /// Called each time the loop has a feed (at start and after every re-creation), before its
 /// first read: the events missed while no feed was read (see [`super::catchup`]), handed to the
 /// [`BatchHandler`] like a batch. Failures are the hook's to report: it returns what it found.
-pub type CatchUpHook = Box<dyn FnMut() -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
+/// Called each time the loop has a feed, with whether the feed is new (created, not found):
+/// what a new feed never brings (posted while none was read) comes back from it.
+pub type CatchUpHook = Box<dyn FnMut(bool) -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
 
 /// Whether a feed id is a datafeed (`…_f` or `…_f_…`), not a datahose feed.
 fn is_datafeed_id(id: &str) -> bool {
@@ -66,9 +68,14 @@ impl DatafeedLoop {
 
     /// Runs the catch-up hook and hands what it found to `handler`, retried (per
     /// `datafeed.retry`) until it is taken: unlike a batch, nobody would deliver it again.
-    async fn catch_up(&mut self, handler: &mut BatchHandler, cancel: &CancellationToken) {
+    async fn catch_up(
+        &mut self,
+        handler: &mut BatchHandler,
+        cancel: &CancellationToken,
+        new_feed: bool,
+    ) {
         let found = match self.catch_up.as_mut() {
-            Some(hook) => hook(),
+            Some(hook) => hook(new_feed),
             None => return,
         };
         let events = tokio::select! {
@@ -135,13 +142,14 @@ impl DatafeedLoop {
         }
     }
 
-    async fn find_or_create(&self) -> Result<String, SymphonyError> {
+    /// The bot's feed, and whether it was created now.
+    async fn find_or_create(&self) -> Result<(String, bool), SymphonyError> {
         match self.list().await?.into_iter().find(|f| is_datafeed_id(&f.id)) {
             Some(feed) => {
                 tracing::info!(feed = %feed.id, "reusing datafeed");
-                Ok(feed.id)
+                Ok((feed.id, false))
             }
-            None => self.create().await,
+            None => Ok((self.create().await?, true)),
         }
     }
 
@@ -172,7 +180,7 @@ impl DatafeedLoop {
         mut handler: BatchHandler,
         cancel: CancellationToken,
     ) -> Result<(), SymphonyError> {
-        let mut feed = tokio::select! {
+        let (mut feed, created) = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
         };
@@ -183,7 +191,7 @@ impl DatafeedLoop {
             let _ = ready.send(());
         }
         // A restart may follow an outage (the feed then expired) or a crash in a catch-up.
-        self.catch_up(&mut handler, &cancel).await;
+        self.catch_up(&mut handler, &cancel, created).await;
         let mut ack_id = String::new();
         let mut failures = 0u32;
         loop {
@@ -223,7 +231,7 @@ impl DatafeedLoop {
                     tracing::Span::current().record("feed", feed.as_str());
                     ack_id.clear();
                     // What was posted between the old feed's end and the new one's start.
-                    self.catch_up(&mut handler, &cancel).await;
+                    self.catch_up(&mut handler, &cancel, true).await;
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;
