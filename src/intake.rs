@@ -72,7 +72,7 @@ pub fn persist(
 
 /// The catch-up the datafeed loop runs each time it has a feed: the messages posted since the
 /// watermark (see [`catchup::start_of`]). Nothing before the first event the store ever recorded:
-/// a fresh bot does not answer yesterday's commands.
+/// a fresh bot does not answer yesterday's commands (its watermark starts with its first feed).
 pub fn catch_up_hook(store: Store, catch_up: CatchUp) -> CatchUpHook {
     let catch_up = Arc::new(catch_up);
     Box::new(move |new_feed| {
@@ -92,7 +92,13 @@ async fn missed_messages(store: &Store, catch_up: &CatchUp) -> Vec<SymphonyEvent
     let mark = match store.symphony_watermark() {
         Ok(Some(mark)) => mark,
         Ok(None) => {
+            // A fresh bot answers nothing from before its first feed, but everything after:
+            // the watermark starts now, so a feed lost before the first event still loses
+            // nothing.
             tracing::info!("no Symphony event received yet: nothing to catch up on");
+            if let Err(e) = store.advance_symphony_watermark(now_ms()) {
+                tracing::error!(error = %e, "cannot start the watermark");
+            }
             return Vec::new();
         }
         Err(e) => {
