@@ -287,6 +287,12 @@ impl Actor {
             .count()
     }
 
+    /// The room's "… joined the WhatsApp group" posts about a phone.
+    fn joined_posts(&self, phone: &str) -> usize {
+        self.bot_said_count(&format!("+{phone}joinedtheWhatsAppgroup"))
+            + self.bot_said_count(&format!("+{phone})joinedtheWhatsAppgroup"))
+    }
+
     fn bot_said(&self, needle: &str) -> bool {
         self.bot_said_count(needle) > 0
     }
@@ -451,6 +457,7 @@ impl Actor {
                 let ready = self.contacts_where(|p, _| !self.tapped.contains_key(p));
                 let Some(phone) = self.one(&ready) else { return Ok(()) };
                 self.tapped.insert(phone.clone(), false);
+                let joined_before = self.joined_posts(&phone);
                 let link = self
                     .until(&format!("+{phone}'s invitation"), || self.invitation(&phone))
                     .await?;
@@ -462,6 +469,11 @@ impl Actor {
                 }
                 self.until(&format!("+{phone} let in"), || {
                     self.participants().contains(&phone).then_some(())
+                })
+                .await?;
+                // The owner acts on what Symphony shows: the room says they joined.
+                self.until(&format!("the room told +{phone} joined"), || {
+                    (self.joined_posts(&phone) > joined_before).then_some(())
                 })
                 .await?;
                 if let Some(m) = self.g.contacts.get_mut(&phone) {
