@@ -97,44 +97,163 @@ pub fn persist(
 
 /// The catch-up the datafeed loop runs each time it has a feed: the messages posted since the
 /// watermark (see [`catchup::start_of`]). Nothing before the first event the store ever recorded:
-/// a fresh bot does not answer yesterday's commands.
+/// a fresh bot does not answer yesterday's commands (its watermark starts with its first feed).
 pub fn catch_up_hook(store: Store, catch_up: CatchUp) -> CatchUpHook {
     let catch_up = Arc::new(catch_up);
-    Box::new(move || {
+    Box::new(move |new_feed| {
         let (store, catch_up) = (store.clone(), catch_up.clone());
         Box::pin(async move {
-            let mark = match store.symphony_watermark() {
-                Ok(Some(mark)) => mark,
-                Ok(None) => {
-                    tracing::info!("no Symphony event received yet: nothing to catch up on");
-                    return Vec::new();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the watermark: no catch-up");
-                    return Vec::new();
-                }
-            };
-            let since = catchup::start_of(mark.latest_ms, mark.first_ms, now_ms());
-            match catch_up.messages_since(since).await {
-                Ok(found) => {
-                    for (stream, error) in &found.failed {
-                        tracing::error!(%stream, %error, "cannot read a stream's recent messages: those missed there are lost");
-                    }
-                    tracing::info!(
-                        since,
-                        streams = found.streams,
-                        messages = found.events.len(),
-                        "caught up on the messages posted while no datafeed was read"
-                    );
-                    found.events
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "catch-up failed: messages posted while no datafeed was read are lost");
-                    Vec::new()
-                }
+            let mut events = missed_messages(&store, &catch_up).await;
+            if new_feed {
+                events.extend(room_changes(&store, &catch_up).await);
             }
+            events
         })
     })
+}
+
+/// The messages posted since the watermark.
+async fn missed_messages(store: &Store, catch_up: &CatchUp) -> Vec<SymphonyEvent> {
+    let mark = match store.symphony_watermark() {
+        Ok(Some(mark)) => mark,
+        Ok(None) => {
+            // A fresh bot answers nothing from before its first feed, but everything after:
+            // the watermark starts now, so a feed lost before the first event still loses
+            // nothing.
+            tracing::info!("no Symphony event received yet: nothing to catch up on");
+            if let Err(e) = store.advance_symphony_watermark(now_ms()) {
+                tracing::error!(error = %e, "cannot start the watermark");
+            }
+            return Vec::new();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the watermark: no catch-up");
+            return Vec::new();
+        }
+    };
+    let since = catchup::start_of(mark.latest_ms, mark.first_ms, now_ms());
+    match catch_up.messages_since(since).await {
+        Ok(found) => {
+            for (stream, error) in &found.failed {
+                tracing::error!(%stream, %error, "cannot read a stream's recent messages: those missed there are lost");
+            }
+            tracing::info!(
+                since,
+                streams = found.streams,
+                messages = found.events.len(),
+                "caught up on the messages posted while no datafeed was read"
+            );
+            found.events
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "catch-up failed: messages posted while no datafeed was read are lost");
+            Vec::new()
+        }
+    }
+}
+
+/// The room changes a new feed never brings (made while no feed was read, by people or by the
+/// bot itself: a rename, an advisor added, removed, promoted or demoted), as the events the
+/// datafeed would have given: each group's room as the pod shows it now against the store.
+/// Deciding them is idempotent (a change the store already knows announces nothing). Rooms
+/// of groups not yet active (their creation adds the members) or with membership changes still
+/// queued are left to the datafeed.
+async fn room_changes(store: &Store, catch_up: &CatchUp) -> Vec<SymphonyEvent> {
+    use crate::domain::GroupState;
+    use crate::events::SymphonyEventKind as Kind;
+    let (rooms, failed) = match catch_up.rooms_now().await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the rooms: changes made while no datafeed was read are not seen");
+            return Vec::new();
+        }
+    };
+    for (stream, error) in &failed {
+        tracing::error!(%stream, %error, "cannot read a room: changes made to it while no datafeed was read are not seen");
+    }
+    let bot = catch_up.bot_user();
+    let mut changes: Vec<Kind> = Vec::new();
+    for room in rooms {
+        let stream = room.stream.clone();
+        let known = store.read(|r| {
+            let Some(g) = r.group_by_stream(&stream)? else { return Ok(None) };
+            if g.state != GroupState::Active || r.membership_pending(&stream)? {
+                return Ok(None);
+            }
+            Ok(Some((g.name, r.advisors(g.key)?)))
+        });
+        let (name, advisors) = match known {
+            Ok(Some(k)) => k,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a group: its room is not compared");
+                continue;
+            }
+        };
+        if room.name != name {
+            changes
+                .push(Kind::RoomUpdated { stream: stream.clone(), name: Some(room.name.clone()) });
+        }
+        let before: std::collections::HashMap<_, _> = advisors.into_iter().collect();
+        let now: std::collections::HashMap<_, _> =
+            room.members.iter().filter(|m| m.user != bot).map(|m| (m.user, m.owner)).collect();
+        let mut users: Vec<_> = now.keys().chain(before.keys()).copied().collect();
+        users.sort();
+        users.dedup();
+        for user in users {
+            let stream = stream.clone();
+            match (before.get(&user), now.get(&user)) {
+                (None, Some(owner)) => {
+                    changes.push(Kind::UserJoinedRoom { stream: stream.clone(), user });
+                    if *owner {
+                        changes.push(Kind::MemberPromotedToOwner { stream, user });
+                    }
+                }
+                (Some(_), None) => changes.push(Kind::UserLeftRoom { stream, user }),
+                (Some(false), Some(true)) => {
+                    changes.push(Kind::MemberPromotedToOwner { stream, user })
+                }
+                (Some(true), Some(false)) => {
+                    changes.push(Kind::MemberDemotedFromOwner { stream, user })
+                }
+                _ => {}
+            }
+        }
+    }
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let mut ids: Vec<_> = changes.iter().filter_map(changed_user).collect();
+    ids.sort();
+    ids.dedup();
+    let names = catch_up.names(&ids).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the names of changed members; notices name their ids");
+        Default::default()
+    });
+    let at = now_ms();
+    tracing::info!(changes = changes.len(), "room changes made while no datafeed was read");
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| SymphonyEvent {
+            id: format!("caught-up:{at}:{i}"),
+            timestamp: at,
+            initiator: None,
+            affected_name: changed_user(&kind).and_then(|u| names.get(&u).cloned()),
+            kind,
+        })
+        .collect()
+}
+
+fn changed_user(kind: &crate::events::SymphonyEventKind) -> Option<crate::domain::UserId> {
+    use crate::events::SymphonyEventKind as Kind;
+    match kind {
+        Kind::UserJoinedRoom { user, .. }
+        | Kind::UserLeftRoom { user, .. }
+        | Kind::MemberPromotedToOwner { user, .. }
+        | Kind::MemberDemotedFromOwner { user, .. } => Some(*user),
+        _ => None,
+    }
 }
 
 fn now_ms() -> i64 {

@@ -71,7 +71,10 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         // WAGB_BENCH_KEEP=1 keeps the bots' logs and stores for a look.
-        if self.1 || std::env::var_os("WAGB_BENCH_KEEP").is_some() {
+        if self.1 {
+            return; // kept on purpose: the caller says where
+        }
+        if std::env::var_os("WAGB_BENCH_KEEP").is_some() {
             eprintln!("bench: kept {}", self.0.display());
             return;
         }

@@ -219,8 +219,13 @@ impl RelayService {
         if group.state == GroupState::Closed {
             return Ok(Vec::new());
         }
+        // A removed contact's message is not relayed, unless they wrote it before their removal
+        // (WhatsApp's timestamp, to the second): only a participant can write in a group, and
+        // its webhook may come late (Meta retries for days; the bot may have been down), after
+        // the removal was decided.
         if let Some(p) = &phone
-            && tx.is_barred(group.key, p)?
+            && let Some(barred_at) = tx.barred_at(group.key, p)?
+            && m.timestamp.is_none_or(|s| s.saturating_mul(1000) > barred_at)
         {
             tracing::warn!(group = group.key.0, "a message from a removed contact; not relayed");
             return Ok(Vec::new());

@@ -4,8 +4,10 @@
 //! from timing): contacts tap their invitation, chat, leave and try to come back; advisors chat;
 //! the creator renames, adds and removes contacts and advisors, promotes and demotes, invites
 //! again a contact who left (and, refused, one who was removed), asks for `/wa info`;
-//! strangers tap a leaked link. A step that changes who is where waits (bounded) for its
-//! effect before the next, so the model always says what is true; chat does not wait.
+//! strangers tap a leaked link. Groups are created at random times over the first half of the
+//! run, so creations meet faults and kills as well. A step that changes who is where waits
+//! (bounded) for its effect before the next, so the model always says what is true; chat does
+//! not wait.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -149,6 +151,11 @@ pub(crate) async fn group_actor(
         next_message: 0,
         violations: Vec::new(),
     };
+    // Groups are created over the first half of the run, so that creations meet faults and
+    // kills too (a lost answer to a create call, a kill between its steps).
+    let left = actor.ctx.deadline.saturating_duration_since(Instant::now());
+    let start_ms = u64::try_from(left.as_millis() / 2).unwrap_or(u64::MAX).max(1);
+    tokio::time::sleep(Duration::from_millis(actor.rng.gen_range(0..start_ms))).await;
     if let Err(e) = actor.create().await {
         actor.violations.push(format!("{}: {e}", actor.g.name));
         return (actor.g, actor.violations);
@@ -278,6 +285,12 @@ impl Actor {
             .iter()
             .filter(|m| m["template"]["name"] == "group_invite_link" && m["groupId"].is_null())
             .count()
+    }
+
+    /// The room's "… joined the WhatsApp group" posts about a phone.
+    fn joined_posts(&self, phone: &str) -> usize {
+        self.bot_said_count(&format!("+{phone}joinedtheWhatsAppgroup"))
+            + self.bot_said_count(&format!("+{phone})joinedtheWhatsAppgroup"))
     }
 
     fn bot_said(&self, needle: &str) -> bool {
@@ -444,6 +457,7 @@ impl Actor {
                 let ready = self.contacts_where(|p, _| !self.tapped.contains_key(p));
                 let Some(phone) = self.one(&ready) else { return Ok(()) };
                 self.tapped.insert(phone.clone(), false);
+                let joined_before = self.joined_posts(&phone);
                 let link = self
                     .until(&format!("+{phone}'s invitation"), || self.invitation(&phone))
                     .await?;
@@ -455,6 +469,11 @@ impl Actor {
                 }
                 self.until(&format!("+{phone} let in"), || {
                     self.participants().contains(&phone).then_some(())
+                })
+                .await?;
+                // The owner acts on what Symphony shows: the room says they joined.
+                self.until(&format!("the room told +{phone} joined"), || {
+                    (self.joined_posts(&phone) > joined_before).then_some(())
                 })
                 .await?;
                 if let Some(m) = self.g.contacts.get_mut(&phone) {

@@ -243,6 +243,11 @@ pub trait GroupRepo {
     /// Groups still waiting for their `group_create` webhook, created before `before_ms`.
     fn groups_awaiting_webhook(&self, before_ms: i64) -> Result<Vec<GroupRecord>, StoreError>;
     fn is_barred(&self, key: GroupKey, phone: &E164) -> Result<bool, StoreError>;
+    /// Whether membership changes of a room (adds, removals, promotions, demotions) are still
+    /// queued in the outbox.
+    fn membership_pending(&self, stream: &StreamId) -> Result<bool, StoreError>;
+    /// When a contact was barred from a group (ms since the epoch), if they were.
+    fn barred_at(&self, key: GroupKey, phone: &E164) -> Result<Option<i64>, StoreError>;
     /// Records that the room (`room = true`) or WhatsApp group of a group is about to be asked
     /// for; returns whether an earlier attempt was already made.
     fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError>;

@@ -1533,6 +1533,29 @@ impl GroupRepo for PgTx<'_> {
             .is_some())
     }
 
+    fn membership_pending(&self, stream: &StreamId) -> Result<bool, StoreError> {
+        // Order keys `member:<stream>:<user>` (see `effects::OrderKey`), found by their prefix
+        // (`starts_with`: no collation, no LIKE wildcards in stream ids).
+        let prefix = format!("member:{stream}:");
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM outbox WHERE starts_with(order_key, $1)
+                 AND done_at IS NULL AND failed_at IS NULL LIMIT 1",
+                params![prefix],
+            )?
+            .is_some())
+    }
+
+    fn barred_at(&self, key: GroupKey, phone: &E164) -> Result<Option<i64>, StoreError> {
+        self.query_opt(
+            "SELECT barred_at FROM bars WHERE group_id = $1 AND phone = $2",
+            params![key.0, phone.as_str().to_owned()],
+        )?
+        .map(|row| row.try_get::<_, i64>(0))
+        .transpose()
+        .map_err(StoreError::from)
+    }
+
     fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
         let column = if room { "room_attempted" } else { "wa_attempted" };
         let before = self

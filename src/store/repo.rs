@@ -440,6 +440,29 @@ impl GroupRepo for SqlTx<'_> {
         Ok(found.is_some())
     }
 
+    fn membership_pending(&self, stream: &StreamId) -> Result<bool, StoreError> {
+        // Order keys `member:<stream>:<user>` (see `effects::OrderKey`), found by range.
+        let from = format!("member:{stream}:");
+        let to = format!("member:{stream};");
+        let found = self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM outbox WHERE order_key >= ?1 AND order_key < ?2
+                 AND done_at IS NULL AND failed_at IS NULL LIMIT 1",
+            )?
+            .query_row(params![from, to], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn barred_at(&self, key: GroupKey, phone: &E164) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT barred_at FROM bars WHERE group_id = ?1 AND phone = ?2")?
+            .query_row(params![key.0, phone.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
     fn mark_create_attempt(&self, key: GroupKey, room: bool) -> Result<bool, StoreError> {
         let column = if room { "room_attempted" } else { "wa_attempted" };
         let before: i64 = self.0.query_row(

@@ -288,6 +288,9 @@ fn groups_contacts_and_the_bar_list() {
         assert_eq!(store.read(|r| r.join_request(key, &jane)).expect("jr"), Some("jr-1".into()));
         assert!(store.read(|r| r.is_barred(key, &john)).expect("barred"), "{name}");
         assert!(!store.read(|r| r.is_barred(key, &jane)).expect("not barred"), "{name}");
+        let barred_at = store.read(|r| r.barred_at(key, &john)).expect("barred at");
+        assert!(barred_at.is_some_and(|at| at > 0), "{name}: {barred_at:?}");
+        assert_eq!(store.read(|r| r.barred_at(key, &jane)).expect("not barred"), None, "{name}");
         // Joined or invited again by mistake: still barred, and still shown removed.
         store
             .transaction(|tx| tx.set_contact_state(key, &john, ContactState::Joined))

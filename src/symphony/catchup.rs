@@ -61,6 +61,15 @@ pub struct CaughtUp {
     pub failed: Vec<(StreamId, SymphonyError)>,
 }
 
+/// A room of the bot as the pod shows it now: its name and members (changes made while no
+/// datafeed was read are found by comparing this with the store).
+#[derive(Debug, Clone)]
+pub struct RoomNow {
+    pub stream: StreamId,
+    pub name: String,
+    pub members: Vec<super::RoomMember>,
+}
+
 /// Reads the bot's streams' recent history.
 #[derive(Debug, Clone)]
 pub struct CatchUp {
@@ -71,6 +80,11 @@ pub struct CatchUp {
 impl CatchUp {
     pub fn new(client: SymphonyClient, bot_user: UserId) -> Self {
         Self { client, bot_user }
+    }
+
+    /// The bot's own user id.
+    pub fn bot_user(&self) -> UserId {
+        self.bot_user
     }
 
     /// The messages posted since `since_ms` (pod time) by others in the active IMs, MIMs and
@@ -100,6 +114,57 @@ impl CatchUp {
         });
         out.events.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then_with(|| a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    /// The active rooms the bot is in, as they are now (`GET /pod/v3/room/{id}/info` and
+    /// `GET /pod/v2/room/{id}/membership/list` each). A room that cannot be read is reported
+    /// apart; the others are still read.
+    pub async fn rooms_now(
+        &self,
+    ) -> Result<(Vec<RoomNow>, Vec<(StreamId, SymphonyError)>), CatchUpError> {
+        let streams = self.streams().await.map_err(CatchUpError::Streams)?;
+        let rooms = streams.into_iter().filter(|(_, kind)| kind.as_deref() == Some("ROOM"));
+        let mut reads = futures::stream::iter(rooms)
+            .map(|(sid, _)| async move {
+                let read = async {
+                    let info = self.client.room_info(&sid).await?;
+                    let members = self.client.room_members(&sid).await?;
+                    Ok::<_, SymphonyError>(RoomNow {
+                        stream: sid.clone(),
+                        name: info.name,
+                        members,
+                    })
+                }
+                .await;
+                (sid, read)
+            })
+            .buffer_unordered(PARALLEL_STREAMS);
+        let (mut found, mut failed) = (Vec::new(), Vec::new());
+        while let Some((sid, read)) = reads.next().await {
+            self.client.metrics.datafeed_ready();
+            match read {
+                Ok(room) => found.push(room),
+                Err(e) => failed.push((sid, e)),
+            }
+        }
+        Ok((found, failed))
+    }
+
+    /// Display names of users (one call; unknown users are left out).
+    pub async fn names(
+        &self,
+        ids: &[UserId],
+    ) -> Result<std::collections::HashMap<UserId, String>, SymphonyError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        Ok(self
+            .client
+            .users_by_ids(ids)
+            .await?
+            .into_iter()
+            .filter_map(|u| u.display_name.map(|n| (u.id, n)))
+            .collect())
     }
 
     /// `POST /pod/v1/streams/list`: the active IMs, MIMs and rooms the bot is in, with their

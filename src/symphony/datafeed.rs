@@ -33,7 +33,9 @@ pub type BatchHandler =
 /// Called each time the loop has a feed (at start and after every re-creation), before its
 /// first read: the events missed while no feed was read (see [`super::catchup`]), handed to the
 /// [`BatchHandler`] like a batch. Failures are the hook's to report: it returns what it found.
-pub type CatchUpHook = Box<dyn FnMut() -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
+/// Called each time the loop has a feed, with whether the feed is new (created, not found):
+/// what a new feed never brings (posted while none was read) comes back from it.
+pub type CatchUpHook = Box<dyn FnMut(bool) -> BoxFuture<'static, Vec<SymphonyEvent>> + Send + Sync>;
 
 /// The feed every instance agrees to read among those listed: the oldest datafeed (by
 /// `createdAt`, then id; feeds without `createdAt` last).
@@ -83,9 +85,14 @@ impl DatafeedLoop {
 
     /// Runs the catch-up hook and hands what it found to `handler`, retried (per
     /// `datafeed.retry`) until it is taken: unlike a batch, nobody would deliver it again.
-    async fn catch_up(&mut self, handler: &mut BatchHandler, cancel: &CancellationToken) {
+    async fn catch_up(
+        &mut self,
+        handler: &mut BatchHandler,
+        cancel: &CancellationToken,
+        new_feed: bool,
+    ) {
         let found = match self.catch_up.as_mut() {
-            Some(hook) => hook(),
+            Some(hook) => hook(new_feed),
             None => return,
         };
         let events = tokio::select! {
@@ -152,13 +159,15 @@ impl DatafeedLoop {
         }
     }
 
-    async fn find_or_create(&self) -> Result<String, SymphonyError> {
+    /// The feed all instances read, and whether it was created now (by this instance or, at
+    /// the same moment, by another).
+    async fn find_or_create(&self) -> Result<(String, bool), SymphonyError> {
         match shared_feed(&self.list().await?, None) {
             Some(feed) => {
                 tracing::info!(feed = %feed.id, "reusing datafeed");
-                Ok(feed.id.clone())
+                Ok((feed.id.clone(), false))
             }
-            None => self.create_shared(None).await,
+            None => Ok((self.create_shared(None).await?, true)),
         }
     }
 
@@ -224,7 +233,7 @@ impl DatafeedLoop {
         mut handler: BatchHandler,
         cancel: CancellationToken,
     ) -> Result<(), SymphonyError> {
-        let mut feed = tokio::select! {
+        let (mut feed, created) = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             r = self.with_retries(&cancel, || self.find_or_create()) => match r? { Some(f) => f, None => return Ok(()) },
         };
@@ -235,7 +244,7 @@ impl DatafeedLoop {
             let _ = ready.send(());
         }
         // A restart may follow an outage (the feed then expired) or a crash in a catch-up.
-        self.catch_up(&mut handler, &cancel).await;
+        self.catch_up(&mut handler, &cancel, created).await;
         let mut ack_id = String::new();
         let mut failures = 0u32;
         loop {
@@ -275,7 +284,7 @@ impl DatafeedLoop {
                     tracing::Span::current().record("feed", feed.as_str());
                     ack_id.clear();
                     // What was posted between the old feed's end and the new one's start.
-                    self.catch_up(&mut handler, &cancel).await;
+                    self.catch_up(&mut handler, &cancel, true).await;
                 }
                 Err(e) if e.is_retryable() => {
                     failures += 1;

@@ -82,6 +82,22 @@ async fn a_command_posted_while_the_feed_is_gone_is_answered_once_on_the_new_fee
     bot.stop().await;
 }
 
+/// Found by the chaos soak (seed 31): a fresh bot whose feed was lost before it received any
+/// event caught up on nothing, so a `/wa create` posted in that gap was never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_posted_while_a_fresh_bots_first_feed_is_gone_is_answered() {
+    let pod = start_pod().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot(&pod, dir.path()).await;
+    let im = pod.create_im(&[ALICE, BOT]).expect("im");
+    // No event yet; the feed is lost and the first command reaches no feed.
+    post_between_feeds(&pod, &im).await;
+    wait_answers(&pod, &im, 1).await;
+    ask_and_wait(&pod, &im, 2).await;
+    assert_eq!(answers(&pod, &im), 2, "{:?}", pod.messages(&im));
+    bot.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_both_the_datafeed_and_the_catch_up_bring_is_answered_once() {
     let pod = start_pod().await;

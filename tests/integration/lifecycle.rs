@@ -668,3 +668,47 @@ async fn with_native_groups_turned_off_only_standard_groups_are_made() {
     assert!(sim.groups().is_empty());
     bot.stop().await;
 }
+
+/// Found by the chaos soak (10 minutes, seed 7): room changes made while the datafeed was lost
+/// never reached the bot (a rename or a promotion it made itself: their echo went to no feed;
+/// or one made in the client), so no notice went out and the store kept the old name and
+/// owners. A new feed now compares each group's room with the store: each change announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_changes_made_while_the_datafeed_was_lost_are_announced_once() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+    // The feed expires and the bot's next feed creation is held: what happens now reaches no feed.
+    let served = pod.stats().faults_served;
+    pod.inject_hang("^/agent/v5/datafeeds$", Duration::from_secs(2), 1).expect("hang");
+    pod.expire_datafeeds();
+    wait_for("the bot creating a new feed", Duration::from_secs(10), || {
+        let n = pod.stats().faults_served;
+        async move { (n > served).then_some(()) }
+    })
+    .await;
+    let missed = pod.stats().missed_events;
+    let actions = reqwest::Client::new();
+    for body in [
+        serde_json::json!({"as": ALICE, "action": "rename", "name": "Desk (lost)"}),
+        serde_json::json!({"as": ALICE, "action": "promote", "userId": BOB}),
+    ] {
+        let done = actions
+            .post(format!("{}/_sandbox/streams/{sid}/actions", pod.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("act");
+        assert!(done.status().is_success());
+    }
+    assert!(pod.stats().missed_events >= missed + 2, "the changes reached no feed of the bot");
+    wait_notice(&sim, &gid, "now called \"Desk (lost)\"").await;
+    wait_notice(&sim, &gid, "Bob Smith is now an owner").await;
+    assert_eq!(sim.group(&gid).expect("group")["subject"], "Desk (lost)");
+    let all = notices(&sim, &gid);
+    for text in ["now called \"Desk (lost)\"", "Bob Smith is now an owner"] {
+        assert_eq!(all.iter().filter(|n| n.contains(text)).count(), 1, "{text}: {all:?}");
+    }
+}

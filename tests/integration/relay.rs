@@ -530,3 +530,38 @@ async fn an_invitation_whatsapp_could_not_deliver_is_said_in_the_room() {
     );
     bot.stop().await;
 }
+
+/// Found by the chaos soak (seed 21): a contact wrote in the group, the bot was down, and the
+/// message's webhook (retried by WhatsApp) came after the owner's `/wa remove` of that contact
+/// had been decided (the datafeed kept the command meanwhile): the message was dropped as "a
+/// message from a removed contact", although only a participant can write in the group. A
+/// message written before the removal reaches the room, whenever its webhook comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_before_a_removal_reaches_the_room_when_its_webhook_comes_after() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, gid) = group_with_two_contacts(&pod, &sim).await;
+    let hook = format!("http://{}/whatsapp/webhook", bot.webhook_addr.expect("webhook"));
+    // Webhooks are held back (the receiver unreachable): John's message waits in WhatsApp.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    sim.set_webhook_url(&format!("http://{}/nowhere", dead.local_addr().expect("addr")));
+    drop(dead);
+    sim.send_as_phone(JOHN, Some(&gid), "written while still in the group", None)
+        .expect("john writes");
+    pod.post_message(&sid, ALICE, &format!("<messageML>/wa remove +{JOHN}</messageML>"))
+        .expect("remove John");
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("+447911123457") && t.contains("was removed"))
+        .await;
+    wait_for("John out of the WhatsApp group", Duration::from_secs(10), || {
+        let out = sim.group(&gid).is_some_and(|g| {
+            !g["participants"].as_array().is_some_and(|p| p.iter().any(|x| x == JOHN))
+        });
+        async move { out.then_some(()) }
+    })
+    .await;
+    // WhatsApp delivers again: the message he wrote while a participant is relayed.
+    sim.set_webhook_url(&hook);
+    wait_for_message(&pod, &sid, BOT, |t| t.contains("written while still in the group")).await;
+}
