@@ -33,6 +33,8 @@ async fn the_benchmark_smoke_run_prints_its_table_and_every_check_holds() {
         "P3 memory and start",
         "P4 relay WhatsApp → room",
         "P4 relay room → WhatsApp",
+        "P5 /wa help burst, PostgreSQL",
+        "P5 relay WhatsApp → room, PostgreSQL",
     ] {
         assert!(stdout.contains(scenario), "no {scenario} row:\n{stdout}");
     }

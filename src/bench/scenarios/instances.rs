@@ -152,19 +152,24 @@ pub async fn p5(
                 peak_rss_mib: None,
                 note: format!("arrived {}/{m}", phase.arrived),
             });
-            let ok = phase.arrived == m && phase.duplicates == 0 && phase.out_of_order == 0;
+            // Order per group across instances is not guaranteed (README, "Running several
+            // instances"): counted in a note, not checked.
+            let ok = phase.arrived == m && phase.duplicates == 0;
             report.check(
-                format!("P5 {who} {way}: every message once, in order per group"),
+                format!("P5 {who} {way}: every message once"),
                 ok,
                 if ok {
                     String::new()
                 } else {
-                    format!(
-                        "{}/{m} arrived, {} twice, {} groups out of order",
-                        phase.arrived, phase.duplicates, phase.out_of_order
-                    )
+                    format!("{}/{m} arrived, {} twice", phase.arrived, phase.duplicates)
                 },
             );
+            if phase.out_of_order > 0 {
+                report.notes.push(format!(
+                    "P5 {who} {way}: {} of {} groups got some messages out of order",
+                    phase.out_of_order, opts.p5_groups
+                ));
+            }
         }
         rates.push((count, help_rate, relay_rate));
     }
