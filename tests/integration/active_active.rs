@@ -11,11 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
 use wa_groups_bot::sandbox::mock_pod::MockPod;
-use wa_groups_bot::sandbox::wa_sim::WhatsAppSim;
 use wa_groups_bot::store::throwaway;
 
+use crate::several_instances::group_said;
 use crate::support::instances::{InstanceOptions, InstanceStore, Instances};
 use crate::support::{ALICE, BOT, start_pod, start_sim};
 
@@ -40,19 +39,6 @@ fn name(g: usize) -> String {
 
 fn renamed(g: usize) -> String {
     format!("Active {g:02} bis")
-}
-
-/// What the WhatsApp group's messages say (texts, or a template's first parameter), in order.
-fn group_said(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
-    sim.group(gid)
-        .and_then(|g| g["messages"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|m: &Value| match m["type"].as_str() {
-            Some("template") => m["template"]["params"][0].as_str().unwrap_or_default().to_owned(),
-            _ => m["text"].as_str().unwrap_or_default().to_owned(),
-        })
-        .collect()
 }
 
 /// What the bot posted in a stream, in order.

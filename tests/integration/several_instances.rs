@@ -12,8 +12,8 @@ use crate::lifecycle::{JANE, group_with_two_contacts};
 use crate::support::instances::{InstanceOptions, Instances};
 use crate::support::{ALICE, BOT, start_pod, start_sim, wait_for};
 
-/// What the WhatsApp group's messages say (texts, or templates' first parameter).
-fn group_said(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
+/// What the WhatsApp group's messages say (texts, or templates' first parameter), in order.
+pub(crate) fn group_said(sim: &WhatsAppSim, gid: &str) -> Vec<String> {
     sim.group(gid)
         .and_then(|g| g["messages"].as_array().cloned())
         .unwrap_or_default()
