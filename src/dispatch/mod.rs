@@ -111,6 +111,9 @@ struct Queued {
 #[derive(Default)]
 struct Queues {
     by_key: HashMap<String, VecDeque<Queued>>,
+    /// Keys another instance holds, and until when this one leaves them alone (their events
+    /// stay in the store; a rescan after that finds them).
+    refused: HashMap<String, Instant>,
     /// Ids taken from the store and not finished yet.
     taken: HashSet<i64>,
 }
@@ -235,6 +238,9 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             _ => None,
         };
         let mut q = self.queues();
+        if q.refused.get(&route.key).is_some_and(|until| *until > Instant::now()) {
+            return; // another instance holds the key: asked again after a while, not at once
+        }
         if !q.taken.insert(row.id) {
             return; // already queued or being decided
         }
@@ -263,6 +269,11 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             Ok(Some(claim)) => claim,
             Ok(None) => {
                 tracing::debug!(%key, "another instance decides this key now; left to it");
+                let until = Instant::now() + self.policy.shared_rescan_every * 2;
+                let mut q = self.queues();
+                q.refused.retain(|_, at| *at > Instant::now());
+                q.refused.insert(key.clone(), until);
+                drop(q);
                 return self.drop_key(&key);
             }
             Err(e) => {
