@@ -13,6 +13,20 @@ use url::Url;
 
 mod lenient;
 
+/// The config crate quotes the value it could not take (`invalid type: string "…", expected a
+/// map`): that value can be a whole broken file, secrets and all. Said without it.
+fn without_value(message: &str) -> String {
+    const TYPE: &str = "invalid type: ";
+    let Some(at) = message.find(TYPE) else { return message.to_owned() };
+    let rest = &message[at + TYPE.len()..];
+    match (rest.find(" \""), rest.rfind("\", expected")) {
+        (Some(quote), Some(end)) if end > quote => {
+            format!("{}{}{}", &message[..at + TYPE.len()], &rest[..quote], &rest[end + 1..])
+        }
+        _ => message.to_owned(),
+    }
+}
+
 /// Prefix of environment overrides: `WAGB__WHATSAPP__ACCESSTOKEN`.
 pub const ENV_PREFIX: &str = "WAGB";
 
@@ -686,7 +700,7 @@ fn read_raw(source: &ConfigSource) -> Result<RawRead, ConfigError> {
     let file_only = builder
         .build_cloned()
         .and_then(|c| c.try_deserialize::<serde_json::Value>())
-        .map_err(|e| ConfigError::Load(e.to_string()))?;
+        .map_err(|e| ConfigError::Load(without_value(&e.to_string())))?;
     // Environment values stay text (a numeric secret keeps its leading zeros); each key's
     // reader takes the number or flag it needs from the text.
     let mut env_only = config::Config::builder()
@@ -698,7 +712,9 @@ fn read_raw(source: &ConfigSource) -> Result<RawRead, ConfigError> {
         )
         .build()
         .and_then(|c| c.try_deserialize::<serde_json::Value>())
-        .map_err(|e| ConfigError::Load(format!("environment overrides: {e}")))?;
+        .map_err(|e| {
+            ConfigError::Load(format!("environment overrides: {}", without_value(&e.to_string())))
+        })?;
     // Lists come comma-separated: WAGB__ENTITLEMENTS__ADVISORS=8100002,bob@example.com
     if let Some(advisors) = env_only.pointer_mut("/entitlements/advisors")
         && let Some(text) = advisors.as_str()
@@ -1128,6 +1144,18 @@ mod tests {
         let file = write(dir, "bot-config.yaml", yaml);
         let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Config::load_from(&ConfigSource { file: Some(file), env: Some(env) })
+    }
+
+    /// Found by fuzzing: a file that is one string, not a mapping, was quoted whole in the
+    /// error — secrets and all.
+    #[test]
+    fn a_file_that_is_not_a_mapping_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(dir.path(), "sc~~~~~APPSECRET=s3cr3t-value-42 WAGB9\n", &[])
+            .expect_err("not a mapping");
+        let said = err.to_string();
+        assert!(said.contains("invalid type: string, expected a map"), "{said}");
+        assert!(!said.contains("s3cr3t-value-42"), "the file's text is shown: {said}");
     }
 
     #[test]
