@@ -6,6 +6,12 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET ...]     targets: `cargo fuzz list` (default: all)
 #   FUZZ_SEED=1 scripts/fuzz.sh 20              a fixed seed: the same inputs on every run (CI)
+#   FUZZ_RUNS=10000000 FUZZ_SANITIZER=none scripts/fuzz.sh 86400
+#                                               a long run: each target stops after 10 million
+#                                               executions (SECONDS is then only an upper bound),
+#                                               built without AddressSanitizer (2-3x the executions
+#                                               a second; safe Rust needs it little) in its own
+#                                               target directory, target/fuzz-none
 #
 # cargo-fuzz is installed when missing (`cargo install cargo-fuzz --locked`). It passes
 # nightly-only `-Z` flags (the sanitizer, coverage counters) to rustc: RUSTC_BOOTSTRAP=1 lets the
@@ -31,8 +37,13 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo fuzz list)
 fi
 
-# One build for every target (release, with debug assertions and ASan).
-cargo fuzz build -O --debug-assertions
+sanitizer=${FUZZ_SANITIZER:-address}
+build_args=(-O --debug-assertions -s "$sanitizer")
+if [ "$sanitizer" != address ]; then
+  build_args+=(--target-dir "target/fuzz-$sanitizer")
+fi
+# One build for every target (release, with debug assertions and, by default, ASan).
+cargo fuzz build "${build_args[@]}"
 
 total=0
 for target in "${targets[@]}"; do
@@ -40,9 +51,10 @@ for target in "${targets[@]}"; do
   mkdir -p "$work" "fuzz/corpus/$target"
   log=$(mktemp)
   status=0
-  cargo fuzz run -O --debug-assertions "$target" "$work" "fuzz/corpus/$target" -- \
+  started=$SECONDS
+  cargo fuzz run "${build_args[@]}" "$target" "$work" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
-    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} \
     >"$log" 2>&1 || status=$?
   runs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -n 1)
   if [ "$status" -ne 0 ]; then
@@ -52,7 +64,7 @@ for target in "${targets[@]}"; do
     exit 1
   fi
   rm -f "$log"
-  echo "fuzz: $target: ${runs:-0} executions in ${seconds} s, no crash"
+  echo "fuzz: $target: ${runs:-0} executions in $((SECONDS - started)) s, no crash"
   total=$((total + ${runs:-0}))
 done
 echo "fuzz: ${#targets[@]} targets, $total executions, no crash"
