@@ -180,24 +180,38 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         } else {
             self.policy.rescan_every
         };
+        // Keys passed over in this pass of the queue (another instance holds them): their later
+        // events are passed over too, so that a key never starts on an event ahead of an
+        // earlier one of its own.
+        let mut passed_over: HashSet<String> = HashSet::new();
+        let mut more = false;
         loop {
-            if last_scan.elapsed() >= rescan_every {
-                cursor = 0; // events an administrator put back are below the cursor
+            if !more && (self.shared || last_scan.elapsed() >= rescan_every) {
+                // Events an administrator put back are below the cursor; with other instances
+                // on the store, so can be events whose ids committed out of order: every pass
+                // then reads the queue from its start, so that a key's events are seen together,
+                // earliest first.
+                cursor = 0;
                 last_scan = Instant::now();
             }
-            let mut more = false;
+            if !more {
+                passed_over.clear();
+            }
             match self.store.pending_inbound(cursor, 500) {
                 Ok(rows) => {
                     more = rows.len() == 500;
                     for row in rows {
                         cursor = cursor.max(row.id);
-                        self.take(row, &mut workers);
+                        self.take(row, &mut workers, &mut passed_over);
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "the inbound queue cannot be read; retrying"),
+                Err(e) => {
+                    more = false;
+                    tracing::error!(error = %e, "the inbound queue cannot be read; retrying");
+                }
             }
             if more {
-                continue;
+                continue; // the rest of this pass
             }
             tokio::select! {
                 () = cancel.cancelled() => {
@@ -225,7 +239,12 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     /// Queues a row behind its key, starting the key's worker if it has none. With other
     /// instances on the store, a Symphony event goes before the key's not-started Symphony
     /// events posted after it.
-    fn take(self: &Arc<Self>, row: InboundRow, workers: &mut JoinSet<()>) {
+    fn take(
+        self: &Arc<Self>,
+        row: InboundRow,
+        workers: &mut JoinSet<()>,
+        passed_over: &mut HashSet<String>,
+    ) {
         let decoded = Event::decode(&row);
         let route = match &decoded {
             Ok(event) => self.decider.route(&self.store, event),
@@ -238,8 +257,12 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             _ => None,
         };
         let mut q = self.queues();
-        if q.refused.get(&route.key).is_some_and(|until| *until > Instant::now()) {
-            return; // another instance holds the key: asked again after a while, not at once
+        if passed_over.contains(&route.key)
+            || q.refused.get(&route.key).is_some_and(|until| *until > Instant::now())
+        {
+            // Another instance holds the key: asked again after a while, not at once.
+            passed_over.insert(route.key);
+            return;
         }
         if !q.taken.insert(row.id) {
             return; // already queued or being decided

@@ -172,7 +172,13 @@ fn user_at(v: &Value, path: &[&str]) -> Option<UserId> {
 pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
     let id = raw.get("id")?.as_str()?.to_owned();
     let kind_name = raw.get("type").and_then(Value::as_str).unwrap_or_default();
-    let timestamp = raw.get("timestamp").and_then(Value::as_i64).unwrap_or_default();
+    // A message's own timestamp (its ingestion by the pod) is the one the message history gives
+    // too: events of one room are ordered by it whichever way they came (datafeed, catch-up).
+    let timestamp = raw
+        .pointer("/payload/messageSent/message/timestamp")
+        .or_else(|| raw.get("timestamp"))
+        .and_then(Value::as_i64)
+        .unwrap_or_default();
     let initiator = user_at(raw, &["initiator", "user"]);
     let p = raw.get("payload").cloned().unwrap_or(Value::Null);
     let stream_of = |key: &str| str_at(&p, &[key, "stream", "streamId"]).map(StreamId::new);
@@ -330,6 +336,21 @@ mod tests {
             matches!(&events[2].kind, SymphonyEventKind::RoomUpdated { name: Some(n), .. } if n == "Desk EMEA (FX)")
         );
         assert!(matches!(events[3].kind, SymphonyEventKind::InstantMessageCreated { .. }));
+    }
+
+    #[test]
+    fn a_message_is_timed_by_its_own_timestamp_as_the_history_gives_it() {
+        // The event's timestamp and its message's can differ; the catch-up only sees the
+        // message's, and a room's events are ordered by it whichever way they came.
+        let raw = serde_json::json!({"id": "e1", "type": "MESSAGESENT", "timestamp": 1_000_050_i64,
+            "payload": {"messageSent": {"message": {
+            "messageId": "m1", "timestamp": 1_000_000_i64,
+            "message": "<div data-format=\"PresentationML\" data-version=\"2.0\">hi</div>",
+            "user": {"userId": 7}, "stream": {"streamId": "s1", "streamType": "ROOM"}}}}});
+        assert_eq!(map_event(&raw).expect("mapped").timestamp, 1_000_000);
+        let other = serde_json::json!({"id": "e2", "type": "ROOMUPDATED", "timestamp": 1_000_050_i64,
+            "payload": {"roomUpdated": {"stream": {"streamId": "s1"}}}});
+        assert_eq!(map_event(&other).expect("mapped").timestamp, 1_000_050);
     }
 
     #[test]

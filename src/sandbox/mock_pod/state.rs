@@ -18,8 +18,9 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// A message's ingestion time: the clock in ms, but always after the previous message's, as a
-/// pod orders its messages (so that paging by `since` never stalls on equal timestamps).
+/// A message's or an event's time: the clock in ms, but always after the previous one's, as a
+/// pod orders its messages (so that paging by `since` never stalls on equal timestamps). One
+/// clock for both, so that a room's events and messages compare as the pod ordered them.
 fn next_message_ms() -> i64 {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
@@ -264,9 +265,15 @@ impl PodState {
         message_id: Option<&str>,
     ) {
         let key = payload_key(kind);
+        // A MESSAGESENT carries its message's timestamp: the event is the message's ingestion.
+        let timestamp = payload
+            .get("message")
+            .and_then(|m| m.get("timestamp"))
+            .and_then(Value::as_i64)
+            .unwrap_or_else(next_message_ms);
         let mut event = json!({
             "id": random_id(9),
-            "timestamp": now_ms(),
+            "timestamp": timestamp,
             "type": kind,
             "initiator": {"user": self.v4_user(initiator)},
             "payload": {key: payload},
