@@ -60,6 +60,11 @@ pub struct DispatchPolicy {
     /// earlier one of its room that another instance read at the same moment is decided first
     /// (longer than `shared_rescan_every`: the holder of the room's key finds it by then).
     pub shared_hold_back: Duration,
+    /// With other instances: how long after this instance last failed to reach the store a
+    /// Symphony event waits before it is decided. Every instance holds the batches it read
+    /// while the store was away and stores them when it comes back, each at its own moment:
+    /// this lets an earlier batch another instance is still storing go first.
+    pub shared_hold_after_outage: Duration,
 }
 
 impl Default for DispatchPolicy {
@@ -74,6 +79,7 @@ impl Default for DispatchPolicy {
             shared_rescan_every: Duration::from_millis(100),
             claim_ttl: Duration::from_secs(15),
             shared_hold_back: Duration::from_millis(250),
+            shared_hold_after_outage: Duration::from_secs(3),
         }
     }
 }
@@ -134,6 +140,8 @@ pub struct Dispatcher<L> {
     committer: Mutex<Option<mpsc::Receiver<Job>>>,
     /// Whether other instances share the store.
     shared: bool,
+    /// When this instance last failed to reach the store.
+    store_trouble: Mutex<Option<Instant>>,
 }
 
 impl<L: LiveReads + 'static> Dispatcher<L> {
@@ -158,11 +166,27 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             jobs,
             committer: Mutex::new(Some(committer)),
             shared,
+            store_trouble: Mutex::new(None),
         }
     }
 
     fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store_failed(&self) {
+        *self.store_trouble.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// How long a Symphony event seen at `seen` still waits (with other instances on the
+    /// store): until `shared_hold_back` after it was seen, and `shared_hold_after_outage` after
+    /// this instance last failed to reach the store.
+    fn hold(&self, seen: Instant) -> Duration {
+        let trouble = *self.store_trouble.lock().unwrap_or_else(|e| e.into_inner());
+        let after_outage = trouble.map_or(Duration::ZERO, |at| {
+            self.policy.shared_hold_after_outage.saturating_sub(at.elapsed())
+        });
+        self.policy.shared_hold_back.saturating_sub(seen.elapsed()).max(after_outage)
     }
 
     /// Runs until cancelled, woken by `wake` when events are persisted.
@@ -207,7 +231,13 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                 }
                 Err(e) => {
                     more = false;
+                    self.store_failed();
                     tracing::error!(error = %e, "the inbound queue cannot be read; retrying");
+                    // Not again at once: woken workers failing fast would make this spin.
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                 }
             }
             if more {
@@ -300,6 +330,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                 return self.drop_key(&key);
             }
             Err(e) => {
+                self.store_failed();
                 tracing::warn!(%key, error = %e, "the key could not be claimed; tried again soon");
                 return self.drop_key(&key);
             }
@@ -312,12 +343,8 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     Some(next) => {
                         // A Symphony event waits a moment, so that an earlier one another
                         // instance is storing right now goes first.
-                        let wait = next
-                            .posted_at
-                            .map(|_| {
-                                self.policy.shared_hold_back.saturating_sub(next.seen.elapsed())
-                            })
-                            .filter(|w| !w.is_zero());
+                        let wait =
+                            next.posted_at.map(|_| self.hold(next.seen)).filter(|w| !w.is_zero());
                         if wait.is_none() {
                             next.started = true;
                         }

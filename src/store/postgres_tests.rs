@@ -496,7 +496,8 @@ fn tls_with_sslmode_require_is_verified_against_the_ca_given() {
 #[test]
 fn an_outbox_head_goes_to_one_instance_until_its_lease_ends() {
     let Some(db) = db("an_outbox_head_goes_to_one_instance_until_its_lease_ends") else { return };
-    let a = Arc::new(open(&db).with_outbox_lease(Duration::from_millis(400)));
+    // Long enough that a loaded machine checks B before it ends.
+    let a = Arc::new(open(&db).with_outbox_lease(Duration::from_secs(2)));
     let b = Arc::new(open(&db));
     let a_store = Store::from_backend(a.clone());
     a_store

@@ -228,6 +228,12 @@ impl MockPod {
         self.shared.lock().stats.clone()
     }
 
+    /// The ids of the messages whose datafeed event was handed out more than once (its reader
+    /// did not acknowledge it in time, as when it was killed).
+    pub fn redelivered_messages(&self) -> std::collections::HashSet<String> {
+        self.shared.lock().redelivered_messages.clone()
+    }
+
     /// An IM/MIM between users (the first is the creator), as `POST /_sandbox/ims`.
     pub fn create_im(&self, members: &[i64]) -> Result<String, MockPodError> {
         let first = *members.first().ok_or_else(|| MockPodError::Request("no members".into()))?;

@@ -176,6 +176,9 @@ pub(crate) struct PodState {
     pub feeds: HashMap<String, Feed>,
     pub faults: crate::sandbox::faults::Faults,
     pub stats: PodStats,
+    /// The messages whose MESSAGESENT was handed out again (a reader died before acknowledging
+    /// it): what may come to a bot after later messages of its room.
+    pub redelivered_messages: std::collections::HashSet<String>,
     /// Told of every post and datafeed read (benchmarks).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<super::PodObservation>>,
 }
@@ -193,6 +196,7 @@ impl PodState {
             feeds: HashMap::new(),
             faults: Default::default(),
             stats: PodStats::default(),
+            redelivered_messages: std::collections::HashSet::new(),
             observer: None,
         }
     }
@@ -671,6 +675,9 @@ impl PodState {
         for e in feed.queue.iter_mut().filter(|e| e.visible_at <= now).take(100) {
             if e.deliveries > 0 {
                 redelivered += 1;
+                if let Some(id) = e.event.get("messageId").and_then(Value::as_str) {
+                    self.redelivered_messages.insert(id.to_owned());
+                }
             }
             e.deliveries += 1;
             e.batch = Some(batch_id.clone());
