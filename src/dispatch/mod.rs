@@ -275,6 +275,9 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         workers: &mut JoinSet<()>,
         passed_over: &mut HashSet<String>,
     ) {
+        if self.queues().taken.contains(&row.id) {
+            return; // already queued or being decided (and its route read from the store then)
+        }
         let decoded = Event::decode(&row);
         let route = match &decoded {
             Ok(event) => self.decider.route(&self.store, event),
