@@ -611,17 +611,20 @@ fn type_problem(path: &str, error: &serde_json::Error) -> String {
     let message =
         match message.strip_prefix("invalid type: ").and_then(|m| m.split_once(", expected ")) {
             Some((got, expected)) => {
-                let expected = if expected.starts_with("struct ") {
-                    "a section (a map of keys)"
+                let section = expected.starts_with("struct ");
+                let expected = if section { "a section (a map of keys)" } else { expected };
+                let got = if section && got.starts_with("string ") {
+                    // A section written as one string may hold its secrets (`whatsapp:
+                    // "appSecret: …"`): its text is not repeated.
+                    "a string (not shown: a section can hold secrets)".to_owned()
                 } else {
-                    expected
+                    got.replace('`', "")
                 };
-                let got = got.replace('`', "");
                 format!("expected {expected}, got {got}")
             }
             None => message,
         };
-    if is_secret_key(path) && !message.contains("not shown") {
+    if is_secret_key(path) && !message.contains("(the value is not shown") {
         let expected = message
             .strip_prefix("expected ")
             .and_then(|m| m.split(", got").next())
@@ -1359,6 +1362,26 @@ mod tests {
         assert_eq!(cfg.whatsapp.app_secret.expose_secret(), "0012345", "leading zeros kept");
         assert_eq!(cfg.whatsapp.webhook.verify_token.expose_secret(), "777");
         assert_eq!(cfg.symphony.retry.multiplier, 1.5);
+    }
+
+    #[test]
+    fn a_section_written_as_one_string_is_refused_without_its_text() {
+        // Found by the config fuzz target: the section's text was quoted, and it can be where a
+        // secret was written in the wrong shape.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n\
+             whatsapp: \"appSecret: s3cret-app\"\n",
+            &[],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("whatsapp: expected a section (a map of keys), got a string (not shown"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "the text is shown:\n{text}");
     }
 
     #[test]
