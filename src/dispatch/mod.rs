@@ -221,7 +221,13 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             if !more {
                 passed_over.clear();
             }
-            match self.store.pending_inbound(cursor, 500) {
+            let page = if self.shared {
+                let held: Vec<i64> = self.queues().taken.iter().copied().collect();
+                self.store.pending_inbound_except(cursor, 500, &held)
+            } else {
+                self.store.pending_inbound(cursor, 500)
+            };
+            match page {
                 Ok(rows) => {
                     more = rows.len() == 500;
                     for row in rows {

@@ -322,6 +322,35 @@ pub trait StateStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Unprocessed, not set-aside events with an id above `after`, in arrival order.
     fn pending_inbound(&self, after: i64, limit: usize) -> Result<Vec<InboundRow>, StoreError>;
+    /// [`pending_inbound`](Self::pending_inbound) leaving out the events in `skip` (those an
+    /// instance already holds): with a shared store each pass reads the queue from its start,
+    /// and what is already held need not be read again. Up to `limit` rows not skipped.
+    fn pending_inbound_except(
+        &self,
+        after: i64,
+        limit: usize,
+        skip: &[i64],
+    ) -> Result<Vec<InboundRow>, StoreError> {
+        let skip: std::collections::HashSet<i64> = skip.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.pending_inbound(cursor, limit.max(1))?;
+            let full = page.len() >= limit.max(1);
+            for row in page {
+                cursor = row.id;
+                if !skip.contains(&row.id) {
+                    out.push(row);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
     /// Whether an event with this key was ever received (processed or not).
     fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError>;
     /// How many events were received from a source (tests and metrics).

@@ -833,6 +833,22 @@ impl StateStore for PostgresStore {
         )?)
     }
 
+    fn pending_inbound_except(
+        &self,
+        after: i64,
+        limit: usize,
+        skip: &[i64],
+    ) -> Result<Vec<InboundRow>, StoreError> {
+        // `NOT IN (subquery)` is hashed: the held ids are looked up, not scanned, per row.
+        inbound_rows(self.query(
+            "SELECT id, source, dedupe_key, payload, attempts, last_error FROM inbound_events
+             WHERE processed_at IS NULL AND failed_at IS NULL AND id > $1
+               AND id NOT IN (SELECT unnest($3::BIGINT[]))
+             ORDER BY id LIMIT $2",
+            params![after, limit as i64, skip.to_vec()],
+        )?)
+    }
+
     fn has_inbound(&self, source: Source, dedupe_key: &str) -> Result<bool, StoreError> {
         Ok(!self
             .query(

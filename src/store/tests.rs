@@ -70,6 +70,26 @@ fn duplicate_inbound_events_are_stored_once_and_processed_once() {
 }
 
 #[test]
+fn pending_events_can_be_read_leaving_out_those_already_held() {
+    for (name, store) in backends() {
+        for k in 0..7 {
+            store.enqueue_inbound(Source::WhatsApp, &format!("k{k}"), &json!(k)).expect("insert");
+        }
+        let all: Vec<i64> =
+            store.pending_inbound(0, 10).expect("pending").iter().map(|r| r.id).collect();
+        let held = [all[0], all[2], all[3]];
+        let ids = |rows: Vec<InboundRow>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        // Up to `limit` rows not held, in order, from the start or after a cursor.
+        let first = ids(store.pending_inbound_except(0, 2, &held).expect("page"));
+        assert_eq!(first, vec![all[1], all[4]], "{name}");
+        let rest = ids(store.pending_inbound_except(all[4], 10, &held).expect("rest"));
+        assert_eq!(rest, vec![all[5], all[6]], "{name}");
+        assert_eq!(ids(store.pending_inbound_except(0, 10, &[]).expect("none held")), all);
+        assert!(store.pending_inbound_except(0, 10, &all).expect("all held").is_empty(), "{name}");
+    }
+}
+
+#[test]
 fn a_decision_that_fails_leaves_no_state_no_effects_and_its_event_pending() {
     for (name, store) in backends() {
         store.enqueue_inbound(Source::Symphony, "e1", &json!(1)).expect("insert");
