@@ -687,8 +687,57 @@ fn deserialize_every_key(
 }
 
 /// The file and the environment merged into the raw shape.
+/// Keys the config crate would read as paths into lists (`templates[2469135780]`): it makes the
+/// list that long, and one such key asks for hundreds of gigabytes (found by the config fuzz
+/// target). No key of ours has brackets; each one found is a problem.
+fn bracketed_keys(source: &ConfigSource) -> Vec<String> {
+    fn walk(node: &yaml_rust2::Yaml, at: &str, found: &mut Vec<String>) {
+        match node {
+            yaml_rust2::Yaml::Hash(map) => {
+                for (key, value) in map {
+                    let name = key.as_str().map(str::to_owned).unwrap_or_default();
+                    let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
+                    if name.contains(['[', ']']) {
+                        found.push(format!("{path}: a key cannot hold `[` or `]`"));
+                    }
+                    walk(value, &path, found);
+                }
+            }
+            yaml_rust2::Yaml::Array(items) => {
+                for item in items {
+                    walk(item, at, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    // A file that cannot be read or parsed is reported by the config crate, as before.
+    if let Some(text) = source.file.as_ref().and_then(|f| std::fs::read_to_string(f).ok())
+        && let Ok(docs) = yaml_rust2::YamlLoader::load_from_str(&text)
+    {
+        for doc in &docs {
+            walk(doc, "", &mut found);
+        }
+    }
+    let env: Vec<String> = match &source.env {
+        Some(env) => env.keys().cloned().collect(),
+        None => std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect(),
+    };
+    for name in env {
+        if name.to_ascii_uppercase().starts_with(ENV_PREFIX) && name.contains(['[', ']']) {
+            found.push(format!("environment variable {name}: a name cannot hold `[` or `]`"));
+        }
+    }
+    found
+}
+
 fn read_raw(source: &ConfigSource) -> Result<RawRead, ConfigError> {
     let mut builder = config::Config::builder();
+    let bracketed = bracketed_keys(source);
+    if !bracketed.is_empty() {
+        return Err(ConfigError::Invalid(bracketed));
+    }
     if let Some(file) = &source.file {
         if !file.exists() {
             return Err(ConfigError::Load(format!(
@@ -1362,6 +1411,30 @@ mod tests {
         assert_eq!(cfg.whatsapp.app_secret.expose_secret(), "0012345", "leading zeros kept");
         assert_eq!(cfg.whatsapp.webhook.verify_token.expose_secret(), "777");
         assert_eq!(cfg.symphony.retry.multiplier, 1.5);
+    }
+
+    #[test]
+    fn a_key_with_a_list_index_is_refused_before_it_is_read() {
+        // Found by the config fuzz target: the config crate read `templates[2469135780]` as an
+        // index and made a list that long (an allocation of 237 GB: the process aborted).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(
+            dir.path(),
+            "host: h\nbot: {username: b, privateKey: {path: bot.pem}}\n\
+             templates[2469135780]: .\nwhatsapp: {webhook: {\"a[1]\": x}}\n",
+            &[("WAGB__STORE[99999999999]", "1")],
+        )
+        .expect_err("invalid");
+        let ConfigError::Invalid(problems) = &err else { panic!("{err}") };
+        assert_eq!(
+            problems,
+            &[
+                "templates[2469135780]: a key cannot hold `[` or `]`",
+                "whatsapp.webhook.a[1]: a key cannot hold `[` or `]`",
+                "environment variable WAGB__STORE[99999999999]: a name cannot hold `[` or `]`",
+            ],
+            "{err}"
+        );
     }
 
     #[test]
