@@ -44,10 +44,10 @@ fuzz_target!(|input: &[u8]| {
             let secret = ["accesstoken", "appsecret", "verifytoken", "store__url"]
                 .iter()
                 .any(|s| lower.ends_with(s));
-            // A non-secret value (of the environment or the file), or a variable's name, may
-            // itself contain the secret's text, and is rightly shown.
+            // A non-secret value (of the environment or the file), or a variable's name (its
+            // own too), may itself contain the secret's text, and is rightly shown.
             let inside_another = env.iter().any(|(other, v)| {
-                other != name && (v.contains(value.trim()) || other.contains(value.trim()))
+                (other != name && v.contains(value.trim())) || other.contains(value.trim())
             }) || yaml.contains(value.trim());
             if secret && value.trim().len() >= 6 && !inside_another {
                 assert!(!shown.contains(value.trim()), "{name}'s value is shown: {shown}");
