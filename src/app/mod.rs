@@ -282,6 +282,7 @@ impl Bot {
             metrics: metrics.clone(),
             dispatcher: wake.clone(),
             names: Default::default(),
+            recorder: Default::default(),
         });
         let housekeeping = Housekeeping {
             store: store.clone(),

@@ -95,10 +95,10 @@ impl Event {
             |e: serde_json::Error| DecideError::Permanent(format!("undecodable stored event: {e}"));
         Ok(match row.source {
             Source::Outcome => {
-                Event::Outcome(serde_json::from_value(row.payload.clone()).map_err(undecodable)?)
+                Event::Outcome(serde::Deserialize::deserialize(&row.payload).map_err(undecodable)?)
             }
             Source::Symphony | Source::WhatsApp => {
-                Event::Inbound(serde_json::from_value(row.payload.clone()).map_err(undecodable)?)
+                Event::Inbound(serde::Deserialize::deserialize(&row.payload).map_err(undecodable)?)
             }
         })
     }

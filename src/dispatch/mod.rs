@@ -28,8 +28,8 @@ const MAX_BATCH: usize = 64;
 
 /// An event read live and ready to be decided, waiting for the committer.
 struct Job {
-    row: InboundRow,
-    event: Event,
+    row: Arc<InboundRow>,
+    event: Arc<Event>,
     prepared: Prepared,
     claim: Claim,
     /// Whether effects were queued, or why it was not decided.
@@ -101,7 +101,9 @@ impl DispatchPolicy {
 /// An event waiting in its key's queue.
 #[derive(Clone)]
 struct Queued {
-    row: InboundRow,
+    row: Arc<InboundRow>,
+    /// The row decoded (`None`: undecodable, said again when it is decided).
+    event: Option<Arc<Event>>,
     route: Route,
     /// A Symphony event's pod timestamp: with several instances, a key's Symphony events are
     /// decided in this order (each instance persists what its own datafeed reads, so a room's
@@ -295,6 +297,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             }
             _ => None,
         };
+        let event = decoded.ok().map(Arc::new);
         let mut q = self.queues();
         if passed_over.contains(&route.key)
             || q.refused.get(&route.key).is_some_and(|until| *until > Instant::now())
@@ -309,7 +312,14 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         let key = route.key.clone();
         let start = !q.by_key.contains_key(&key);
         let queue = q.by_key.entry(key.clone()).or_default();
-        let item = Queued { row, route, posted_at, seen: Instant::now(), started: false };
+        let item = Queued {
+            row: Arc::new(row),
+            event,
+            route,
+            posted_at,
+            seen: Instant::now(),
+            started: false,
+        };
         let at = posted_at.and_then(|t| {
             queue.iter().position(|e| !e.started && e.posted_at.is_some_and(|other| other > t))
         });
@@ -357,7 +367,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                         if wait.is_none() {
                             next.started = true;
                         }
-                        (next.row.clone(), next.route.clone(), wait)
+                        (next.row.clone(), next.event.clone(), next.route.clone(), wait)
                     }
                     None => {
                         q.by_key.remove(&key);
@@ -365,12 +375,12 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                     }
                 }
             };
-            let (row, route, wait) = next;
+            let (row, event, route, wait) = next;
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            if !self.handle(&row, &route, &claim).await {
+            if !self.handle(&row, event.as_ref(), &route, &claim).await {
                 tracing::warn!(%key, "the key's claim was lost (this instance stalled); left to its new holder");
                 return self.drop_key(&key);
             }
@@ -399,14 +409,20 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     /// Decides one event: retried until it commits, or set aside. `false` when the key's
     /// claim was lost: the event is left undecided, to the key's new holder.
     #[tracing::instrument(skip_all, fields(event = row.id, key = %route.key, source = row.source.as_str()))]
-    async fn handle(&self, row: &InboundRow, route: &Route, claim: &Claim) -> bool {
+    async fn handle(
+        &self,
+        row: &Arc<InboundRow>,
+        event: Option<&Arc<Event>>,
+        route: &Route,
+        claim: &Claim,
+    ) -> bool {
         let started = Instant::now();
         let mut attempts = row.attempts;
         let mut not_yet = 0u32;
         loop {
             let result = {
                 let Ok(_permit) = self.permits.acquire().await else { return true };
-                AssertUnwindSafe(self.decide_once(row, claim))
+                AssertUnwindSafe(self.decide_once(row, event, claim))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| Err(DecideError::Permanent("deciding it panicked".into())))
@@ -454,8 +470,16 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
 
     /// One attempt: read live, then decide and commit (with whatever other decisions are
     /// ready at the same moment). `Ok(true)` when effects were queued.
-    async fn decide_once(&self, row: &InboundRow, claim: &Claim) -> Result<bool, DecideError> {
-        let event = Event::decode(row)?;
+    async fn decide_once(
+        &self,
+        row: &Arc<InboundRow>,
+        event: Option<&Arc<Event>>,
+        claim: &Claim,
+    ) -> Result<bool, DecideError> {
+        let event = match event {
+            Some(event) => event.clone(),
+            None => Arc::new(Event::decode(row)?),
+        };
         let prepared = self.decider.prepare(&self.store, &event).await?;
         let (reply, answer) = oneshot::channel();
         let job = Job { row: row.clone(), event, prepared, claim: claim.clone(), reply };
@@ -470,6 +494,9 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     /// one commit for many decisions under load, at once for one alone).
     async fn commit_loop(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
         while let Some(first) = jobs.recv().await {
+            // Under load, the workers that are ready get to hand in their decisions first:
+            // one commit then carries many (a commit's log write is most of its cost).
+            tokio::task::yield_now().await;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {

@@ -189,6 +189,24 @@ fn claiming_the_next_effect_does_not_read_the_backlog_behind_it() {
 }
 
 #[test]
+fn the_queue_reads_are_compiled_once_whatever_values_they_are_given() {
+    // The dispatcher and the executor read their queues thousands of times a second under a
+    // burst, each time with a new cursor or clock: none of those reads may compile its query
+    // again (SQLite does when a plan depended on a bound value).
+    let sqlite = Arc::new(SqliteStore::open_in_memory().expect("store"));
+    let store = Store::from_backend(sqlite.clone());
+    let effects: Vec<QueuedEffect> = (0..20).map(|i| (format!("k{i}"), json!({"n": i}))).collect();
+    store.transaction(|tx| tx.queue_effects(&effects)).expect("queue");
+    for i in 0..20 {
+        store
+            .enqueue_inbound(Source::WhatsApp, &format!("e{i}"), &json!({"n": i}))
+            .expect("insert");
+    }
+    let values: Vec<i64> = (1..=10).collect();
+    assert_eq!(sqlite.queue_reads_reprepared(&values).expect("reads"), 0);
+}
+
+#[test]
 fn set_aside_events_are_listed_retried_and_never_handed_out_meanwhile() {
     for (name, store) in backends() {
         store.enqueue_inbound(Source::WhatsApp, "bad", &json!({"x": 1})).expect("insert");

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 mod create;
+mod recorder;
 mod relay;
 
 pub use create::{ROOM_DESCRIPTION, carries_marker, room_description, wa_description};
@@ -21,7 +22,7 @@ use super::{Effect, Outcome};
 use crate::config::{RetryConfig, TemplateRef};
 use crate::domain::{ContactState, E164, GroupKey, WaMessageRecord};
 use crate::metrics::{Metrics, RelayDirection};
-use crate::store::{GroupRepo, OutboxRow, Source, Store, StoreError, now_ms};
+use crate::store::{GroupRepo, OutboxRow, Source, Store, StoreError, Tx, now_ms};
 use crate::symphony::SymphonyClient;
 use crate::templates::Templates;
 use crate::whatsapp::{Recipient, TemplateParam, WhatsAppClient};
@@ -124,6 +125,8 @@ pub struct EffectExecutor {
     /// Advisors' display names read while their room was being made, for the WhatsApp group's
     /// description that follows (a cache: the names are read again when missing or old).
     pub names: create::NameCache,
+    /// Commits what performed effects leave, several at once.
+    pub recorder: recorder::Recorder,
 }
 
 impl EffectExecutor {
@@ -196,7 +199,7 @@ impl EffectExecutor {
 
     #[tracing::instrument(skip_all, fields(effect = row.id, key = %row.order_key))]
     async fn try_attempt(&self, row: &OutboxRow) -> Result<(), StoreError> {
-        let effect: Effect = match serde_json::from_value(row.effect.clone()) {
+        let effect: Effect = match serde::Deserialize::deserialize(&row.effect) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(id = row.id, error = %e, "an unreadable effect is given up");
@@ -219,19 +222,17 @@ impl EffectExecutor {
                 let has_outcome = outcome.is_some();
                 // Performed: from now on only its record is retried, never the effect (a
                 // store that cannot write must not make a message go twice).
-                self.record(id, move |store| {
-                    store.transaction(|tx| {
-                        for record in &sent {
-                            tx.record_wa_message(record)?;
-                        }
-                        if let Some((wa, symphony)) = &posted {
-                            tx.set_wa_message_symphony(wa, symphony)?;
-                        }
-                        if let Some(outcome) = &outcome {
-                            tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), outcome)?;
-                        }
-                        tx.finish_effect(id, None)
-                    })
+                self.record(id, move |tx| {
+                    for record in &sent {
+                        tx.record_wa_message(record)?;
+                    }
+                    if let Some((wa, symphony)) = &posted {
+                        tx.set_wa_message_symphony(wa, symphony)?;
+                    }
+                    if let Some(outcome) = &outcome {
+                        tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), outcome)?;
+                    }
+                    tx.finish_effect(id, None)
                 })
                 .await;
                 crate::crashpoint::reached("an effect done");
@@ -255,11 +256,9 @@ impl EffectExecutor {
                     serde_json::to_value(Outcome::Failed { effect, reason: f.message.clone() })?;
                 // Given up: recorded once the store takes it, not tried again meanwhile.
                 let (id, reason) = (row.id, f.message.clone());
-                self.record(id, move |store| {
-                    store.transaction(|tx| {
-                        tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), &outcome)?;
-                        tx.finish_effect(id, Some(&reason))
-                    })
+                self.record(id, move |tx| {
+                    tx.enqueue_inbound(Source::Outcome, &format!("outbox:{id}"), &outcome)?;
+                    tx.finish_effect(id, Some(&reason))
                 })
                 .await;
                 self.dispatcher.notify_one();
@@ -275,17 +274,16 @@ impl EffectExecutor {
     async fn record(
         &self,
         id: i64,
-        write: impl Fn(&Store) -> Result<(), StoreError> + Send + Sync + 'static,
+        write: impl Fn(&dyn Tx) -> Result<(), StoreError> + Send + Sync + 'static,
     ) {
-        let write = Arc::new(write);
+        let write: recorder::Write = Arc::new(write);
         let mut failures = 0u32;
         loop {
-            let (store, attempt) = (self.store.clone(), write.clone());
-            let error = match tokio::task::spawn_blocking(move || attempt(&store)).await {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => {
-                    tracing::error!(id, error = %e, "recording an effect's result panicked");
+            let error = match self.recorder.write(&self.store, write.clone()).await {
+                Ok(()) => break,
+                Err(recorder::RecordError::Store(e)) => e.to_string(),
+                Err(recorder::RecordError::Lost) => {
+                    tracing::error!(id, "recording an effect's result panicked");
                     return;
                 }
             };
