@@ -136,27 +136,37 @@ impl EffectExecutor {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut busy: HashMap<tokio::task::Id, i64> = HashMap::new();
         loop {
-            let mut idle = self.until_next_due();
+            let mut idle = None;
             while busy.len() < PARALLEL_EFFECTS {
+                let room = PARALLEL_EFFECTS - busy.len();
                 let taken: Vec<i64> = busy.values().copied().collect();
-                let due = match self.store.due_outbox(PARALLEL_EFFECTS - busy.len(), &taken) {
+                let due = match self.store.due_outbox(room, &taken) {
                     Ok(due) => due,
                     Err(e) => {
                         tracing::error!(error = %e, "the outbox cannot be read; retrying");
-                        idle = Duration::from_secs(1);
+                        idle = Some(Duration::from_secs(1));
                         break;
                     }
                 };
-                if due.is_empty() {
-                    break;
-                }
+                let all = due.len() < room; // nothing else is due now: not asked again
                 for row in due {
                     let me = self.clone();
                     let id = row.id;
                     let handle = running.spawn(async move { me.attempt(row).await });
                     busy.insert(handle.id(), id);
                 }
+                if all {
+                    break;
+                }
             }
+            // With every slot taken, a finished effect wakes the loop; else the next due one.
+            let idle = idle.unwrap_or_else(|| {
+                if busy.len() < PARALLEL_EFFECTS {
+                    self.until_next_due()
+                } else {
+                    Duration::from_secs(5)
+                }
+            });
             tokio::select! {
                 () = cancel.cancelled() => {
                     // Stopping mid-call leaves the effects in the outbox: performed after the restart.
