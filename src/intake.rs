@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use crate::domain::UserId;
 use crate::events::{InboundEvent, SymphonyEvent};
 use crate::metrics::{EventSource, Metrics};
 use crate::store::{Source, Store, StoreError};
@@ -27,9 +28,15 @@ pub enum IntakeError {
 const PERSIST_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(20);
 const PERSIST_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Persists each batch (new events are counted, redeliveries recognised), advances the
-/// watermark, then wakes the dispatcher. An error leaves the batch unacknowledged.
-pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> BatchHandler {
+/// Persists each batch (new events are counted, redeliveries recognised; the messages `bot`
+/// sent itself are left out), advances the watermark, then wakes the dispatcher. An error
+/// leaves the batch unacknowledged.
+pub fn batch_handler(
+    store: Store,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    bot: UserId,
+) -> BatchHandler {
     Box::new(move |events: Vec<SymphonyEvent>| {
         let (store, metrics, wake) = (store.clone(), metrics.clone(), wake.clone());
         Box::pin(async move {
@@ -42,7 +49,7 @@ pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> Batch
                 let (store, metrics, batch) = (store.clone(), metrics.clone(), events.clone());
                 // Off the async workers: a locked store makes SQLite wait (up to 5 s).
                 let persisted =
-                    tokio::task::spawn_blocking(move || persist(&store, &metrics, &batch))
+                    tokio::task::spawn_blocking(move || persist(&store, &metrics, &batch, bot))
                         .await
                         .map_err(|e| e.to_string())?;
                 match persisted {
@@ -62,24 +69,32 @@ pub fn batch_handler(store: Store, metrics: Metrics, wake: Arc<Notify>) -> Batch
 }
 
 /// Enqueues the events, then records the latest timestamp: a crash in between only makes the
-/// next catch-up read a little more.
+/// next catch-up read a little more. The bot's own messages are not enqueued: they are never
+/// reacted to, and every reply would otherwise cost an event stored and decided (half the
+/// work of a burst of commands); they still move the watermark.
 pub fn persist(
     store: &Store,
     metrics: &Metrics,
     events: &[SymphonyEvent],
+    bot: UserId,
 ) -> Result<(), IntakeError> {
     let mut latest = None;
+    let mut kept = Vec::with_capacity(events.len());
     let mut payloads = Vec::with_capacity(events.len());
     for event in events {
-        payloads.push(serde_json::to_value(InboundEvent::Symphony(event.clone()))?);
         if event.timestamp > 0 {
             latest = latest.max(Some(event.timestamp));
         }
+        if event.is_own_message(bot) {
+            continue;
+        }
+        payloads.push(serde_json::to_value(InboundEvent::Symphony(event.clone()))?);
+        kept.push(event);
     }
     // One commit for the whole batch: a burst costs one WAL write, not one per event.
+    tracing::trace!(kept = kept.len(), "a commit");
     let fresh = store.transaction(|tx| -> Result<Vec<bool>, StoreError> {
-        events
-            .iter()
+        kept.iter()
             .zip(&payloads)
             .map(|(event, payload)| {
                 tx.enqueue_inbound(Source::Symphony, &event.dedupe_key(), payload)
@@ -245,7 +260,7 @@ async fn room_changes(store: &Store, catch_up: &CatchUp) -> Vec<SymphonyEvent> {
         .collect()
 }
 
-fn changed_user(kind: &crate::events::SymphonyEventKind) -> Option<crate::domain::UserId> {
+fn changed_user(kind: &crate::events::SymphonyEventKind) -> Option<UserId> {
     use crate::events::SymphonyEventKind as Kind;
     match kind {
         Kind::UserJoinedRoom { user, .. }
@@ -258,4 +273,45 @@ fn changed_user(kind: &crate::events::SymphonyEventKind) -> Option<crate::domain
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::StreamId;
+    use crate::events::{ReceivedMessage, SymphonyEventKind};
+
+    fn message(id: &str, sender: i64, at: i64) -> SymphonyEvent {
+        SymphonyEvent {
+            id: format!("ev-{id}"),
+            timestamp: at,
+            initiator: Some(UserId(sender)),
+            affected_name: None,
+            kind: SymphonyEventKind::MessageSent(ReceivedMessage {
+                message_id: id.into(),
+                stream: StreamId::from("im-1"),
+                stream_type: Some("IM".into()),
+                sender: UserId(sender),
+                sender_name: None,
+                sender_email: None,
+                text: "hello".into(),
+                mentions: Vec::new(),
+                presentation_ml: "<div>hello</div>".into(),
+                data: None,
+                attachments: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_bots_own_messages_are_not_queued_but_move_the_watermark() {
+        let store = Store::open_in_memory().expect("store");
+        let bot = UserId(9001);
+        let batch = [message("m1", 7, 1_000), message("m2", 9001, 2_000)];
+        persist(&store, &Metrics::default(), &batch, bot).expect("persisted");
+        let queued = store.pending_inbound(0, 10).expect("queue");
+        assert_eq!(queued.len(), 1, "only the person's message: {queued:?}");
+        assert_eq!(queued[0].dedupe_key, "msg:m1");
+        assert_eq!(store.symphony_watermark().expect("mark").map(|m| m.latest_ms), Some(2_000));
+    }
 }

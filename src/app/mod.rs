@@ -232,7 +232,8 @@ impl Bot {
                 store.clone(),
                 crate::symphony::CatchUp::new(symphony.clone(), bot_user),
             ));
-        let handler = crate::intake::batch_handler(store.clone(), metrics.clone(), wake.clone());
+        let handler =
+            crate::intake::batch_handler(store.clone(), metrics.clone(), wake.clone(), bot_user);
         let feed_cancel = cancel.clone();
         supervisor.spawn("datafeed", async move {
             feed.run(handler, feed_cancel).await.map_err(|e| e.to_string())

@@ -512,6 +512,7 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     /// kept and each is decided in a transaction of its own (so that one failing event never
     /// holds up or undoes another).
     fn commit(&self, batch: Vec<Job>) {
+        tracing::trace!(decisions = batch.len(), "a commit");
         if batch.len() > 1 {
             let together = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.store.transaction(|tx| -> Result<Vec<bool>, DecideError> {

@@ -20,6 +20,12 @@ pub struct SymphonyEvent {
 }
 
 impl SymphonyEvent {
+    /// A message `bot` sent itself: never reacted to.
+    pub fn is_own_message(&self, bot: UserId) -> bool {
+        matches!(&self.kind, SymphonyEventKind::MessageSent(m)
+            if m.sender == bot || self.initiator == Some(bot))
+    }
+
     /// The key the inbound queue recognises the event by, whichever way it came: a message by
     /// its message id ([`message_key`]: the datafeed and the catch-up after a feed loss may
     /// both bring it), any other event by its datafeed event id.

@@ -73,6 +73,7 @@ async fn run(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
 /// The batch in one transaction; if that fails, each record alone (one failing record never
 /// holds up another).
 fn commit(store: &Store, batch: Vec<Pending>) {
+    tracing::trace!(records = batch.len(), "a commit");
     if batch.len() > 1 {
         let together = store.transaction(|tx| batch.iter().try_for_each(|p| (p.write)(tx)));
         if together.is_ok() {
