@@ -101,21 +101,25 @@ impl Tx for SqlTx<'_> {
 
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
         let now = now_ms();
-        let key: Option<String> = self
-            .0
-            .prepare_cached("SELECT order_key FROM outbox WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?;
-        match error {
-            None => self.0.prepare_cached(
-                "UPDATE outbox SET done_at = ?2, head = 0, last_error = NULL WHERE id = ?1",
-            )?
-            .execute(params![id, now])?,
-            Some(error) => self.0.prepare_cached(
-                "UPDATE outbox SET attempts = attempts + 1, failed_at = ?2, head = 0, last_error = ?3
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, now, error])?,
+        // The effect's order key comes back from its own update: its successor becomes the head.
+        let key: Option<String> = match error {
+            None => self
+                .0
+                .prepare_cached(
+                    "UPDATE outbox SET done_at = ?2, head = 0, last_error = NULL WHERE id = ?1
+                     RETURNING order_key",
+                )?
+                .query_row(params![id, now], |r| r.get(0))
+                .optional()?,
+            Some(error) => self
+                .0
+                .prepare_cached(
+                    "UPDATE outbox SET attempts = attempts + 1, failed_at = ?2, head = 0,
+                            last_error = ?3
+                     WHERE id = ?1 RETURNING order_key",
+                )?
+                .query_row(params![id, now, error], |r| r.get(0))
+                .optional()?,
         };
         if let Some(key) = key {
             self.0

@@ -180,10 +180,10 @@ pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
         .and_then(Value::as_i64)
         .unwrap_or_default();
     let initiator = user_at(raw, &["initiator", "user"]);
-    let p = raw.get("payload").cloned().unwrap_or(Value::Null);
-    let stream_of = |key: &str| str_at(&p, &[key, "stream", "streamId"]).map(StreamId::new);
+    let p = raw.get("payload").unwrap_or(&Value::Null);
+    let stream_of = |key: &str| str_at(p, &[key, "stream", "streamId"]).map(StreamId::new);
     let other = || SymphonyEventKind::Other { event_type: kind_name.to_owned() };
-    let affected = |key: &str| user_at(&p, &[key, "affectedUser"]);
+    let affected = |key: &str| user_at(p, &[key, "affectedUser"]);
     let kind = match kind_name {
         "MESSAGESENT" => {
             let m = p.get("messageSent").and_then(|m| m.get("message"));
@@ -199,15 +199,15 @@ pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
         "ROOMCREATED" => match stream_of("roomCreated") {
             Some(stream) => SymphonyEventKind::RoomCreated {
                 stream,
-                name: str_at(&p, &["roomCreated", "roomProperties", "name"]).map(str::to_owned),
+                name: str_at(p, &["roomCreated", "roomProperties", "name"]).map(str::to_owned),
             },
             None => other(),
         },
         "ROOMUPDATED" => match stream_of("roomUpdated") {
             Some(stream) => SymphonyEventKind::RoomUpdated {
                 stream,
-                name: str_at(&p, &["roomUpdated", "newRoomProperties", "name"])
-                    .or_else(|| str_at(&p, &["roomUpdated", "stream", "roomName"]))
+                name: str_at(p, &["roomUpdated", "newRoomProperties", "name"])
+                    .or_else(|| str_at(p, &["roomUpdated", "stream", "roomName"]))
                     .map(str::to_owned),
             },
             None => other(),

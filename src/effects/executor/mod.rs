@@ -174,21 +174,37 @@ impl EffectExecutor {
                     return;
                 }
                 Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
-                    let task = match &finished {
-                        Ok((task, ())) => *task,
-                        Err(e) => e.id(),
-                    };
-                    let row = busy.remove(&task);
-                    if let (Err(e), Some(row)) = (finished, row) && e.is_panic() {
-                        tracing::error!(id = row, "performing an effect panicked; it is given up");
-                        let _ = self.store.transaction(|tx| {
-                            tx.finish_effect(row, Some("the bot panicked performing it"))
-                        });
+                    self.finished(finished, &mut busy);
+                    // Effects whose records were committed together finish together: all of
+                    // them before the outbox is asked again.
+                    while let Some(finished) = running.try_join_next_with_id() {
+                        self.finished(finished, &mut busy);
                     }
                 }
                 () = wake.notified() => {}
                 () = tokio::time::sleep(idle) => {}
             }
+        }
+    }
+
+    /// Frees a finished effect's slot; one that panicked is given up.
+    fn finished(
+        &self,
+        finished: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        busy: &mut HashMap<tokio::task::Id, i64>,
+    ) {
+        let task = match &finished {
+            Ok((task, ())) => *task,
+            Err(e) => e.id(),
+        };
+        let row = busy.remove(&task);
+        if let (Err(e), Some(row)) = (finished, row)
+            && e.is_panic()
+        {
+            tracing::error!(id = row, "performing an effect panicked; it is given up");
+            let _ = self
+                .store
+                .transaction(|tx| tx.finish_effect(row, Some("the bot panicked performing it")));
         }
     }
 
