@@ -36,9 +36,6 @@ const PENDING_SQL: &str = "SELECT id, source, dedupe_key, payload, attempts, las
      FROM inbound_events WHERE processed_at IS NULL AND failed_at IS NULL AND id > ?1
      ORDER BY id";
 
-/// The write-ahead log's length, in pages, at which it is copied into the database.
-const WAL_CHECKPOINT_PAGES: i64 = 8192;
-
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// … and the health probe's write.
@@ -83,13 +80,6 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        // A checkpoint copies each page the log holds once, however often it was written
-        // since the last one: checkpointing every 32 MiB rather than SQLite's 4 MiB copies the
-        // hot pages (the queue's and the outbox's) far less often. The log is cut back to that
-        // size after a checkpoint.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES).map_err(open_err)?;
-        conn.pragma_update(None, "journal_size_limit", WAL_CHECKPOINT_PAGES * 4096)
-            .map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(64);
         let version: i64 =

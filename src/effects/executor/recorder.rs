@@ -1,6 +1,7 @@
 //! The executor's recorder: what performed effects leave (their done marks, the outcomes and
-//! message-map rows that go with them) committed together, in one transaction for all the
-//! records ready at the same moment (group commit), off the async workers.
+//! message-map rows that go with them) committed off the async workers; on SQLite together, in
+//! one transaction for all the records ready at the same moment (group commit: a commit's log
+//! write is most of its cost), on PostgreSQL each in its own, side by side.
 
 use std::sync::{Arc, OnceLock};
 
@@ -37,6 +38,18 @@ pub enum RecordError {
 impl Recorder {
     /// Commits `write` with whatever other records are ready; returns once it is committed.
     pub async fn write(&self, store: &Store, write: Write) -> Result<(), RecordError> {
+        if store.shared() {
+            // PostgreSQL: a transaction is round trips, not a log write, and the pool runs
+            // several at once: each record in its own, side by side.
+            let store = store.clone();
+            return match tokio::task::spawn_blocking(move || store.transaction(|tx| write(tx)))
+                .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(RecordError::Store(e)),
+                Err(_) => Err(RecordError::Lost),
+            };
+        }
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
             tokio::spawn(run(store.clone(), pending));
