@@ -309,7 +309,10 @@ impl EffectExecutor {
                 Ok(()) => break,
                 Err(recorder::RecordError::Store(e)) => e.to_string(),
                 Err(recorder::RecordError::Lost) => {
-                    tracing::error!(id, "recording an effect's result panicked");
+                    tracing::error!(
+                        id,
+                        "an effect's result was not recorded (its record panicked, or the bot is stopping): performed again after a restart"
+                    );
                     return;
                 }
             };
