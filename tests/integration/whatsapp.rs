@@ -460,7 +460,13 @@ async fn a_receiver_that_fails_gets_the_webhook_again() {
         _ => None,
     })
     .await;
-    assert_eq!(sim.stats().webhooks_delivered, 1);
+    // Counted once the receiver has answered, a moment after it recorded the event.
+    let delivered = wait_for("the delivery counted", Duration::from_secs(5), || {
+        let n = sim.stats().webhooks_delivered;
+        async move { (n >= 1).then_some(n) }
+    })
+    .await;
+    assert_eq!(delivered, 1);
 }
 
 #[tokio::test]
@@ -839,7 +845,13 @@ async fn webhooks_spread_over_several_urls_and_skip_one_that_refuses_connections
     let mut sent: Vec<String> = first.iter().chain(&second).cloned().collect();
     sent.sort();
     assert_eq!(everything, sent, "every webhook delivered once, none lost");
-    let stats = sim.stats();
+    // The simulator counts a delivery once the receiver has answered it, which can be a moment
+    // after the receiver recorded the text.
+    let stats = wait_for("the simulator to count the deliveries", Duration::from_secs(10), || {
+        let stats = sim.stats();
+        async move { (stats.webhooks_delivered >= 60).then_some(stats) }
+    })
+    .await;
     assert!(stats.webhooks_refused >= 1, "{stats:?}");
     assert_eq!(stats.webhooks_delivered, 60, "{stats:?}");
 }
