@@ -101,3 +101,68 @@ fn commit(store: &Store, batch: Vec<Pending>) {
         let _ = p.reply.send(alone);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Source;
+
+    /// A record that stores outcome `key`, or stores it and then fails (the store refusing it).
+    fn record(key: &'static str, fails: bool) -> Write {
+        Arc::new(move |tx| {
+            tx.enqueue_inbound(Source::Outcome, key, &serde_json::json!({ "key": key }))?;
+            if fails {
+                return Err(StoreError::Poisoned);
+            }
+            Ok(())
+        })
+    }
+
+    fn stored(store: &Store) -> Vec<String> {
+        let rows = store.pending_inbound(0, 100).expect("read");
+        rows.iter().map(|r| r.dedupe_key.clone()).collect()
+    }
+
+    #[test]
+    fn a_record_the_store_refuses_leaves_the_others_of_its_batch_committed() {
+        let store = Store::open_in_memory().expect("store");
+        let mut answers = Vec::new();
+        let batch = [("a", false), ("b", true), ("c", false)]
+            .into_iter()
+            .map(|(key, fails)| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                Pending { write: record(key, fails), reply }
+            })
+            .collect();
+        commit(&store, batch);
+        let results: Vec<bool> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().expect("every record is answered").is_ok())
+            .collect();
+        assert_eq!(results, [true, false, true], "only the refused record hears it failed");
+        assert_eq!(stored(&store), ["a", "c"], "the refused record's writes are rolled back");
+    }
+
+    #[tokio::test]
+    async fn records_handed_in_together_are_committed_and_answered_each() {
+        let store = Store::open_in_memory().expect("store");
+        let recorder = Recorder::default();
+        let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+        let writes =
+            keys.iter().enumerate().map(|(i, key)| recorder.write(&store, record(key, i == 5)));
+        let results: Vec<bool> = futures::future::join_all(writes)
+            .await
+            .iter()
+            .map(|r| match r {
+                Ok(()) => true,
+                Err(RecordError::Store(StoreError::Poisoned)) => false,
+                Err(e) => panic!("unexpected {e:?}"),
+            })
+            .collect();
+        assert_eq!(results, [true, true, true, true, true, false, true, true]);
+        let mut expected: Vec<&str> = keys.to_vec();
+        expected.remove(5);
+        assert_eq!(stored(&store), expected);
+    }
+}
