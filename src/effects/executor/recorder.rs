@@ -42,13 +42,9 @@ impl Recorder {
             // PostgreSQL: a transaction is round trips, not a log write, and the pool runs
             // several at once: each record in its own, side by side.
             let store = store.clone();
-            return match tokio::task::spawn_blocking(move || store.transaction(|tx| write(tx)))
-                .await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(RecordError::Store(e)),
-                Err(_) => Err(RecordError::Lost),
-            };
+            return answered(
+                tokio::task::spawn_blocking(move || store.transaction(|tx| write(tx))).await,
+            );
         }
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
@@ -57,11 +53,16 @@ impl Recorder {
         });
         let (reply, answer) = oneshot::channel();
         queue.send(Pending { write, reply }).map_err(|_| RecordError::Lost)?;
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RecordError::Store(e)),
-            Err(_) => Err(RecordError::Lost),
-        }
+        answered(answer.await)
+    }
+}
+
+/// What the committing thread answered; no answer (it panicked, or stopped) is a lost record.
+fn answered<E>(answer: Result<Result<(), StoreError>, E>) -> Result<(), RecordError> {
+    match answer {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RecordError::Store(e)),
+        Err(_) => Err(RecordError::Lost),
     }
 }
 
