@@ -68,10 +68,10 @@ pub fn batch_handler(
     })
 }
 
-/// Enqueues the events, then records the latest timestamp: a crash in between only makes the
-/// next catch-up read a little more. The bot's own messages are not enqueued: they are never
-/// reacted to, and every reply would otherwise cost an event stored and decided (half the
-/// work of a burst of commands); they still move the watermark.
+/// Enqueues the events and records the latest timestamp, in one transaction (one commit a
+/// batch). The bot's own messages are not enqueued: they are never reacted to, and every reply
+/// would otherwise cost an event stored and decided (half the work of a burst of commands);
+/// they still move the watermark.
 pub fn persist(
     store: &Store,
     metrics: &Metrics,
@@ -91,21 +91,25 @@ pub fn persist(
         payloads.push(serde_json::to_value(InboundEvent::Symphony(event.clone()))?);
         kept.push(event);
     }
-    // One commit for the whole batch: a burst costs one WAL write, not one per event.
+    if kept.is_empty() && latest.is_none() {
+        return Ok(());
+    }
     tracing::trace!(kept = kept.len(), "a commit");
     let fresh = store.transaction(|tx| -> Result<Vec<bool>, StoreError> {
-        kept.iter()
+        let fresh = kept
+            .iter()
             .zip(&payloads)
             .map(|(event, payload)| {
                 tx.enqueue_inbound(Source::Symphony, &event.dedupe_key(), payload)
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if let Some(at) = latest {
+            tx.advance_symphony_watermark(at)?;
+        }
+        Ok(fresh)
     })?;
     for new in fresh {
         metrics.inbound_event(EventSource::Symphony, new);
-    }
-    if let Some(at) = latest {
-        store.advance_symphony_watermark(at)?;
     }
     Ok(())
 }

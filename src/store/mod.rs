@@ -291,6 +291,9 @@ pub trait Tx: GroupRepo {
     /// Marks an outbox effect done (or given up, with `error`); the next effect of its key
     /// becomes due.
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;
+    /// [`StateStore::advance_symphony_watermark`] in this transaction: a datafeed batch and the
+    /// watermark it moves commit together.
+    fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError>;
     /// Fencing: confirms that this instance still holds `claim` and extends it by `ttl`, inside
     /// the decision's transaction (a takeover waits for it to commit). `false` when the claim
     /// was lost (it expired and another instance took the key): the caller must roll back.

@@ -1083,12 +1083,7 @@ impl StateStore for PostgresStore {
     }
 
     fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO symphony_watermark (id, latest_ms, first_ms) VALUES (1, $1, $1)
-             ON CONFLICT (id) DO UPDATE
-             SET latest_ms = GREATEST(symphony_watermark.latest_ms, excluded.latest_ms)",
-            params![at_ms],
-        )?;
+        self.execute(ADVANCE_WATERMARK, params![at_ms])?;
         Ok(())
     }
 }
@@ -1132,7 +1127,18 @@ impl PgTx<'_> {
     }
 }
 
+/// Moves the watermark to `$1` unless it is past it already.
+const ADVANCE_WATERMARK: &str =
+    "INSERT INTO symphony_watermark (id, latest_ms, first_ms) VALUES (1, $1, $1)
+     ON CONFLICT (id) DO UPDATE
+     SET latest_ms = GREATEST(symphony_watermark.latest_ms, excluded.latest_ms)";
+
 impl Tx for PgTx<'_> {
+    fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
+        self.execute(ADVANCE_WATERMARK, params![at_ms])?;
+        Ok(())
+    }
+
     fn queue_effects(&self, effects: &[QueuedEffect]) -> Result<(), StoreError> {
         if effects.is_empty() {
             return Ok(());

@@ -99,6 +99,10 @@ impl Tx for SqlTx<'_> {
         super::sqlite::insert_inbound(self.0, source, dedupe_key, payload)
     }
 
+    fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
+        super::sqlite::advance_watermark(self.0, at_ms)
+    }
+
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError> {
         let now = now_ms();
         // The effect's order key comes back from its own update: its successor becomes the head.

@@ -103,8 +103,10 @@ impl SqliteStore {
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
+    /// The connection. One a panic left locked is taken as it is: the panicking transaction
+    /// was rolled back as it unwound (a caught panic must not make the store unusable).
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| StoreError::Poisoned)
+        Ok(self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// How SQLite runs the outbox claim (tests: it must use the heads' index).
@@ -457,12 +459,16 @@ impl StateStore for SqliteStore {
     }
 
     fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
-        self.conn()?
-            .prepare_cached(
-                "INSERT INTO symphony_watermark (id, latest_ms, first_ms) VALUES (1, ?1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET latest_ms = MAX(latest_ms, excluded.latest_ms)",
-            )?
-            .execute([at_ms])?;
-        Ok(())
+        advance_watermark(&*self.conn()?, at_ms)
     }
+}
+
+/// Moves the watermark to `at_ms` unless it is past it already.
+pub(super) fn advance_watermark(conn: &Connection, at_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO symphony_watermark (id, latest_ms, first_ms) VALUES (1, ?1, ?1)
+         ON CONFLICT (id) DO UPDATE SET latest_ms = MAX(latest_ms, excluded.latest_ms)",
+    )?
+    .execute([at_ms])?;
+    Ok(())
 }

@@ -133,6 +133,29 @@ fn a_decision_that_fails_leaves_no_state_no_effects_and_its_event_pending() {
 }
 
 #[test]
+fn a_transaction_that_panics_is_rolled_back_and_the_store_goes_on() {
+    for (name, store) in backends() {
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = store.transaction(|tx| -> Result<(), StoreError> {
+                tx.enqueue_inbound(Source::Outcome, "written-then-panicked", &json!({}))?;
+                panic!("a bug in a decision")
+            });
+        }));
+        assert!(panicked.is_err(), "{name}");
+        store
+            .transaction(|tx| tx.enqueue_inbound(Source::Outcome, "next", &json!({})).map(|_| ()))
+            .unwrap_or_else(|e| panic!("{name}: the store after a panic: {e}"));
+        let keys: Vec<String> = store
+            .pending_inbound(0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|r| r.dedupe_key)
+            .collect();
+        assert_eq!(keys, ["next"], "{name}: the panicking transaction is rolled back");
+    }
+}
+
+#[test]
 fn effects_run_in_order_per_key_and_a_given_up_effect_lets_the_next_one_run() {
     for (name, store) in backends() {
         store

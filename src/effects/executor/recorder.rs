@@ -1,7 +1,7 @@
 //! The executor's recorder: what performed effects leave (their done marks, the outcomes and
-//! message-map rows that go with them) committed off the async workers; on SQLite together, in
-//! one transaction for all the records ready at the same moment (group commit: a commit's log
-//! write is most of its cost), on PostgreSQL each in its own, side by side.
+//! message-map rows that go with them) committed; on SQLite together, in one transaction for
+//! all the records ready at the same moment (group commit: a commit's log write is most of its
+//! cost), on PostgreSQL each in its own on a blocking thread, side by side.
 
 use std::sync::{Arc, OnceLock};
 
@@ -77,10 +77,11 @@ async fn run(store: Store, mut pending: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let store = store.clone();
-        // Off the async workers: a locked store makes SQLite wait (up to 5 s). A panic drops
-        // the batch's replies: each caller hears its record was lost.
-        let _ = tokio::task::spawn_blocking(move || commit(&store, batch)).await;
+        // On this async task, as the dispatcher's decisions: a hand-off to a blocking thread
+        // and back cost more than the commit (only another process writing the file, such as
+        // `wa-groups-bot events retry`, makes SQLite wait here). A panic drops the batch's
+        // replies: each caller hears its record was lost, and the recorder goes on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&store, batch)));
     }
 }
 
@@ -143,6 +144,20 @@ mod tests {
             .collect();
         assert_eq!(results, [true, false, true], "only the refused record hears it failed");
         assert_eq!(stored(&store), ["a", "c"], "the refused record's writes are rolled back");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_panics_is_lost_and_the_recorder_goes_on() {
+        let store = Store::open_in_memory().expect("store");
+        let recorder = Recorder::default();
+        let panics: Write = Arc::new(|tx| {
+            tx.enqueue_inbound(Source::Outcome, "boom", &serde_json::json!({}))?;
+            panic!("a bug in a record")
+        });
+        let lost = recorder.write(&store, panics).await;
+        assert!(matches!(lost, Err(RecordError::Lost)), "{lost:?}");
+        recorder.write(&store, record("after", false)).await.expect("the next record");
+        assert_eq!(stored(&store), ["after"], "the panicking record's write is rolled back");
     }
 
     #[tokio::test]
