@@ -122,6 +122,10 @@ struct Queues {
     /// Keys another instance holds, and until when this one leaves them alone (their events
     /// stay in the store; a rescan after that finds them).
     refused: HashMap<String, Instant>,
+    /// Events passed over because another instance held their key: their key, and until when
+    /// it is left alone. Each pass reads the queue from its start; these are passed over again
+    /// without being decoded and routed (a store read each) while their key stays refused.
+    passed: HashMap<i64, (String, Instant)>,
     /// Ids taken from the store and not finished yet.
     taken: HashSet<i64>,
 }
@@ -232,9 +236,14 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             match page {
                 Ok(rows) => {
                     more = rows.len() == 500;
-                    for row in rows {
+                    for (n, row) in rows.into_iter().enumerate() {
                         cursor = cursor.max(row.id);
                         self.take(row, &mut workers, &mut passed_over);
+                        if n % 32 == 31 {
+                            // A page is up to 500 routes (store reads): the tasks waiting on
+                            // this worker thread (deciders, the committer) run in between.
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -283,8 +292,18 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         workers: &mut JoinSet<()>,
         passed_over: &mut HashSet<String>,
     ) {
-        if self.queues().taken.contains(&row.id) {
-            return; // already queued or being decided (and its route read from the store then)
+        {
+            let mut q = self.queues();
+            if q.taken.contains(&row.id) {
+                return; // already queued or being decided (and its route read from the store then)
+            }
+            if let Some((key, until)) = q.passed.get(&row.id) {
+                if *until > Instant::now() {
+                    passed_over.insert(key.clone());
+                    return;
+                }
+                q.passed.remove(&row.id);
+            }
         }
         let decoded = Event::decode(&row);
         let route = match &decoded {
@@ -299,10 +318,12 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         };
         let event = decoded.ok().map(Arc::new);
         let mut q = self.queues();
-        if passed_over.contains(&route.key)
-            || q.refused.get(&route.key).is_some_and(|until| *until > Instant::now())
-        {
+        let refused_until = q.refused.get(&route.key).copied().filter(|u| *u > Instant::now());
+        if passed_over.contains(&route.key) || refused_until.is_some() {
             // Another instance holds the key: asked again after a while, not at once.
+            if let Some(until) = refused_until {
+                q.passed.insert(row.id, (route.key.clone(), until));
+            }
             passed_over.insert(route.key);
             return;
         }
@@ -343,7 +364,9 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
                 tracing::debug!(%key, "another instance decides this key now; left to it");
                 let until = Instant::now() + self.policy.shared_rescan_every * 2;
                 let mut q = self.queues();
-                q.refused.retain(|_, at| *at > Instant::now());
+                let now = Instant::now();
+                q.refused.retain(|_, at| *at > now);
+                q.passed.retain(|_, (_, at)| *at > now);
                 q.refused.insert(key.clone(), until);
                 drop(q);
                 return self.drop_key(&key);

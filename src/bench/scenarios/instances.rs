@@ -36,7 +36,9 @@ async fn start_instances(
         let log = world.dir.join(format!("bot-{i}.log"));
         let args = [std::ffi::OsStr::new("run"), "--config".as_ref(), config.as_os_str()];
         let label = format!("instance {i}");
-        bots.push(BotProcess::spawn(&label, &opts.bot, &args, &log, &[("RUST_LOG", "warn")])?);
+        // `WAGB_BENCH_RUST_LOG` as for the other scenarios' bot.
+        let filter = std::env::var("WAGB_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+        bots.push(BotProcess::spawn(&label, &opts.bot, &args, &log, &[("RUST_LOG", &filter)])?);
     }
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
