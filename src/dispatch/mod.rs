@@ -236,14 +236,12 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             match page {
                 Ok(rows) => {
                     more = rows.len() == 500;
-                    for (n, row) in rows.into_iter().enumerate() {
+                    // One page in one go: a key's events of the page are queued together, in
+                    // their order, before any of them starts (yielding in between let a room's
+                    // later message start ahead of an earlier one with several instances).
+                    for row in rows {
                         cursor = cursor.max(row.id);
                         self.take(row, &mut workers, &mut passed_over);
-                        if n % 32 == 31 {
-                            // A page is up to 500 routes (store reads): the tasks waiting on
-                            // this worker thread (deciders, the committer) run in between.
-                            tokio::task::yield_now().await;
-                        }
                     }
                 }
                 Err(e) => {
