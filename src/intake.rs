@@ -3,11 +3,12 @@
 //! came, so that a message both bring is handled once; and the watermark (the latest event's pod
 //! timestamp) the next catch-up starts from moves forward with each batch.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use crate::dispatch::{DecideOnReceipt, Event};
 use crate::domain::UserId;
 use crate::events::{InboundEvent, SymphonyEvent};
 use crate::metrics::{EventSource, Metrics};
@@ -28,17 +29,23 @@ pub enum IntakeError {
 const PERSIST_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(20);
 const PERSIST_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Where the intake finds the dispatcher, once it runs, to decide events on receipt.
+pub type OnReceipt = Arc<OnceLock<Arc<dyn DecideOnReceipt>>>;
+
 /// Persists each batch (new events are counted, redeliveries recognised; the messages `bot`
 /// sent itself are left out), advances the watermark, then wakes the dispatcher. An error
-/// leaves the batch unacknowledged.
+/// leaves the batch unacknowledged. Once `on_receipt` is set, events are decided in the
+/// transaction that stores them when nothing waits before them (see [`persist`]).
 pub fn batch_handler(
     store: Store,
     metrics: Metrics,
     wake: Arc<Notify>,
     bot: UserId,
+    on_receipt: OnReceipt,
 ) -> BatchHandler {
     Box::new(move |events: Vec<SymphonyEvent>| {
         let (store, metrics, wake) = (store.clone(), metrics.clone(), wake.clone());
+        let on_receipt = on_receipt.clone();
         Box::pin(async move {
             // The batch is kept and persisted again while the store fails for a moment (a
             // database restarting): left unacknowledged, it would come back only after the
@@ -47,11 +54,13 @@ pub fn batch_handler(
             let deadline = std::time::Instant::now() + PERSIST_RETRY_FOR;
             loop {
                 let (store, metrics, batch) = (store.clone(), metrics.clone(), events.clone());
+                let on_receipt = on_receipt.get().cloned();
                 // Off the async workers: a locked store makes SQLite wait (up to 5 s).
-                let persisted =
-                    tokio::task::spawn_blocking(move || persist(&store, &metrics, &batch, bot))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let persisted = tokio::task::spawn_blocking(move || {
+                    persist(&store, &metrics, &batch, bot, on_receipt.as_deref())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 match persisted {
                     Ok(()) => break,
                     Err(e) if std::time::Instant::now() < deadline => {
@@ -72,11 +81,17 @@ pub fn batch_handler(
 /// batch). The bot's own messages are not enqueued: they are never reacted to, and every reply
 /// would otherwise cost an event stored and decided (half the work of a burst of commands);
 /// they still move the watermark.
+///
+/// With `on_receipt`, while no event waits undecided in the store (none queued, none being
+/// decided, none backing off), each new event is decided in this same transaction, in order,
+/// until one is left to the queue: that one and every event after it wait there, so a key's
+/// events are still decided in the order they came.
 pub fn persist(
     store: &Store,
     metrics: &Metrics,
     events: &[SymphonyEvent],
     bot: UserId,
+    on_receipt: Option<&dyn DecideOnReceipt>,
 ) -> Result<(), IntakeError> {
     let mut latest = None;
     let mut kept = Vec::with_capacity(events.len());
@@ -88,28 +103,40 @@ pub fn persist(
         if event.is_own_message(bot) {
             continue;
         }
-        payloads.push(serde_json::to_value(InboundEvent::Symphony(event.clone()))?);
-        kept.push(event);
+        let inbound = InboundEvent::Symphony(event.clone());
+        payloads.push(serde_json::to_value(&inbound)?);
+        kept.push((event.dedupe_key(), Event::Inbound(inbound)));
     }
     if kept.is_empty() && latest.is_none() {
         return Ok(());
     }
     tracing::trace!(kept = kept.len(), "a commit");
-    let fresh = store.transaction(|tx| -> Result<Vec<bool>, StoreError> {
-        let fresh = kept
-            .iter()
-            .zip(&payloads)
-            .map(|(event, payload)| {
-                tx.enqueue_inbound(Source::Symphony, &event.dedupe_key(), payload)
-            })
-            .collect::<Result<_, _>>()?;
+    let (fresh, decided) = store.transaction(|tx| -> Result<_, StoreError> {
+        let mut on_receipt = match on_receipt {
+            Some(decider) if !tx.has_undecided()? => Some(decider),
+            _ => None,
+        };
+        let mut fresh = Vec::with_capacity(kept.len());
+        let mut decided = Vec::new();
+        for ((key, event), payload) in kept.iter().zip(&payloads) {
+            let id = tx.insert_inbound(Source::Symphony, key, payload)?;
+            fresh.push(id.is_some());
+            let (Some(id), Some(decider)) = (id, on_receipt) else { continue };
+            match decider.decide_on_receipt(tx, id, key, event)? {
+                Some(d) => decided.push(d),
+                None => on_receipt = None, // it waits in the queue: so do the ones after it
+            }
+        }
         if let Some(at) = latest {
             tx.advance_symphony_watermark(at)?;
         }
-        Ok(fresh)
+        Ok((fresh, decided))
     })?;
     for new in fresh {
         metrics.inbound_event(EventSource::Symphony, new);
+    }
+    if let Some(decider) = on_receipt {
+        decider.committed(&decided);
     }
     Ok(())
 }
@@ -286,6 +313,10 @@ mod tests {
     use crate::events::{ReceivedMessage, SymphonyEventKind};
 
     fn message(id: &str, sender: i64, at: i64) -> SymphonyEvent {
+        said(id, sender, at, "hello")
+    }
+
+    fn said(id: &str, sender: i64, at: i64, text: &str) -> SymphonyEvent {
         SymphonyEvent {
             id: format!("ev-{id}"),
             timestamp: at,
@@ -298,9 +329,9 @@ mod tests {
                 sender: UserId(sender),
                 sender_name: None,
                 sender_email: None,
-                text: "hello".into(),
+                text: text.into(),
                 mentions: Vec::new(),
-                presentation_ml: "<div>hello</div>".into(),
+                presentation_ml: format!("<div>{text}</div>"),
                 data: None,
                 attachments: Vec::new(),
             }),
@@ -312,10 +343,108 @@ mod tests {
         let store = Store::open_in_memory().expect("store");
         let bot = UserId(9001);
         let batch = [message("m1", 7, 1_000), message("m2", 9001, 2_000)];
-        persist(&store, &Metrics::default(), &batch, bot).expect("persisted");
+        persist(&store, &Metrics::default(), &batch, bot, None).expect("persisted");
         let queued = store.pending_inbound(0, 10).expect("queue");
         assert_eq!(queued.len(), 1, "only the person's message: {queued:?}");
         assert_eq!(queued[0].dedupe_key, "msg:m1");
         assert_eq!(store.symphony_watermark().expect("mark").map(|m| m.latest_ms), Some(2_000));
+    }
+
+    /// Decides a message on receipt by queueing its text as an effect, except "live" (left to
+    /// the queue) and "boom" (the store fails); counts what it is told after the commits.
+    #[derive(Default)]
+    struct Echo {
+        committed: std::sync::Mutex<usize>,
+    }
+
+    impl DecideOnReceipt for Echo {
+        fn decide_on_receipt(
+            &self,
+            tx: &dyn crate::store::Tx,
+            id: i64,
+            _dedupe_key: &str,
+            event: &Event,
+        ) -> Result<Option<crate::dispatch::Decided>, StoreError> {
+            let Event::Inbound(InboundEvent::Symphony(SymphonyEvent {
+                kind: SymphonyEventKind::MessageSent(m),
+                ..
+            })) = event
+            else {
+                return Ok(None);
+            };
+            match m.text.as_str() {
+                "live" => Ok(None),
+                "boom" => Err(StoreError::Poisoned),
+                text => {
+                    assert!(tx.mark_processed(id)?);
+                    tx.queue_effects(&[("k".into(), serde_json::json!(text))])?;
+                    Ok(Some(crate::dispatch::Decided { queued: true, command: None }))
+                }
+            }
+        }
+
+        fn committed(&self, decided: &[crate::dispatch::Decided]) {
+            *self.committed.lock().expect("count") += decided.len();
+        }
+    }
+
+    fn pending(store: &Store) -> Vec<String> {
+        let rows = store.pending_inbound(0, 100).expect("queue");
+        rows.into_iter().map(|r| r.dedupe_key).collect()
+    }
+
+    fn queued(store: &Store) -> Vec<serde_json::Value> {
+        let mut effects = Vec::new();
+        loop {
+            let due = store.due_outbox(1, &[]).expect("due");
+            let Some(row) = due.into_iter().next() else { return effects };
+            store.transaction(|tx| tx.finish_effect(row.id, None)).expect("done");
+            effects.push(row.effect);
+        }
+    }
+
+    #[test]
+    fn events_are_decided_on_receipt_until_one_is_left_to_the_queue_and_the_rest_wait_behind_it() {
+        let store = Store::open_in_memory().expect("store");
+        let echo = Echo::default();
+        let batch = [said("m1", 7, 1, "one"), said("m2", 7, 2, "live"), said("m3", 7, 3, "three")];
+        persist(&store, &Metrics::default(), &batch, UserId(9001), Some(&echo)).expect("stored");
+        assert_eq!(queued(&store), [serde_json::json!("one")], "m1 decided in its commit");
+        assert_eq!(pending(&store), ["msg:m2", "msg:m3"], "m3 waits behind m2, in the queue");
+        assert_eq!(*echo.committed.lock().expect("count"), 1);
+
+        // While m2 and m3 wait, a later batch waits too, even what could be decided at once.
+        persist(
+            &store,
+            &Metrics::default(),
+            &[said("m4", 7, 4, "four")],
+            UserId(9001),
+            Some(&echo),
+        )
+        .expect("stored");
+        assert_eq!(pending(&store), ["msg:m2", "msg:m3", "msg:m4"]);
+        assert!(queued(&store).is_empty());
+
+        // The queue decided them: events are decided on receipt again.
+        for row in store.pending_inbound(0, 10).expect("queue") {
+            store.transaction(|tx| tx.mark_processed(row.id)).expect("decided");
+        }
+        let again = [said("m4", 7, 4, "four"), said("m5", 7, 5, "five")];
+        persist(&store, &Metrics::default(), &again, UserId(9001), Some(&echo)).expect("stored");
+        assert_eq!(queued(&store), [serde_json::json!("five")], "m4 is a redelivery: not again");
+        assert!(pending(&store).is_empty());
+        assert_eq!(*echo.committed.lock().expect("count"), 2);
+    }
+
+    #[test]
+    fn a_store_failure_while_deciding_on_receipt_stores_nothing_of_the_batch() {
+        let store = Store::open_in_memory().expect("store");
+        let echo = Echo::default();
+        let batch = [said("m1", 7, 1_000, "one"), said("m2", 7, 2_000, "boom")];
+        let failed = persist(&store, &Metrics::default(), &batch, UserId(9001), Some(&echo));
+        assert!(failed.is_err(), "the batch is not acknowledged: it comes again");
+        assert!(pending(&store).is_empty() && queued(&store).is_empty(), "nothing of m1 either");
+        assert_eq!(store.symphony_watermark().expect("mark"), None, "nor the watermark");
+        assert_eq!(*echo.committed.lock().expect("count"), 0, "nothing told as decided");
     }
 }

@@ -232,8 +232,15 @@ impl Bot {
                 store.clone(),
                 crate::symphony::CatchUp::new(symphony.clone(), bot_user),
             ));
-        let handler =
-            crate::intake::batch_handler(store.clone(), metrics.clone(), wake.clone(), bot_user);
+        // Filled once the dispatcher exists: events are decided on receipt from then on.
+        let on_receipt = crate::intake::OnReceipt::default();
+        let handler = crate::intake::batch_handler(
+            store.clone(),
+            metrics.clone(),
+            wake.clone(),
+            bot_user,
+            on_receipt.clone(),
+        );
         let feed_cancel = cancel.clone();
         supervisor.spawn("datafeed", async move {
             feed.run(handler, feed_cancel).await.map_err(|e| e.to_string())
@@ -323,6 +330,7 @@ impl Bot {
             metrics.clone(),
             timings.dispatch,
         ));
+        let _ = on_receipt.set(dispatcher.clone());
         let dispatch_cancel = cancel.clone();
         supervisor.spawn("dispatcher", async move {
             dispatcher.run(wake, dispatch_cancel).await;

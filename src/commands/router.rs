@@ -131,12 +131,7 @@ impl CommandRouter {
         store: &Store,
         message: &ReceivedMessage,
     ) -> Result<Prepared, CommandError> {
-        let segments =
-            crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
-                .map_err(|e| CommandError::Unreadable(e.to_string()))?
-                .segments;
-        let parsed = commands::parse(&segments, self.bot);
-        let mut prepared = Prepared { parsed, owners: None, extras: InfoExtras::default() };
+        let mut prepared = self.parse(message)?;
         let Ok(Some(command)) = &prepared.parsed else { return Ok(prepared) };
         let group = store.read(|r| r.group_by_stream(&message.stream))?;
         let Some(group) = group else { return Ok(prepared) }; // the service says where to go
@@ -166,6 +161,31 @@ impl CommandRouter {
             Command::Help | Command::CreateForm | Command::Create { .. } => {}
         }
         Ok(prepared)
+    }
+
+    /// [`prepare`](Self::prepare) when it reads nothing live, through `repo` (the transaction
+    /// that stores the message); `None` when the command needs a live read (a room's owners,
+    /// the people of `/wa info`) in a room with a group.
+    pub fn prepare_offline(
+        &self,
+        repo: &dyn GroupRepo,
+        message: &ReceivedMessage,
+    ) -> Result<Option<Prepared>, CommandError> {
+        let prepared = self.parse(message)?;
+        let Ok(Some(command)) = &prepared.parsed else { return Ok(Some(prepared)) };
+        let offline =
+            matches!(command, Command::Help | Command::CreateForm | Command::Create { .. })
+                || repo.group_by_stream(&message.stream)?.is_none();
+        Ok(offline.then_some(prepared))
+    }
+
+    fn parse(&self, message: &ReceivedMessage) -> Result<Prepared, CommandError> {
+        let segments =
+            crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
+                .map_err(|e| CommandError::Unreadable(e.to_string()))?
+                .segments;
+        let parsed = commands::parse(&segments, self.bot);
+        Ok(Prepared { parsed, owners: None, extras: InfoExtras::default() })
     }
 
     /// Decides a prepared message in the event's transaction.

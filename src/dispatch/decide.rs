@@ -262,6 +262,26 @@ impl<L: LiveReads> Decider<L> {
         }
     }
 
+    /// [`prepare`](Self::prepare) without live reads, through `repo`; `None` when the event
+    /// needs one.
+    pub fn prepare_offline(
+        &self,
+        repo: &dyn GroupRepo,
+        event: &Event,
+    ) -> Result<Option<Prepared>, DecideError> {
+        match event {
+            Event::Inbound(InboundEvent::Symphony(SymphonyEvent {
+                kind: SymphonyEventKind::MessageSent(message),
+                initiator,
+                ..
+            })) if !self.router.is_own(message, *initiator) => Ok(self
+                .router
+                .prepare_offline(repo, message)?
+                .map(|prepared| Prepared::Message(Box::new(prepared)))),
+            _ => Ok(Some(Prepared::Nothing)),
+        }
+    }
+
     /// The decision: state changes through `tx`, effects returned (queued by the caller in the
     /// same transaction). `event_key` is the event's own id (a create's origin).
     pub fn decide(

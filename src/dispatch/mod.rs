@@ -36,6 +36,32 @@ struct Job {
     reply: oneshot::Sender<Result<bool, DecideError>>,
 }
 
+/// Decides an event inside the transaction that stores it, when nothing can come before it:
+/// the intake's way past the queue (see [`Dispatcher::decide_on_receipt`]).
+pub trait DecideOnReceipt: Send + Sync {
+    /// Decides the event just stored as `id` in `tx`, when it needs no live read; `None` (and
+    /// nothing written) leaves it to the queue. Only called while no event waits undecided.
+    /// An error is the transaction's: it must not commit.
+    fn decide_on_receipt(
+        &self,
+        tx: &dyn crate::store::Tx,
+        id: i64,
+        dedupe_key: &str,
+        event: &Event,
+    ) -> Result<Option<Decided>, crate::store::StoreError>;
+    /// Once the transaction committed: the decisions are counted, their effects performed.
+    fn committed(&self, decided: &[Decided]);
+}
+
+/// An event decided on receipt, to be told once its transaction commits.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided {
+    /// Effects were queued.
+    pub queued: bool,
+    /// The command it was, if any.
+    pub command: Option<&'static str>,
+}
+
 /// How the dispatcher retries and how much it does at once.
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchPolicy {
@@ -618,6 +644,64 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
             Err(e) => {
                 tracing::error!(error = %e, "the room could not be told of a set-aside event")
             }
+        }
+    }
+}
+
+impl<L: LiveReads + 'static> DecideOnReceipt for Dispatcher<L> {
+    /// With the store to itself (no other instance) and no event waiting before it, an event is
+    /// decided in the transaction that stores it — the same decision the queue would make,
+    /// without a second commit and the queue's round trip. One that needs a live read, or
+    /// whose decision fails or panics, is undone to the savepoint and left to the queue (which
+    /// retries it, or sets it aside, as ever).
+    fn decide_on_receipt(
+        &self,
+        tx: &dyn crate::store::Tx,
+        id: i64,
+        dedupe_key: &str,
+        event: &Event,
+    ) -> Result<Option<Decided>, crate::store::StoreError> {
+        if self.shared {
+            return Ok(None); // the key may be another instance's: claimed first, by the queue
+        }
+        let mut decided = None;
+        let mut decide = || -> Result<Option<Decided>, DecideError> {
+            let Some(prepared) = self.decider.prepare_offline(tx, event)? else {
+                return Ok(None);
+            };
+            let command = prepared.command_name();
+            if !tx.mark_processed(id)? {
+                return Ok(None);
+            }
+            let effects = self.decider.decide(tx, dedupe_key, event, prepared)?;
+            tx.queue_effects(&to_outbox(&effects)?)?;
+            Ok(Some(Decided { queued: !effects.is_empty(), command }))
+        };
+        tx.savepoint(&mut || {
+            match std::panic::catch_unwind(AssertUnwindSafe(&mut decide)) {
+                Ok(Ok(Some(d))) => decided = Some(d),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(event = id, error = %e, "not decided on receipt"),
+                Err(_) => tracing::debug!(event = id, "deciding it on receipt panicked"),
+            }
+            decided.is_some()
+        })?;
+        Ok(decided)
+    }
+
+    fn committed(&self, decided: &[Decided]) {
+        let mut queued = false;
+        for d in decided {
+            crate::crashpoint::reached("an event decided");
+            if d.queued {
+                queued = true;
+                if let Some(command) = d.command {
+                    self.metrics.command(command);
+                }
+            }
+        }
+        if queued {
+            self.effects.notify_one();
         }
     }
 }

@@ -288,6 +288,19 @@ pub trait Tx: GroupRepo {
         dedupe_key: &str,
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError>;
+    /// [`enqueue_inbound`](Self::enqueue_inbound) answering the new event's id (`None`: a
+    /// redelivery, nothing stored).
+    fn insert_inbound(
+        &self,
+        source: Source,
+        dedupe_key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Whether an event waits to be decided (neither processed nor set aside).
+    fn has_undecided(&self) -> Result<bool, StoreError>;
+    /// Runs `f` inside a savepoint of this transaction: what it wrote is kept when it answers
+    /// `true`, undone (the rest of the transaction kept) when `false`.
+    fn savepoint(&self, f: &mut dyn FnMut() -> bool) -> Result<bool, StoreError>;
     /// Marks an outbox effect done (or given up, with `error`); the next effect of its key
     /// becomes due.
     fn finish_effect(&self, id: i64, error: Option<&str>) -> Result<(), StoreError>;

@@ -1186,6 +1186,36 @@ impl Tx for PgTx<'_> {
         Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload)?)? == 1)
     }
 
+    fn insert_inbound(
+        &self,
+        source: Source,
+        dedupe_key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = format!("{INSERT_INBOUND} RETURNING id");
+        let row = self.query_opt(&sql, inbound_params(source, dedupe_key, payload)?)?;
+        Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?)
+    }
+
+    fn has_undecided(&self) -> Result<bool, StoreError> {
+        let row = self.query_opt(
+            "SELECT 1 FROM inbound_events WHERE processed_at IS NULL AND failed_at IS NULL
+             LIMIT 1",
+            Vec::new(),
+        )?;
+        Ok(row.is_some())
+    }
+
+    fn savepoint(&self, f: &mut dyn FnMut() -> bool) -> Result<bool, StoreError> {
+        self.execute("SAVEPOINT within", Vec::new())?;
+        let keep = f();
+        if !keep {
+            self.execute("ROLLBACK TO SAVEPOINT within", Vec::new())?;
+        }
+        self.execute("RELEASE SAVEPOINT within", Vec::new())?;
+        Ok(keep)
+    }
+
     fn hold_claim(&self, claim: &Claim, ttl: Duration) -> Result<bool, StoreError> {
         // The row stays locked until this transaction ends: a takeover waits for the commit.
         let held = self.execute(

@@ -99,6 +99,38 @@ impl Tx for SqlTx<'_> {
         super::sqlite::insert_inbound(self.0, source, dedupe_key, payload)
     }
 
+    fn insert_inbound(
+        &self,
+        source: Source,
+        dedupe_key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Option<i64>, StoreError> {
+        let fresh = super::sqlite::insert_inbound(self.0, source, dedupe_key, payload)?;
+        Ok(fresh.then(|| self.0.last_insert_rowid()))
+    }
+
+    fn has_undecided(&self) -> Result<bool, StoreError> {
+        let found = self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM inbound_events WHERE processed_at IS NULL AND failed_at IS NULL
+                 LIMIT 1",
+            )?
+            .query_row([], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn savepoint(&self, f: &mut dyn FnMut() -> bool) -> Result<bool, StoreError> {
+        self.0.execute_batch("SAVEPOINT within")?;
+        let keep = f();
+        if !keep {
+            self.0.execute_batch("ROLLBACK TO SAVEPOINT within")?;
+        }
+        self.0.execute_batch("RELEASE SAVEPOINT within")?;
+        Ok(keep)
+    }
+
     fn advance_symphony_watermark(&self, at_ms: i64) -> Result<(), StoreError> {
         super::sqlite::advance_watermark(self.0, at_ms)
     }

@@ -460,3 +460,40 @@ fn a_key_claimed_by_this_instance_is_held_renewed_and_given_up() {
         assert!(store.claim_key("group:1", ttl).expect("again").is_some(), "{name}: free again");
     }
 }
+
+#[test]
+fn a_savepoint_keeps_or_undoes_its_writes_and_the_transaction_goes_on() {
+    for (name, store) in backends() {
+        let (first, second) = store
+            .transaction(|tx| -> Result<_, StoreError> {
+                let first = tx.insert_inbound(Source::Symphony, "e1", &json!(1))?;
+                assert!(tx.has_undecided()?, "{name}: e1 waits");
+                let kept = tx.savepoint(&mut || {
+                    let id = first.expect("e1 is new");
+                    tx.mark_processed(id).expect("mark");
+                    tx.queue_effects(&[("stream:s".into(), json!({"n": 1}))]).expect("queue");
+                    true
+                })?;
+                assert!(kept, "{name}");
+                assert!(!tx.has_undecided()?, "{name}: e1 decided");
+                let second = tx.insert_inbound(Source::Symphony, "e2", &json!(2))?;
+                let undone = tx.savepoint(&mut || {
+                    tx.mark_processed(second.expect("e2 is new")).expect("mark");
+                    tx.queue_effects(&[("stream:s".into(), json!({"n": 2}))]).expect("queue");
+                    false
+                })?;
+                assert!(!undone, "{name}");
+                assert_eq!(tx.insert_inbound(Source::Symphony, "e2", &json!(2))?, None, "{name}");
+                Ok((first, second))
+            })
+            .expect("committed");
+        assert!(first.is_some() && second.is_some() && first != second, "{name}");
+        let pending = store.pending_inbound(0, 10).expect("pending");
+        let keys: Vec<&str> = pending.iter().map(|r| r.dedupe_key.as_str()).collect();
+        assert_eq!(keys, ["e2"], "{name}: e1 decided, e2's decision undone");
+        assert_eq!(Some(pending[0].id), second, "{name}: the id answered is the row's");
+        let due = store.due_outbox(10, &[]).expect("due");
+        let effects: Vec<&serde_json::Value> = due.iter().map(|r| &r.effect).collect();
+        assert_eq!(effects, [&json!({"n": 1})], "{name}: only the kept decision's effect");
+    }
+}

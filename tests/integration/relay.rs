@@ -565,3 +565,35 @@ async fn a_message_written_before_a_removal_reaches_the_room_when_its_webhook_co
     sim.set_webhook_url(&hook);
     wait_for_message(&pod, &sid, BOT, |t| t.contains("written while still in the group")).await;
 }
+
+/// A room's commands are answered in the order they were written, whichever way each is
+/// decided: `/wa info`, which reads the room's files live (slowly here), then `/wa help`, which
+/// the datafeed brings while that read is still out. The help needs no live read and could be
+/// decided the moment it is stored, ahead of the info: it waits behind it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_behind_one_still_being_decided_is_answered_after_it() {
+    let pod = start_pod().await;
+    let sim = start_sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bot = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
+    let (sid, _gid) = group_with_two_contacts(&pod, &sim).await;
+    let answers_before = pod.messages(&sid).iter().filter(|m| m.user == BOT).count();
+    pod.inject_hang("/pod/v1/streams/.*/attachments$", Duration::from_millis(1500), 1)
+        .expect("hang");
+    pod.post_message(&sid, ALICE, "<messageML>/wa info</messageML>").expect("info");
+    pod.post_message(&sid, ALICE, "<messageML>/wa help</messageML>").expect("help");
+    let answers = || -> Vec<String> {
+        let mine = pod.messages(&sid).into_iter().filter(|m| m.user == BOT);
+        mine.skip(answers_before).map(|m| m.text).collect()
+    };
+    wait_for("both answered", Duration::from_secs(10), || {
+        let both = answers().len() >= 2;
+        async move { both.then_some(()) }
+    })
+    .await;
+    let answers = answers();
+    assert_eq!(answers.len(), 2, "one answer each: {answers:?}");
+    assert!(answers[0].contains("WhatsApp contacts"), "the info first: {answers:?}");
+    assert!(answers[1].contains("list the commands"), "then the help: {answers:?}");
+    bot.stop().await;
+}
