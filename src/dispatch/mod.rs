@@ -2,7 +2,9 @@
 //! a stream, a WhatsApp chat), keys in parallel. Each decision commits in one transaction with
 //! its state changes, its effects and the event's processed mark. An event that keeps failing
 //! is retried with capped backoff, then set aside (kept, counted, reported in its room, listed
-//! and retried by `wa-groups-bot events`): it never holds up another key.
+//! and retried by `wa-groups-bot events`): it never holds up another key. On a store of its
+//! own, while nothing waits in the queue, a Symphony event that needs no live read is decided
+//! in the very transaction that stores it ([`DecideOnReceipt`], used by the intake).
 
 pub mod decide;
 
@@ -679,7 +681,10 @@ impl<L: LiveReads + 'static> DecideOnReceipt for Dispatcher<L> {
         };
         tx.savepoint(&mut || {
             match std::panic::catch_unwind(AssertUnwindSafe(&mut decide)) {
-                Ok(Ok(Some(d))) => decided = Some(d),
+                Ok(Ok(Some(d))) => {
+                    tracing::debug!(event = id, queued = d.queued, "decided on receipt");
+                    decided = Some(d);
+                }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!(event = id, error = %e, "not decided on receipt"),
                 Err(_) => tracing::debug!(event = id, "deciding it on receipt panicked"),
