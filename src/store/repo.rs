@@ -61,13 +61,20 @@ impl SqlTx<'_> {
     }
 }
 
+/// An effect queued: its key's head when the key has nothing pending.
+pub(super) const QUEUE_EFFECT_SQL: &str =
+    "INSERT INTO outbox (order_key, effect, next_at, created_at, head)
+     VALUES (?1, ?2, ?3, ?3, NOT EXISTS (SELECT 1 FROM outbox WHERE order_key = ?1
+                                         AND done_at IS NULL AND failed_at IS NULL))";
+
+/// A key's next pending effect becomes its head.
+pub(super) const NEXT_HEAD_SQL: &str =
+    "UPDATE outbox SET head = 1 WHERE id = (SELECT MIN(id) FROM outbox
+     WHERE order_key = ?1 AND done_at IS NULL AND failed_at IS NULL)";
+
 /// Inserts effects into the outbox; an effect whose key has nothing pending is its key's head.
 fn queue_effects(conn: &Connection, effects: &[QueuedEffect], now: i64) -> Result<(), StoreError> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO outbox (order_key, effect, next_at, created_at, head)
-         VALUES (?1, ?2, ?3, ?3, NOT EXISTS (SELECT 1 FROM outbox WHERE order_key = ?1
-                                             AND done_at IS NULL AND failed_at IS NULL))",
-    )?;
+    let mut insert = conn.prepare_cached(QUEUE_EFFECT_SQL)?;
     for (key, effect) in effects {
         insert.execute(params![key, serde_json::to_string(effect)?, now])?;
     }
@@ -158,12 +165,7 @@ impl Tx for SqlTx<'_> {
                 .optional()?,
         };
         if let Some(key) = key {
-            self.0
-                .prepare_cached(
-                    "UPDATE outbox SET head = 1 WHERE id = (SELECT MIN(id) FROM outbox
-                     WHERE order_key = ?1 AND done_at IS NULL AND failed_at IS NULL)",
-                )?
-                .execute([key])?;
+            self.0.prepare_cached(NEXT_HEAD_SQL)?.execute([key])?;
         }
         Ok(())
     }

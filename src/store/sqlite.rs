@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0009_symphony_watermark.sql"),
     include_str!("migrations/0010_contacts_by_bsuid.sql"),
     include_str!("migrations/0011_contact_names.sql"),
+    include_str!("migrations/0012_pending_outbox_keys.sql"),
 ];
 
 /// The due heads of the outbox: read from the heads' partial index, whatever the backlog.
@@ -112,9 +113,24 @@ impl SqliteStore {
     /// How SQLite runs the outbox claim (tests: it must use the heads' index).
     #[cfg(test)]
     pub(super) fn claim_plan(&self) -> Result<String, StoreError> {
+        self.plan(CLAIM_SQL, params![0])
+    }
+
+    /// How SQLite runs the lookups of a key's pending effects: queueing one (is it the head?)
+    /// and finishing one (which is next?). Tests: they must use the pending keys' index.
+    #[cfg(test)]
+    pub(super) fn key_lookup_plans(&self) -> Result<[String; 2], StoreError> {
+        Ok([
+            self.plan(super::repo::QUEUE_EFFECT_SQL, params!["k", "{}", 0])?,
+            self.plan(super::repo::NEXT_HEAD_SQL, params!["k"])?,
+        ])
+    }
+
+    #[cfg(test)]
+    fn plan(&self, sql: &str, args: impl rusqlite::Params) -> Result<String, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {CLAIM_SQL}"))?;
-        let rows = stmt.query_map(params![0], |r| r.get::<_, String>(3))?;
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(3))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?.join("; "))
     }
 

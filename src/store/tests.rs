@@ -212,6 +212,18 @@ fn claiming_the_next_effect_does_not_read_the_backlog_behind_it() {
 }
 
 #[test]
+fn a_keys_pending_effects_are_found_through_the_index_of_pending_effects_alone() {
+    // Whether a key has a head yet, and which effect is next once one is done: both search the
+    // index that holds pending effects only (a done mark takes an effect out of it), never the
+    // outbox's done effects, however many of those there are.
+    let sqlite = Arc::new(SqliteStore::open_in_memory().expect("store"));
+    for plan in sqlite.key_lookup_plans().expect("plans") {
+        assert!(plan.contains("USING INDEX outbox_by_key (order_key=?)"), "{plan}");
+        assert!(!plan.contains("SCAN"), "{plan}");
+    }
+}
+
+#[test]
 fn the_queue_reads_are_compiled_once_whatever_values_they_are_given() {
     // The dispatcher and the executor read their queues thousands of times a second under a
     // burst, each time with a new cursor or clock: none of those reads may compile its query
