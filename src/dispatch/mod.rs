@@ -609,12 +609,27 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
         if !tx.hold_claim(&job.claim, self.policy.claim_ttl)? {
             return Err(DecideError::Fenced);
         }
-        if !tx.mark_processed(job.row.id)? {
-            return Ok(false); // decided already
+        // `None`: decided already.
+        let row = &job.row;
+        Ok(self.write_decision(tx, row.id, &row.dedupe_key, &job.event, prepared)?.unwrap_or(false))
+    }
+
+    /// The event marked processed, its state written and its effects queued, in `tx`; whether
+    /// effects were queued, or `None` when it was processed already (nothing written).
+    fn write_decision(
+        &self,
+        tx: &dyn crate::store::Tx,
+        id: i64,
+        dedupe_key: &str,
+        event: &Event,
+        prepared: Prepared,
+    ) -> Result<Option<bool>, DecideError> {
+        if !tx.mark_processed(id)? {
+            return Ok(None);
         }
-        let effects = self.decider.decide(tx, &job.row.dedupe_key, &job.event, prepared)?;
+        let effects = self.decider.decide(tx, dedupe_key, event, prepared)?;
         tx.queue_effects(&to_outbox(&effects)?)?;
-        Ok(!effects.is_empty())
+        Ok(Some(!effects.is_empty()))
     }
 
     /// Sets an event aside: kept for an administrator, counted, and said in its room.
@@ -672,12 +687,8 @@ impl<L: LiveReads + 'static> DecideOnReceipt for Dispatcher<L> {
                 return Ok(None);
             };
             let command = prepared.command_name();
-            if !tx.mark_processed(id)? {
-                return Ok(None);
-            }
-            let effects = self.decider.decide(tx, dedupe_key, event, prepared)?;
-            tx.queue_effects(&to_outbox(&effects)?)?;
-            Ok(Some(Decided { queued: !effects.is_empty(), command }))
+            let queued = self.write_decision(tx, id, dedupe_key, event, prepared)?;
+            Ok(queued.map(|queued| Decided { queued, command }))
         };
         tx.savepoint(&mut || {
             match std::panic::catch_unwind(AssertUnwindSafe(&mut decide)) {
