@@ -202,7 +202,16 @@ async fn a_submission_redelivered_after_a_restart_creates_one_group() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = start_bot_with_whatsapp(&pod, &sim, dir.path(), "\"*\"").await;
     let (im, form) = open_form(&pod).await;
-    // The read that would acknowledge the submission hangs: the bot stops before the ack.
+    // The read that would acknowledge the submission hangs: the bot stops before the ack. The
+    // form's own echo must be read and acknowledged first (two more reads begun), else the
+    // hang falls on that acknowledgement, the bot reads past it once its read times out, and
+    // acknowledges the submission after all (seen under CI's load).
+    let reads = pod.stats().feed_reads;
+    wait_for("the bot reading past the form", Duration::from_secs(10), || {
+        let n = pod.stats().feed_reads;
+        async move { (n >= reads + 2).then_some(()) }
+    })
+    .await;
     pod.inject_hang("/agent/v5/datafeeds/.*/read$", Duration::from_secs(30), 1).expect("hang");
     submit(&pod, ALICE, &form, json!({"name": "Once", "contacts": format!("+{JANE}")})).await;
     wait_for_message(&pod, &im, BOT, |t| t.starts_with("Creating Once")).await;
