@@ -133,6 +133,9 @@ impl CommandRouter {
     ) -> Result<Prepared, CommandError> {
         let mut prepared = self.parse(message)?;
         let Ok(Some(command)) = &prepared.parsed else { return Ok(prepared) };
+        if !reads_live(command) {
+            return Ok(prepared);
+        }
         let group = store.read(|r| r.group_by_stream(&message.stream))?;
         let Some(group) = group else { return Ok(prepared) }; // the service says where to go
         match command {
@@ -173,12 +176,11 @@ impl CommandRouter {
     ) -> Result<Option<Prepared>, CommandError> {
         let prepared = self.parse(message)?;
         let Ok(Some(command)) = &prepared.parsed else { return Ok(Some(prepared)) };
-        let offline =
-            matches!(command, Command::Help | Command::CreateForm | Command::Create { .. })
-                || repo.group_by_stream(&message.stream)?.is_none();
+        let offline = !reads_live(command) || repo.group_by_stream(&message.stream)?.is_none();
         Ok(offline.then_some(prepared))
     }
 
+    /// The message parsed; nothing read.
     fn parse(&self, message: &ReceivedMessage) -> Result<Prepared, CommandError> {
         let segments =
             crate::symphony::messageml::parse(&message.presentation_ml, message.data.as_deref())
@@ -234,4 +236,10 @@ impl CommandRouter {
         };
         Ok(self.groups.manage(tx, &who, manage, prepared.owners.as_deref())?)
     }
+}
+
+/// Whether a command reads the pod live before it is decided (in a room with a group): `/wa info`
+/// its files and people, the owners' commands the room's live owners.
+fn reads_live(command: &Command) -> bool {
+    !matches!(command, Command::Help | Command::CreateForm | Command::Create { .. })
 }

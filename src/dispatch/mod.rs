@@ -589,12 +589,15 @@ impl<L: LiveReads + 'static> Dispatcher<L> {
     fn decided(&self, job: Job, result: Result<bool, DecideError>) {
         tracing::debug!(event = job.row.id, key = %job.claim.key, token = job.claim.token, ok = result.is_ok(), "decided");
         // `Ok(false)`: marked processed before (nothing decided now) — a command always answers.
-        if matches!(result, Ok(true))
-            && let Some(command) = job.prepared.command_name()
-        {
+        self.count_command(matches!(result, Ok(true)), job.prepared.command_name());
+        let _ = job.reply.send(result);
+    }
+
+    /// A command whose decision committed with effects queued (its answer) is counted.
+    fn count_command(&self, queued: bool, command: Option<&'static str>) {
+        if queued && let Some(command) = command {
             self.metrics.command(command);
         }
-        let _ = job.reply.send(result);
     }
 
     /// One decision inside a transaction: the claim held, the event marked processed, its
@@ -709,12 +712,8 @@ impl<L: LiveReads + 'static> DecideOnReceipt for Dispatcher<L> {
         let mut queued = false;
         for d in decided {
             crate::crashpoint::reached("an event decided");
-            if d.queued {
-                queued = true;
-                if let Some(command) = d.command {
-                    self.metrics.command(command);
-                }
-            }
+            self.count_command(d.queued, d.command);
+            queued |= d.queued;
         }
         if queued {
             self.effects.notify_one();
