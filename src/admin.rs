@@ -236,7 +236,7 @@ pub async fn check_connect(config: &Config, report: &mut CheckReport) {
     let graph = format!("{}{}", wa.api_base_url, wa.api_version);
     match WhatsAppClient::new(wa, once) {
         Err(e) => report.push(Outcome::Problem, format!("Graph API: {e}")),
-        Ok(client) => match client.business_number().await {
+        Ok(client) => match client.business_number().await.map(|n| n.get().cloned()) {
             Ok(Some(number)) => report.push(
                 Outcome::Ok,
                 format!(

@@ -244,24 +244,43 @@ enum EventsCmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // `run` logs as its configuration says (set up once it is read); the printing commands
-    // do not log.
-    match &cli.command {
-        Cmd::Run { .. } | Cmd::Completions { .. } | Cmd::Man => {}
-        Cmd::Demo { logs: false, .. } | Cmd::Bench { .. } | Cmd::Soak { .. } => {
-            init_logging_from_env(Verbosity::Fixed("warn"))
+    // `run` logs as its configuration says (set up once it is read) and runs on the runtime
+    // its store wants; the printing commands do not log.
+    let mut loaded = None;
+    let runtime = match &cli.command {
+        Cmd::Run { config } => {
+            let config = Config::load(config)?;
+            telemetry::init(config.logging.format, Verbosity::Default("info"));
+            let runtime = app::runtime(&config);
+            loaded = Some(config);
+            runtime
         }
-        _ => init_logging_from_env(Verbosity::Default("info")),
-    }
+        other => {
+            match other {
+                Cmd::Completions { .. } | Cmd::Man => {}
+                Cmd::Demo { logs: false, .. } | Cmd::Bench { .. } | Cmd::Soak { .. } => {
+                    init_logging_from_env(Verbosity::Fixed("warn"))
+                }
+                _ => init_logging_from_env(Verbosity::Default("info")),
+            }
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
+    };
+    runtime.context("the async runtime")?.block_on(execute(cli.command, loaded))
+}
+
+/// Runs `command`; `loaded` is `run`'s configuration when it was read already.
+async fn execute(command: Cmd, loaded: Option<Config>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signal(cancel.clone()));
-    match cli.command {
+    match command {
         Cmd::Run { config } => {
-            let config = Config::load(&config)?;
-            telemetry::init(config.logging.format, Verbosity::Default("info"));
+            let config = match loaded {
+                Some(config) => config,
+                None => Config::load(&config)?,
+            };
             app::run(config, cancel).await?;
         }
         Cmd::Sandbox { data, port } => {

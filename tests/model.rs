@@ -119,7 +119,7 @@ fn new_bot(templates: &Arc<Templates>) -> Decider<Pod> {
                 notice: t(NOTICE),
                 message: t(NOTICE),
             },
-            business: None,
+            business: Default::default(),
         },
     });
     let relay = Arc::new(RelayService { templates: templates.clone() });

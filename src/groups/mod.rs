@@ -9,6 +9,7 @@ pub mod service;
 /// know it by this path.
 pub use crate::domain as model;
 pub use crate::domain::{
-    ContactRecord, ContactState, Created, E164, E164Error, GroupId, GroupKey, GroupKind,
-    GroupRecord, GroupState, Origin, Recipient, StreamId, TemplateParam, UserId, WaMessageRecord,
+    BusinessNumber, ContactRecord, ContactState, Created, E164, E164Error, GroupId, GroupKey,
+    GroupKind, GroupRecord, GroupState, Origin, Recipient, StreamId, TemplateParam, UserId,
+    WaMessageRecord,
 };

@@ -9,8 +9,8 @@ use crate::effects::Effect;
 use crate::events::whatsapp::{WaError, WaUser};
 use crate::groups::rules::{self, JoinDecision};
 use crate::groups::{
-    ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind, GroupRecord,
-    GroupState, Origin, Recipient, StreamId, TemplateParam, UserId,
+    BusinessNumber, ContactRecord, ContactState, Created, E164, GroupId, GroupKey, GroupKind,
+    GroupRecord, GroupState, Origin, Recipient, StreamId, TemplateParam, UserId,
 };
 use crate::store::{GroupRepo, StoreError};
 use crate::templates::{TemplateError, Templates};
@@ -37,7 +37,7 @@ pub struct GroupSettings {
     pub entitlements: EntitlementsConfig,
     pub wa_templates: WaTemplatesConfig,
     /// The bot's own WhatsApp business number, when known: never a contact.
-    pub business: Option<E164>,
+    pub business: BusinessNumber,
 }
 
 pub struct GroupService {
@@ -107,7 +107,7 @@ impl GroupService {
             GroupKind::Standard,
             &[],
             contacts,
-            self.settings.business.as_ref(),
+            self.settings.business.get(),
             false,
         ) {
             let reason = refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
@@ -837,7 +837,7 @@ impl GroupService {
                     group.kind,
                     &contacts,
                     &adding,
-                    self.settings.business.as_ref(),
+                    self.settings.business.get(),
                     false,
                 ) {
                     let reason =
@@ -856,7 +856,7 @@ impl GroupService {
                     group.kind,
                     &contacts,
                     &phones,
-                    self.settings.business.as_ref(),
+                    self.settings.business.get(),
                     true,
                 ) {
                     let reason =
@@ -1164,7 +1164,7 @@ mod tests {
                     notice: t("group_update"),
                     message: t("group_update"),
                 },
-                business: None,
+                business: Default::default(),
             },
         }
     }

@@ -279,18 +279,16 @@ impl WhatsAppClient {
             .await
     }
 
-    /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`), if it
-    /// is a valid number.
+    /// The business phone number (`GET /<PHONE_NUMBER_ID>?fields=display_phone_number`).
     #[tracing::instrument(name = "whatsapp.business_number", skip_all)]
-    pub async fn business_number(&self) -> Result<Option<crate::domain::E164>, WhatsAppError> {
+    pub async fn business_number(&self) -> Result<crate::domain::BusinessNumber, WhatsAppError> {
         let raw: Value = self
             .call(Method::GET, &self.phone_number_id, |r| {
                 r.query(&[("fields", "display_phone_number,verified_name")])
             })
             .await?;
         let shown = raw.get("display_phone_number").and_then(Value::as_str).unwrap_or_default();
-        let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
-        Ok(crate::domain::E164::parse(&digits).ok())
+        Ok(crate::domain::BusinessNumber::shown(shown))
     }
 
     // ----- groups -----
