@@ -25,6 +25,7 @@ use super::model::{self, Datafeed, EventList};
 use super::{Retry, Service, SymphonyClient, SymphonyError};
 use crate::config::RetryConfig;
 use crate::events::SymphonyEvent;
+use serde_json::value::RawValue;
 
 /// Receives each non-empty batch; `Err` leaves the batch unacknowledged (it comes back later).
 pub type BatchHandler =
@@ -210,7 +211,7 @@ impl DatafeedLoop {
         &self,
         feed: &str,
         ack_id: &str,
-    ) -> Result<(Vec<serde_json::Value>, Option<String>), SymphonyError> {
+    ) -> Result<(Vec<Box<RawValue>>, Option<String>), SymphonyError> {
         let path = format!("/agent/v5/datafeeds/{feed}/read");
         let body = json!({"ackId": ack_id});
         let list: Option<EventList> = self
@@ -344,14 +345,14 @@ impl DatafeedLoop {
 async fn hand_over(
     handler: &mut BatchHandler,
     feed: &str,
-    raw: &[serde_json::Value],
+    raw: &[Box<RawValue>],
 ) -> Result<(), ()> {
     let events: Vec<SymphonyEvent> = raw
         .iter()
         .filter_map(|e| {
-            let mapped = model::map_event(e);
+            let mapped = model::map_event_json(e.get());
             if mapped.is_none() {
-                tracing::warn!(event = %e, "unreadable datafeed event skipped");
+                tracing::warn!(event = %e.get(), "unreadable datafeed event skipped");
             }
             mapped
         })

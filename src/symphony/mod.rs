@@ -7,6 +7,7 @@ pub mod catchup;
 pub mod datafeed;
 pub mod messageml;
 pub mod model;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,7 @@ use crate::domain::{StreamId, UserId};
 use crate::events::{MessageAttachment, ReceivedMessage, SymphonyEvent, SymphonyEventKind};
 
 use super::messageml;
+use super::wire::{self, Lenient};
 
 /// `Token` from the login API.
 #[derive(Deserialize)]
@@ -148,159 +149,168 @@ pub(crate) struct Datafeed {
     pub created_at: Option<i64>,
 }
 
-/// `V5EventList`: events stay raw JSON here so that one odd event never loses a batch.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct EventList {
-    #[serde(default)]
-    pub events: Option<Vec<Value>>,
-    /// Optional in the spec: a read may answer without one (then the last one stays in force).
-    #[serde(default)]
-    pub ack_id: Option<String>,
-}
-
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
-}
-
-fn user_at(v: &Value, path: &[&str]) -> Option<UserId> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.get("userId")?.as_i64().map(UserId)
-}
+pub(crate) use super::wire::EventList;
 
 /// Maps one raw `V4Event`. Unknown types become [`SymphonyEventKind::Other`]; an event the bot
 /// cannot read at all (no id) is `None`.
 pub fn map_event(raw: &Value) -> Option<SymphonyEvent> {
-    let id = raw.get("id")?.as_str()?.to_owned();
-    let kind_name = raw.get("type").and_then(Value::as_str).unwrap_or_default();
+    map_wire_event(wire::Event::deserialize(raw).ok()?)
+}
+
+/// [`map_event`] from the event's JSON text, as the datafeed's answer holds it.
+pub fn map_event_json(raw: &str) -> Option<SymphonyEvent> {
+    let event = match serde_json::from_str::<wire::Event>(raw) {
+        Ok(event) => event,
+        // Only a key given twice fails a lenient shape: read as a value tree reads it (the
+        // last one counts).
+        Err(_) => wire::Event::deserialize(&serde_json::from_str::<Value>(raw).ok()?).ok()?,
+    };
+    map_wire_event(event)
+}
+
+fn stream_of<T>(
+    entry: &Lenient<T>,
+    stream: impl Fn(&T) -> &Lenient<wire::Stream>,
+) -> Option<StreamId> {
+    let id = stream(entry.get()?).get()?.stream_id.get()?;
+    Some(StreamId::new(id))
+}
+
+fn user_id(user: &Lenient<wire::User>) -> Option<UserId> {
+    user.get()?.user_id.get().copied().map(UserId)
+}
+
+fn membership(entry: &Lenient<wire::Membership>) -> Option<(StreamId, UserId)> {
+    let m = entry.get()?;
+    Some((stream_of(entry, |m| &m.stream)?, user_id(&m.affected_user)?))
+}
+
+fn map_wire_event(event: wire::Event) -> Option<SymphonyEvent> {
+    let id = event.id.0?;
+    let kind_name = event.kind.0.unwrap_or_default();
+    let user = event.initiator.0.and_then(|i| i.user.0);
+    let initiator = user.as_ref().and_then(|u| u.user_id.get().copied()).map(UserId);
+    let p = event.payload.0.unwrap_or_default();
+    let message = p.message_sent.get().and_then(|m| m.message.get());
     // A message's own timestamp (its ingestion by the pod) is the one the message history gives
     // too: events of one room are ordered by it whichever way they came (datafeed, catch-up).
-    let timestamp = raw
-        .pointer("/payload/messageSent/message/timestamp")
-        .or_else(|| raw.get("timestamp"))
-        .and_then(Value::as_i64)
+    let timestamp = message
+        .and_then(|m| m.timestamp.get())
+        .or(event.timestamp.get())
+        .copied()
         .unwrap_or_default();
-    let initiator = user_at(raw, &["initiator", "user"]);
-    let p = raw.get("payload").unwrap_or(&Value::Null);
-    let stream_of = |key: &str| str_at(p, &[key, "stream", "streamId"]).map(StreamId::new);
-    let other = || SymphonyEventKind::Other { event_type: kind_name.to_owned() };
-    let affected = |key: &str| user_at(p, &[key, "affectedUser"]);
-    let kind = match kind_name {
+    let other = || SymphonyEventKind::Other { event_type: kind_name.clone() };
+    let kind = match kind_name.as_str() {
         "MESSAGESENT" => {
-            let m = p.get("messageSent").and_then(|m| m.get("message"));
-            match m.and_then(|m| map_message(m, initiator)) {
+            let message = p.message_sent.0.and_then(|m| m.message.0);
+            match message.and_then(|m| map_wire_message(m, initiator)) {
                 Some(msg) => SymphonyEventKind::MessageSent(msg),
                 None => other(),
             }
         }
-        "INSTANTMESSAGECREATED" => match stream_of("instantMessageCreated") {
-            Some(stream) => SymphonyEventKind::InstantMessageCreated { stream },
-            None => other(),
-        },
-        "ROOMCREATED" => match stream_of("roomCreated") {
+        "INSTANTMESSAGECREATED" => stream_of(&p.instant_message_created, |e| &e.stream)
+            .map_or_else(other, |stream| SymphonyEventKind::InstantMessageCreated { stream }),
+        "ROOMCREATED" => match stream_of(&p.room_created, |e| &e.stream) {
             Some(stream) => SymphonyEventKind::RoomCreated {
                 stream,
-                name: str_at(p, &["roomCreated", "roomProperties", "name"]).map(str::to_owned),
+                name: p.room_created.get().and_then(|e| e.room_properties.get()?.name.0.clone()),
             },
             None => other(),
         },
-        "ROOMUPDATED" => match stream_of("roomUpdated") {
+        "ROOMUPDATED" => match stream_of(&p.room_updated, |e| &e.stream) {
             Some(stream) => SymphonyEventKind::RoomUpdated {
                 stream,
-                name: str_at(p, &["roomUpdated", "newRoomProperties", "name"])
-                    .or_else(|| str_at(p, &["roomUpdated", "stream", "roomName"]))
-                    .map(str::to_owned),
+                name: p.room_updated.get().and_then(|e| {
+                    e.new_room_properties
+                        .get()
+                        .and_then(|r| r.name.0.clone())
+                        .or_else(|| e.stream.get()?.room_name.0.clone())
+                }),
             },
             None => other(),
         },
-        "ROOMDEACTIVATED" => stream_of("roomDeactivated")
+        "ROOMDEACTIVATED" => stream_of(&p.room_deactivated, |e| &e.stream)
             .map_or_else(other, |stream| SymphonyEventKind::RoomDeactivated { stream }),
-        "ROOMREACTIVATED" => stream_of("roomReactivated")
+        "ROOMREACTIVATED" => stream_of(&p.room_reactivated, |e| &e.stream)
             .map_or_else(other, |stream| SymphonyEventKind::RoomReactivated { stream }),
-        "USERJOINEDROOM" => match (stream_of("userJoinedRoom"), affected("userJoinedRoom")) {
-            (Some(stream), Some(user)) => SymphonyEventKind::UserJoinedRoom { stream, user },
-            _ => other(),
-        },
-        "USERLEFTROOM" => match (stream_of("userLeftRoom"), affected("userLeftRoom")) {
-            (Some(stream), Some(user)) => SymphonyEventKind::UserLeftRoom { stream, user },
-            _ => other(),
-        },
+        "USERJOINEDROOM" => membership(&p.user_joined_room).map_or_else(other, |(stream, user)| {
+            SymphonyEventKind::UserJoinedRoom { stream, user }
+        }),
+        "USERLEFTROOM" => membership(&p.user_left_room)
+            .map_or_else(other, |(stream, user)| SymphonyEventKind::UserLeftRoom { stream, user }),
         "ROOMMEMBERPROMOTEDTOOWNER" => {
-            match (stream_of("roomMemberPromotedToOwner"), affected("roomMemberPromotedToOwner")) {
-                (Some(stream), Some(user)) => {
-                    SymphonyEventKind::MemberPromotedToOwner { stream, user }
-                }
-                _ => other(),
-            }
+            membership(&p.room_member_promoted_to_owner).map_or_else(other, |(stream, user)| {
+                SymphonyEventKind::MemberPromotedToOwner { stream, user }
+            })
         }
         "ROOMMEMBERDEMOTEDFROMOWNER" => {
-            match (stream_of("roomMemberDemotedFromOwner"), affected("roomMemberDemotedFromOwner"))
-            {
-                (Some(stream), Some(user)) => {
-                    SymphonyEventKind::MemberDemotedFromOwner { stream, user }
-                }
-                _ => other(),
-            }
+            membership(&p.room_member_demoted_from_owner).map_or_else(other, |(stream, user)| {
+                SymphonyEventKind::MemberDemotedFromOwner { stream, user }
+            })
         }
         "SYMPHONYELEMENTSACTION" => {
-            let a = p.get("symphonyElementsAction").cloned().unwrap_or(Value::Null);
-            match (
-                str_at(&a, &["stream", "streamId"]),
-                a.get("formMessageId").and_then(Value::as_str),
-            ) {
-                (Some(stream), Some(form_message_id)) => SymphonyEventKind::ElementsAction {
-                    stream: StreamId::new(stream),
-                    form_message_id: form_message_id.to_owned(),
-                    form_id: a.get("formId").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    values: a.get("formValues").cloned().unwrap_or(Value::Null),
-                    initiator_email: str_at(raw, &["initiator", "user", "email"])
-                        .map(str::to_owned),
+            let stream = stream_of(&p.symphony_elements_action, |a| &a.stream);
+            match (stream, p.symphony_elements_action.0) {
+                (Some(stream), Some(a)) => match a.form_message_id.0 {
+                    Some(form_message_id) => SymphonyEventKind::ElementsAction {
+                        stream,
+                        form_message_id,
+                        form_id: a.form_id.0.unwrap_or_default(),
+                        values: a.form_values.0.unwrap_or(Value::Null),
+                        initiator_email: user.as_ref().and_then(|u| u.email.0.clone()),
+                    },
+                    None => other(),
                 },
                 _ => other(),
             }
         }
         _ => other(),
     };
-    let affected_name = p
-        .as_object()
-        .and_then(|o| o.values().next())
-        .and_then(|v| v.get("affectedUser"))
-        .and_then(|u| u.get("displayName"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    // The user a membership event is about, by name (the payload has the one entry).
+    let affected_name = [
+        &p.room_member_demoted_from_owner,
+        &p.room_member_promoted_to_owner,
+        &p.user_joined_room,
+        &p.user_left_room,
+    ]
+    .into_iter()
+    .find_map(|m| m.get())
+    .and_then(|m| m.affected_user.get()?.display_name.0.clone());
     Some(SymphonyEvent { id, timestamp, initiator, affected_name, kind })
 }
 
-/// Maps one `V4Message` (a datafeed MESSAGESENT's or one of the message history's).
+/// Maps one `V4Message` (one of the message history's).
 pub(crate) fn map_message(m: &Value, initiator: Option<UserId>) -> Option<ReceivedMessage> {
-    let presentation_ml = m.get("message")?.as_str()?.to_owned();
-    let data = m.get("data").and_then(Value::as_str).map(str::to_owned);
+    map_wire_message(wire::Message::deserialize(m).ok()?, initiator)
+}
+
+fn map_wire_message(m: wire::Message, initiator: Option<UserId>) -> Option<ReceivedMessage> {
+    let presentation_ml = m.message.0?;
+    let data = m.data.0;
+    let stream = m.stream.0?;
+    let user = m.user.0;
     let parsed = messageml::parse(&presentation_ml, data.as_deref()).ok();
     Some(ReceivedMessage {
-        message_id: m.get("messageId")?.as_str()?.to_owned(),
-        stream: StreamId::new(str_at(m, &["stream", "streamId"])?),
-        stream_type: str_at(m, &["stream", "streamType"]).map(str::to_owned),
-        sender: m
-            .get("user")
-            .and_then(|u| u.get("userId"))
-            .and_then(Value::as_i64)
-            .map(UserId)
-            .or(initiator)?,
-        sender_name: str_at(m, &["user", "displayName"]).map(str::to_owned),
-        sender_email: str_at(m, &["user", "email"]).map(str::to_owned),
+        message_id: m.message_id.0?,
+        stream: StreamId::new(stream.stream_id.0?),
+        stream_type: stream.stream_type.0,
+        sender: user.as_ref().and_then(|u| u.user_id.get().copied()).map(UserId).or(initiator)?,
+        sender_name: user.as_ref().and_then(|u| u.display_name.0.clone()),
+        sender_email: user.and_then(|u| u.email.0),
         text: parsed.as_ref().map(|p| p.text.clone()).unwrap_or_default(),
         mentions: parsed.map(|p| p.mentions).unwrap_or_default(),
         presentation_ml,
         data,
         attachments: m
-            .get("attachments")
-            .and_then(Value::as_array)
+            .attachments
+            .0
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
             .filter_map(|a| {
                 Some(MessageAttachment {
-                    id: a.get("id")?.as_str()?.to_owned(),
-                    name: a.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    size: a.get("size").and_then(Value::as_u64),
+                    id: a.id.0?,
+                    name: a.name.0.unwrap_or_default(),
+                    size: a.size.0,
                 })
             })
             .collect(),
@@ -336,6 +346,88 @@ mod tests {
             matches!(&events[2].kind, SymphonyEventKind::RoomUpdated { name: Some(n), .. } if n == "Desk EMEA (FX)")
         );
         assert!(matches!(events[3].kind, SymphonyEventKind::InstantMessageCreated { .. }));
+    }
+
+    /// The datafeed's text and the value tree (history, tests) read an event alike.
+    fn mapped_both_ways(raw: &str) -> Option<SymphonyEvent> {
+        let value: Value = serde_json::from_str(raw).expect("JSON");
+        let from_text = map_event_json(raw);
+        assert_eq!(from_text, map_event(&value), "{raw}");
+        from_text
+    }
+
+    #[test]
+    fn a_field_of_another_type_is_as_absent_and_the_event_still_maps() {
+        let message = |user: &str, extra: &str| {
+            format!(
+                r#"{{"id": "e1", "type": "MESSAGESENT", "timestamp": 5, "initiator": {{"user": {{"userId": 7}}}},
+                "payload": {{"messageSent": {{"message": {{"messageId": "m1",
+                "message": "<div data-format=\"PresentationML\" data-version=\"2.0\">hi</div>",
+                "user": {user}, "stream": {{"streamId": "s1", "streamType": 3}}{extra}}}}}}}}}"#
+            )
+        };
+        // A sender id of another type: the initiator is the sender, as the value tree read it.
+        let odd = mapped_both_ways(&message(r#"{"userId": "7", "displayName": ["x"]}"#, ""));
+        let Some(SymphonyEvent { kind: SymphonyEventKind::MessageSent(m), timestamp, .. }) = odd
+        else {
+            panic!("not mapped")
+        };
+        assert_eq!((m.sender, m.sender_name, m.stream_type, timestamp), (UserId(7), None, None, 5));
+        assert_eq!(m.text, "hi");
+        // Attachments: a list of another type is none, an item without an id is left out.
+        let files =
+            r#", "attachments": [{"id": "a1", "name": "x.pdf", "size": -1}, {"name": "no id"}, 4]"#;
+        let Some(SymphonyEvent { kind: SymphonyEventKind::MessageSent(m), .. }) =
+            mapped_both_ways(&message(r#"{"userId": 9}"#, files))
+        else {
+            panic!("not mapped")
+        };
+        assert_eq!(
+            m.attachments,
+            vec![MessageAttachment { id: "a1".into(), name: "x.pdf".into(), size: None }]
+        );
+        assert_eq!(m.sender, UserId(9));
+        for unreadable in [
+            r#"{"id": 5, "type": "ROOMUPDATED"}"#,
+            r#"{"type": "MESSAGESENT", "payload": {}}"#,
+            r#"[{"id": "e1"}]"#,
+            r#""e1""#,
+        ] {
+            assert_eq!(mapped_both_ways(unreadable), None, "{unreadable}");
+        }
+        // A payload entry of another type: the event is kept, as one of a type the bot skips.
+        let other = mapped_both_ways(
+            r#"{"id": "e2", "type": "USERJOINEDROOM", "payload": {"userJoinedRoom": []}, "timestamp": 1.5}"#,
+        );
+        assert!(
+            matches!(&other, Some(SymphonyEvent { kind: SymphonyEventKind::Other { event_type }, timestamp: 0, .. }) if event_type == "USERJOINEDROOM"),
+            "{other:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_counts_once_as_the_value_tree_reads_it() {
+        let raw = r#"{"id": "e1", "id": "e2", "type": "ROOMDEACTIVATED",
+            "payload": {"roomDeactivated": {"stream": {"streamId": "s1"}}}}"#;
+        let event = mapped_both_ways(raw).expect("mapped");
+        assert_eq!(event.id, "e2", "the last one counts");
+        assert_eq!(event.kind, SymphonyEventKind::RoomDeactivated { stream: StreamId::new("s1") });
+    }
+
+    #[test]
+    fn a_membership_event_names_its_affected_user() {
+        let raw = r#"{"id": "e1", "type": "ROOMMEMBERPROMOTEDTOOWNER", "initiator": {"user": {"userId": 1}},
+            "payload": {"roomMemberPromotedToOwner": {"stream": {"streamId": "s1"},
+            "affectedUser": {"userId": 2, "displayName": "Bob Smith", "firstName": "Bob"}}}}"#;
+        let event = mapped_both_ways(raw).expect("mapped");
+        assert_eq!(event.affected_name.as_deref(), Some("Bob Smith"));
+        assert_eq!(
+            event.kind,
+            SymphonyEventKind::MemberPromotedToOwner {
+                stream: StreamId::new("s1"),
+                user: UserId(2)
+            }
+        );
     }
 
     #[test]
