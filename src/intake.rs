@@ -104,7 +104,7 @@ pub fn persist(
             continue;
         }
         let inbound = InboundEvent::Symphony(event.clone());
-        payloads.push(serde_json::to_value(&inbound)?);
+        payloads.push(serde_json::value::to_raw_value(&inbound)?);
         kept.push((event.dedupe_key(), Event::Inbound(inbound)));
     }
     if kept.is_empty() && latest.is_none() {

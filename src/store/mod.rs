@@ -289,12 +289,13 @@ pub trait Tx: GroupRepo {
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError>;
     /// [`enqueue_inbound`](Self::enqueue_inbound) answering the new event's id (`None`: a
-    /// redelivery, nothing stored).
+    /// redelivery, nothing stored), the payload as JSON text already (serialised straight from
+    /// the event, without a value tree in between).
     fn insert_inbound(
         &self,
         source: Source,
         dedupe_key: &str,
-        payload: &serde_json::Value,
+        payload: &serde_json::value::RawValue,
     ) -> Result<Option<i64>, StoreError>;
     /// Whether an event waits to be decided (neither processed nor set aside).
     fn has_undecided(&self) -> Result<bool, StoreError>;

@@ -762,17 +762,8 @@ impl Drop for PgTx<'_> {
 const INSERT_INBOUND: &str = "INSERT INTO inbound_events (source, dedupe_key, payload, received_at)
      VALUES ($1, $2, $3, $4) ON CONFLICT (source, dedupe_key) DO NOTHING";
 
-fn inbound_params(
-    source: Source,
-    dedupe_key: &str,
-    payload: &serde_json::Value,
-) -> Result<Vec<Param>, StoreError> {
-    Ok(params![
-        source.as_str().to_owned(),
-        dedupe_key.to_owned(),
-        serde_json::to_string(payload)?,
-        now_ms()
-    ])
+fn inbound_params(source: Source, dedupe_key: &str, payload: String) -> Vec<Param> {
+    params![source.as_str().to_owned(), dedupe_key.to_owned(), payload, now_ms()]
 }
 
 fn inbound_rows(rows: Vec<Row>) -> Result<Vec<InboundRow>, StoreError> {
@@ -822,7 +813,8 @@ impl StateStore for PostgresStore {
         dedupe_key: &str,
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload)?)? == 1)
+        let payload = serde_json::to_string(payload)?;
+        Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload))? == 1)
     }
 
     fn pending_inbound(&self, after: i64, limit: usize) -> Result<Vec<InboundRow>, StoreError> {
@@ -1183,17 +1175,19 @@ impl Tx for PgTx<'_> {
         dedupe_key: &str,
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload)?)? == 1)
+        let payload = serde_json::to_string(payload)?;
+        Ok(self.execute(INSERT_INBOUND, inbound_params(source, dedupe_key, payload))? == 1)
     }
 
     fn insert_inbound(
         &self,
         source: Source,
         dedupe_key: &str,
-        payload: &serde_json::Value,
+        payload: &serde_json::value::RawValue,
     ) -> Result<Option<i64>, StoreError> {
         let sql = format!("{INSERT_INBOUND} RETURNING id");
-        let row = self.query_opt(&sql, inbound_params(source, dedupe_key, payload)?)?;
+        let params = inbound_params(source, dedupe_key, payload.get().to_owned());
+        let row = self.query_opt(&sql, params)?;
         Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?)
     }
 

@@ -513,6 +513,7 @@ fn an_outbox_head_goes_to_one_instance_until_its_lease_ends() {
     let n = |rows: &[OutboxRow]| rows.iter().map(|r| r.effect["n"].as_i64()).collect::<Vec<_>>();
 
     // Both ask at once: each head goes to exactly one of them.
+    let leased = Instant::now();
     let start = Arc::new(Barrier::new(2));
     let asks: Vec<_> = [a.clone(), b.clone()]
         .into_iter()
@@ -535,7 +536,8 @@ fn an_outbox_head_goes_to_one_instance_until_its_lease_ends() {
     for row in &got[1] {
         b_store.transaction(|tx| tx.finish_effect(row.id, None)).expect("finish");
     }
-    if !got[0].is_empty() {
+    // (Only while they do: under a loaded machine's pauses they may have ended already.)
+    if !got[0].is_empty() && leased.elapsed() < Duration::from_millis(1_500) {
         assert!(b.due_outbox(10, &[]).expect("due").is_empty(), "a's leases stand");
         let next = b.next_outbox_due().expect("next").expect("some");
         assert!(next > now_ms(), "due when a's lease ends, not now");

@@ -202,9 +202,8 @@ pub(super) fn insert_inbound(
     conn: &Connection,
     source: Source,
     dedupe_key: &str,
-    payload: &serde_json::Value,
+    text: &str,
 ) -> Result<bool, StoreError> {
-    let text = serde_json::to_string(payload)?;
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO inbound_events (source, dedupe_key, payload, received_at)
@@ -259,8 +258,8 @@ impl StateStore for SqliteStore {
         dedupe_key: &str,
         payload: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        insert_inbound(&conn, source, dedupe_key, payload)
+        let text = serde_json::to_string(payload)?;
+        insert_inbound(&*self.conn()?, source, dedupe_key, &text)
     }
 
     fn pending_inbound(&self, after: i64, limit: usize) -> Result<Vec<InboundRow>, StoreError> {
