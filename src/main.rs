@@ -248,14 +248,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // `run` logs as its configuration says (set up once it is read) and runs on the runtime
     // its store wants; the printing commands do not log.
-    let mut loaded = None;
-    let runtime = match &cli.command {
+    let (runtime, loaded) = match &cli.command {
         Cmd::Run { config } => {
             let config = Config::load(config)?;
             telemetry::init(config.logging.format, Verbosity::Default("info"));
-            let runtime = app::runtime(&config);
-            loaded = Some(config);
-            runtime
+            (app::runtime(&config), Some(config))
         }
         other => {
             match other {
@@ -265,7 +262,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => init_logging_from_env(Verbosity::Default("info")),
             }
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+            (tokio::runtime::Builder::new_multi_thread().enable_all().build(), None)
         }
     };
     runtime.context("the async runtime")?.block_on(execute(cli.command, loaded))

@@ -176,20 +176,20 @@ fn stream_of<T>(
     Some(StreamId::new(id))
 }
 
-fn user_id(user: &Lenient<wire::User>) -> Option<UserId> {
-    user.get()?.user_id.get().copied().map(UserId)
+fn user_id(user: Option<&wire::User>) -> Option<UserId> {
+    user?.user_id.get().copied().map(UserId)
 }
 
 fn membership(entry: &Lenient<wire::Membership>) -> Option<(StreamId, UserId)> {
     let m = entry.get()?;
-    Some((stream_of(entry, |m| &m.stream)?, user_id(&m.affected_user)?))
+    Some((stream_of(entry, |m| &m.stream)?, user_id(m.affected_user.get())?))
 }
 
 fn map_wire_event(event: wire::Event) -> Option<SymphonyEvent> {
     let id = event.id.0?;
     let kind_name = event.kind.0.unwrap_or_default();
     let user = event.initiator.0.and_then(|i| i.user.0);
-    let initiator = user.as_ref().and_then(|u| u.user_id.get().copied()).map(UserId);
+    let initiator = user_id(user.as_ref());
     let p = event.payload.0.unwrap_or_default();
     let message = p.message_sent.get().and_then(|m| m.message.get());
     // A message's own timestamp (its ingestion by the pod) is the one the message history gives
@@ -294,7 +294,7 @@ fn map_wire_message(m: wire::Message, initiator: Option<UserId>) -> Option<Recei
         message_id: m.message_id.0?,
         stream: StreamId::new(stream.stream_id.0?),
         stream_type: stream.stream_type.0,
-        sender: user.as_ref().and_then(|u| u.user_id.get().copied()).map(UserId).or(initiator)?,
+        sender: user_id(user.as_ref()).or(initiator)?,
         sender_name: user.as_ref().and_then(|u| u.display_name.0.clone()),
         sender_email: user.and_then(|u| u.email.0),
         text: parsed.as_ref().map(|p| p.text.clone()).unwrap_or_default(),
